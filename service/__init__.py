@@ -1,0 +1,1 @@
+"""The embeddings gRPC service: API servicers, the engine, the model registry."""

@@ -1,0 +1,1 @@
+"""API servicers: translate between the protos and the engine."""

@@ -1,0 +1,119 @@
+"""The native gRPC API: translates between `embeddings.v1` messages and the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+import grpc
+from embeddings.v1 import embeddings_pb2 as pb
+from embeddings.v1 import embeddings_pb2_grpc as pb_grpc
+
+from service import errors
+from service.engine.model import EmbedOptions, EmbedResult, ServedModel
+from service.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+_INPUT_TYPES = {pb.INPUT_TYPE_UNSPECIFIED: "", pb.INPUT_TYPE_QUERY: "query", pb.INPUT_TYPE_DOCUMENT: "document"}
+
+
+def rpc_errors(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
+    """Answer `ApiError` with its rich status; anything else is a bug, logged and answered INTERNAL."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context: grpc.aio.ServicerContext):
+        try:
+            return await method(self, request, context)
+        except errors.ApiError as err:
+            await context.abort_with_status(err.to_status())
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("unexpected error in %s", method.__name__)
+            await context.abort_with_status(errors.internal("Internal server error.").to_status())
+
+    return wrapper
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    """The call's deadline in the event loop's clock, if the client set one."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return None
+    return asyncio.get_running_loop().time() + remaining
+
+
+def _as_text(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def model_message(model: ServedModel, aliases: list[str]) -> pb.Model:
+    manifest = model.manifest
+    return pb.Model(
+        id=manifest.id,
+        object="model",
+        created=manifest.created,
+        owned_by=manifest.owned_by,
+        aliases=aliases,
+        dimensions=manifest.dimensions,
+        max_input_tokens=manifest.max_input_tokens,
+        pooling=manifest.pooling,
+        normalize=manifest.normalize,
+        shortened_dimensions=manifest.shortened_dimensions,
+        query_prefix=manifest.query_prefix,
+        document_prefix=manifest.document_prefix,
+        modality="embedding",
+        provenance={
+            k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in manifest.provenance.items()
+        },
+    )
+
+
+def embed_response(result: EmbedResult, encoding: int) -> pb.EmbedResponse:
+    as_bytes = encoding == pb.ENCODING_FORMAT_BYTES
+    vectors = result.vectors.astype("<f4", copy=False)
+    embeddings = [
+        pb.Embedding(index=i, data=row.tobytes(), tokens=n, truncated=cut)
+        if as_bytes
+        else pb.Embedding(index=i, values=row, tokens=n, truncated=cut)
+        for i, (row, n, cut) in enumerate(zip(vectors, result.token_counts, result.truncated, strict=True))
+    ]
+    usage = pb.Usage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens)
+    return pb.EmbedResponse(model=result.model, embeddings=embeddings, usage=usage, dimensions=vectors.shape[1])
+
+
+class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
+    def __init__(self, registry: ModelRegistry) -> None:
+        self._registry = registry
+
+    @rpc_errors
+    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        if request.encoding_format not in pb.EncodingFormat.values():
+            raise errors.invalid_input("Unknown encoding_format.", field="encoding_format")
+        model = self._registry.resolve(request.model)
+        options = EmbedOptions(
+            dimensions=request.dimensions if request.HasField("dimensions") else None,
+            normalize=request.normalize if request.HasField("normalize") else None,
+            truncate=request.truncate,
+            input_type=_INPUT_TYPES.get(request.input_type, "?"),
+        )
+        result = await model.embed(list(request.inputs), options, deadline_of(context))
+        return embed_response(result, request.encoding_format)
+
+    @rpc_errors
+    async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
+        if not self._registry.ready:
+            raise errors.unavailable("The server is starting: models are still loading. Retry shortly.")
+        models = []
+        if request.modality in ("", "embedding"):
+            models = [model_message(m, self._registry.aliases_of(m)) for m in self._registry.models()]
+        return pb.ListModelsResponse(object="list", data=models)
+
+    @rpc_errors
+    async def GetModel(self, request: pb.GetModelRequest, context) -> pb.GetModelResponse:
+        model = self._registry.resolve(request.model)
+        return pb.GetModelResponse(model=model_message(model, self._registry.aliases_of(model)))

@@ -1,0 +1,116 @@
+"""Server settings: defaults, overridden by a TOML config file, then `EMBED_*` environment variables, then flags."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "EMBED_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the server. Field names double as config-file keys, env vars (EMBED_<NAME>) and flags."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    model_repo: str = "models"
+    # Model ids to load; empty loads every model in the repository.
+    models: tuple[str, ...] = ()
+    # Extra aliases, "alias=model-id" (e.g. "text-embedding-3-small=all-minilm-l6-v2").
+    aliases: tuple[str, ...] = ()
+    max_inputs_per_request: int = 2048
+    # Padded tokens (longest input x inputs) in one inference batch, and inputs in one batch.
+    max_batch_tokens: int = 16384
+    max_batch_size: int = 128
+    # Inputs waiting for inference across all requests of a model; beyond it calls fail fast.
+    max_queued_inputs: int = 32768
+    # ONNX Runtime threads; 0 lets ONNX Runtime choose (one per physical core).
+    intra_op_threads: int = 0
+    inter_op_threads: int = 1
+    # "auto" (TensorRT/CUDA when usable, else CPU) or a comma-separated list of execution providers.
+    providers: str = "auto"
+    tokenizer_threads: int = 2
+    max_message_bytes: int = 64 * 1024 * 1024
+    # Seconds in-flight calls get to finish on SIGTERM/SIGINT.
+    shutdown_grace_s: float = 30.0
+    log_level: str = "INFO"
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        return f"{host}:{self.port}"
+
+    def alias_map(self) -> dict[str, str]:
+        """Parse `aliases` into {alias: model id}."""
+        result: dict[str, str] = {}
+        for entry in self.aliases:
+            alias, sep, target = entry.partition("=")
+            if not sep or not alias.strip() or not target.strip():
+                raise ValueError(f"alias {entry!r} must look like 'alias=model-id'")
+            result[alias.strip()] = target.strip()
+        return result
+
+
+def _coerce(field: dataclasses.Field, value: Any) -> Any:
+    """Turn a config-file, env or flag value into the field's type."""
+    kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
+    if kind.startswith("tuple"):
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        return tuple(str(v) for v in value)
+    if kind == "int":
+        return int(value)
+    if kind == "float":
+        return float(value)
+    if kind == "bool":
+        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+    return str(value)
+
+
+def _from_mapping(values: dict[str, Any], source: str) -> dict[str, Any]:
+    known = {f.name: f for f in fields(Settings)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{source}: unknown setting(s) {unknown}")
+    return {name: _coerce(known[name], value) for name, value in values.items()}
+
+
+def _from_env(environ: dict[str, str]) -> dict[str, Any]:
+    values = {}
+    for f in fields(Settings):
+        key = ENV_PREFIX + f.name.upper()
+        if key in environ:
+            values[f.name] = environ[key]
+    return _from_mapping(values, "environment")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m service", description="Embeddings gRPC server on ONNX Runtime.")
+    parser.add_argument("--config", help="TOML file of settings (also EMBED_CONFIG)")
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        parser.add_argument(
+            flag, dest=f.name, default=None, help=f"default: {f.default!r} (env {ENV_PREFIX}{f.name.upper()})"
+        )
+    return parser
+
+
+def load_settings(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Resolve settings from defaults < config file < environment < command-line flags."""
+    environ = dict(os.environ if environ is None else environ)
+    args = build_parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    config_path = args.config or environ.get(ENV_PREFIX + "CONFIG")
+    if config_path:
+        with Path(config_path).open("rb") as fh:
+            values.update(_from_mapping(tomllib.load(fh), config_path))
+    values.update(_from_env(environ))
+    flags = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
+    values.update(_from_mapping(flags, "command line"))
+    return Settings(**values)

@@ -1,0 +1,1 @@
+"""The engine: tokenize, batch, run, pool. Data flows servicer -> ServedModel -> Batcher -> OnnxEncoder."""

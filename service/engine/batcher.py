@@ -1,0 +1,208 @@
+"""Dynamic batching: inputs of concurrent calls are queued and packed into length-grouped batches.
+
+One batcher per model. Its loop runs a batch as soon as the backend is free, so a lone request is served at
+once and, under load, whatever arrived meanwhile is coalesced into the next batch. Batches hold at most
+`max_batch_size` inputs and `max_batch_tokens` padded tokens (longest x count). The oldest queued input is
+always in the next batch (no starvation); the others are picked from a window of queued inputs sorted by
+length, so inputs of similar length share a batch and padding stays small. A large request is split across
+batches and reassembled in order. Inputs of calls that were cancelled or whose deadline passed are dropped
+before they cost compute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from service.engine.tokenize import TokenizedInput
+
+log = logging.getLogger(__name__)
+
+
+class Backend(Protocol):
+    """What the batcher needs from a runtime: pooled vectors for a batch of tokenized inputs."""
+
+    def embed(self, batch: Sequence[TokenizedInput]) -> np.ndarray: ...
+
+
+class QueueFull(Exception):
+    """Accepting the call would exceed the queue bound."""
+
+
+class DeadlineExceeded(Exception):
+    """The call's deadline passed while its inputs were queued."""
+
+
+class BatchFailed(Exception):
+    """The backend failed on a batch holding some of the call's inputs."""
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_batch_tokens: int = 16384
+    max_batch_size: int = 128
+    max_queued_inputs: int = 32768
+    # Queued inputs considered when grouping by length, as a multiple of max_batch_size.
+    window_batches: int = 4
+
+
+@dataclass(eq=False)
+class _Call:
+    """One caller's inputs in flight: results are filled slot by slot as batches finish."""
+
+    size: int
+    future: asyncio.Future
+    deadline: float | None
+    remaining: int = 0
+    results: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.remaining = self.size
+
+
+@dataclass(eq=False, slots=True)
+class _Item:
+    call: _Call
+    slot: int
+    tokens: TokenizedInput
+
+
+@dataclass
+class BatcherStats:
+    batches: int = 0
+    inputs: int = 0
+    padded_tokens: int = 0
+    dropped_inputs: int = 0
+
+
+class Batcher:
+    def __init__(self, name: str, backend: Backend, executor: Executor, limits: BatchLimits) -> None:
+        self.name = name
+        self._backend = backend
+        self._executor = executor
+        self._limits = limits
+        self._queue: deque[_Item] = deque()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.stats = BatcherStats()
+
+    @property
+    def queued_inputs(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher:{self.name}")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        while self._queue:
+            item = self._queue.popleft()
+            if not item.call.future.done():
+                item.call.future.set_exception(asyncio.CancelledError("batcher closed"))
+
+    async def embed(self, inputs: Sequence[TokenizedInput], deadline: float | None = None) -> np.ndarray:
+        """Pooled vectors for `inputs`, in order. `deadline` is in the event loop's clock (loop.time())."""
+        if not inputs:
+            raise ValueError("no inputs")
+        if len(self._queue) + len(inputs) > self._limits.max_queued_inputs:
+            raise QueueFull(self.name)
+        call = _Call(size=len(inputs), future=asyncio.get_running_loop().create_future(), deadline=deadline)
+        self._queue.extend(_Item(call, slot, tokens) for slot, tokens in enumerate(inputs))
+        self._wakeup.set()
+        # A cancelled caller cancels `call.future`, which marks its queued inputs as dead.
+        return await call.future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = self._next_batch(loop.time())
+            if not batch:
+                continue
+            try:
+                pooled = await loop.run_in_executor(self._executor, self._backend.embed, [i.tokens for i in batch])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("batch of %d inputs failed on model %s", len(batch), self.name)
+                self._fail(batch, BatchFailed(str(exc)))
+                continue
+            self._record(batch)
+            self._deliver(batch, pooled)
+
+    def _alive(self, item: _Item, now: float) -> bool:
+        call = item.call
+        if call.future.done():
+            return False
+        if call.deadline is not None and now >= call.deadline:
+            call.future.set_exception(DeadlineExceeded())
+            return False
+        return True
+
+    def _next_batch(self, now: float) -> list[_Item]:
+        """Take the next batch off the queue: the oldest live input plus similar-length neighbours."""
+        limits = self._limits
+        window: list[_Item] = []
+        window_size = limits.max_batch_size * limits.window_batches
+        while self._queue and len(window) < window_size:
+            item = self._queue.popleft()
+            if self._alive(item, now):
+                window.append(item)
+            else:
+                self.stats.dropped_inputs += 1
+        if not window:
+            return []
+        oldest = window[0]
+        chosen: list[_Item] = []
+        found_oldest = False
+        for item in sorted(window, key=lambda it: it.tokens.length):
+            over_budget = item.tokens.length * (len(chosen) + 1) > limits.max_batch_tokens
+            if chosen and (over_budget or len(chosen) >= limits.max_batch_size):
+                if found_oldest:
+                    break
+                chosen = []
+            chosen.append(item)
+            found_oldest = found_oldest or item is oldest
+        taken = {id(item) for item in chosen}
+        # Put the rest back at the front, in arrival order.
+        self._queue.extendleft(reversed([item for item in window if id(item) not in taken]))
+        return chosen
+
+    def _record(self, batch: list[_Item]) -> None:
+        stats = self.stats
+        stats.batches += 1
+        stats.inputs += len(batch)
+        stats.padded_tokens += max(item.tokens.length for item in batch) * len(batch)
+
+    @staticmethod
+    def _deliver(batch: list[_Item], pooled: np.ndarray) -> None:
+        for row, item in enumerate(batch):
+            call = item.call
+            if call.future.done():
+                continue
+            if call.results is None:
+                call.results = np.empty((call.size, pooled.shape[1]), dtype=np.float32)
+            call.results[item.slot] = pooled[row]
+            call.remaining -= 1
+            if call.remaining == 0:
+                call.future.set_result(call.results)
+
+    @staticmethod
+    def _fail(batch: list[_Item], error: Exception) -> None:
+        for item in batch:
+            if not item.call.future.done():
+                item.call.future.set_exception(error)

@@ -1,0 +1,134 @@
+"""A served model: the engine's one entry point (validate -> tokenize -> batch -> run -> pool -> finalize)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from service import errors
+from service.engine.batcher import Batcher, BatchFailed, DeadlineExceeded, QueueFull
+from service.engine.pooling import finalize, non_finite_rows
+from service.engine.tokenize import TextTokenizer, TokenizedInput
+from service.manifest import ModelManifest
+
+INPUT_TYPES = ("", "query", "document")
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    """Per-call options, independent of the wire format."""
+
+    dimensions: int | None = None
+    # None: the model's default.
+    normalize: bool | None = None
+    truncate: bool = False
+    input_type: str = ""
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    model: str
+    # [inputs, dimensions] float32, row i for input i.
+    vectors: np.ndarray
+    token_counts: list[int]
+    truncated: list[bool]
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(self.token_counts)
+
+
+class ServedModel:
+    def __init__(
+        self,
+        manifest: ModelManifest,
+        tokenizer: TextTokenizer,
+        batcher: Batcher,
+        tokenize_executor: Executor,
+        max_inputs: int,
+    ) -> None:
+        self.manifest = manifest
+        self.tokenizer = tokenizer
+        self.batcher = batcher
+        self._tokenize_executor = tokenize_executor
+        self._max_inputs = max_inputs
+
+    @property
+    def id(self) -> str:
+        return self.manifest.id
+
+    def validate(self, texts: Sequence[str], options: EmbedOptions) -> None:
+        """Reject a bad call before it costs anything; raises `errors.ApiError`."""
+        if not texts:
+            raise errors.invalid_input("inputs must hold at least one input.", field="inputs")
+        if len(texts) > self._max_inputs:
+            raise errors.invalid_input(
+                f"Too many inputs: {len(texts)} in one request, the limit is {self._max_inputs}. "
+                "Split the request, or use an async job.",
+                field="inputs",
+                reason="too_many_inputs",
+            )
+        for index, text in enumerate(texts):
+            if not text:
+                raise errors.invalid_input(
+                    f"Input {index} is an empty string; every input must hold text.", field=f"inputs[{index}]"
+                )
+        if options.dimensions is not None and not self.manifest.allows_dimensions(options.dimensions):
+            raise errors.dimensions_not_supported(
+                self.id, options.dimensions, self.manifest.shortened_dimensions, self.manifest.dimensions
+            )
+        if options.input_type not in INPUT_TYPES:
+            raise errors.invalid_input(f"input_type must be one of {INPUT_TYPES[1:]}.", field="input_type")
+
+    def _with_prefix(self, texts: Sequence[str], input_type: str) -> Sequence[str]:
+        prefix = {"query": self.manifest.query_prefix, "document": self.manifest.document_prefix}.get(input_type, "")
+        return [prefix + text for text in texts] if prefix else texts
+
+    async def tokenize(self, texts: Sequence[str], truncate: bool) -> list[TokenizedInput]:
+        """Tokenize off the event loop; enforce the length limit or truncate to it."""
+        loop = asyncio.get_running_loop()
+        tokens = await loop.run_in_executor(self._tokenize_executor, self.tokenizer.encode, texts)
+        limit = self.tokenizer.max_tokens
+        over = [i for i, item in enumerate(tokens) if item.length > limit]
+        if not over:
+            return tokens
+        if not truncate:
+            first = over[0]
+            raise errors.context_length_exceeded(first, tokens[first].length, limit, self.id)
+        cut = await loop.run_in_executor(
+            self._tokenize_executor,
+            self.tokenizer.truncate,
+            [texts[i] for i in over],
+            [tokens[i].original_length for i in over],
+        )
+        for i, item in zip(over, cut, strict=True):
+            tokens[i] = item
+        return tokens
+
+    async def embed(self, texts: Sequence[str], options: EmbedOptions, deadline: float | None = None) -> EmbedResult:
+        """Vectors for `texts` in order. `deadline` is in the event loop's clock."""
+        self.validate(texts, options)
+        tokens = await self.tokenize(self._with_prefix(texts, options.input_type), options.truncate)
+        try:
+            pooled = await self.batcher.embed(tokens, deadline)
+        except QueueFull:
+            raise errors.queue_full(self.id) from None
+        except DeadlineExceeded:
+            raise errors.deadline_exceeded() from None
+        except BatchFailed as exc:
+            raise errors.internal(f"Inference failed on model '{self.id}': {exc}") from None
+        normalize = self.manifest.normalize if options.normalize is None else options.normalize
+        vectors = finalize(pooled, options.dimensions, normalize)
+        bad = non_finite_rows(vectors)
+        if bad.size:
+            raise errors.internal(f"Model '{self.id}' produced a non-finite vector for input {int(bad[0])}.")
+        return EmbedResult(
+            model=self.id,
+            vectors=vectors,
+            token_counts=[item.length for item in tokens],
+            truncated=[item.truncated for item in tokens],
+        )

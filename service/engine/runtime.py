@@ -1,0 +1,116 @@
+"""The backend: one ONNX Runtime session per model, created once, turning token batches into pooled vectors."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service.engine.pooling import pool
+from service.engine.tokenize import TokenizedInput
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How sessions are built; shared by every model of a server."""
+
+    providers: str = "auto"
+    intra_op_threads: int = 0
+    inter_op_threads: int = 1
+
+
+def _loadable(*libraries: str) -> bool:
+    for name in libraries:
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def _cuda_device_count() -> int:
+    """GPUs the CUDA driver sees; 0 without a driver. Asked directly so CPU hosts never try the CUDA provider."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
+def choose_providers(requested: str) -> list[str]:
+    """Execution providers in preference order: TensorRT/CUDA when a GPU is usable, else the CPU.
+
+    onnxruntime-gpu lists CUDA and TensorRT as available even on hosts without a GPU and then logs errors
+    while falling back; probing the driver first keeps CPU-only hosts quiet.
+    """
+    available = ort.get_available_providers()
+    if requested != "auto":
+        wanted = [p.strip() for p in requested.split(",") if p.strip()]
+        missing = [p for p in wanted if p not in available]
+        if missing:
+            raise ValueError(f"execution provider(s) {missing} not available; available: {available}")
+        return wanted if CPU in wanted else [*wanted, CPU]
+    providers: list[str] = []
+    if CUDA in available and _cuda_device_count() > 0:
+        try:
+            ort.preload_dlls()
+        except Exception:
+            log.debug("onnxruntime.preload_dlls failed", exc_info=True)
+        if TENSORRT in available and _loadable("libnvinfer.so.10", "libnvinfer.so"):
+            providers.append(TENSORRT)
+        providers.append(CUDA)
+    providers.append(CPU)
+    return providers
+
+
+class OnnxEncoder:
+    """Runs a model's ONNX graph on padded batches and pools the token embeddings per its manifest."""
+
+    def __init__(self, model_path: Path, pooling: str, options: RuntimeOptions) -> None:
+        session_options = ort.SessionOptions()
+        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session_options.intra_op_num_threads = options.intra_op_threads
+        session_options.inter_op_num_threads = options.inter_op_threads
+        session_options.log_severity_level = 3
+        self.session = ort.InferenceSession(
+            str(model_path), sess_options=session_options, providers=choose_providers(options.providers)
+        )
+        self.pooling = pooling
+        self._input_names = {i.name for i in self.session.get_inputs()}
+        self._output_name = self.session.get_outputs()[0].name
+        log.info("loaded %s with %s", model_path, ", ".join(self.session.get_providers()))
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def embed(self, batch: Sequence[TokenizedInput]) -> np.ndarray:
+        """Pooled, not yet normalized, float32 vectors [len(batch), hidden] for one padded batch."""
+        longest = max(item.length for item in batch)
+        input_ids = np.zeros((len(batch), longest), dtype=np.int64)
+        type_ids = np.zeros((len(batch), longest), dtype=np.int64)
+        mask = np.zeros((len(batch), longest), dtype=np.int64)
+        for row, item in enumerate(batch):
+            input_ids[row, : item.length] = item.ids
+            type_ids[row, : item.length] = item.type_ids
+            mask[row, : item.length] = 1
+        feeds = {"input_ids": input_ids, "attention_mask": mask}
+        if "token_type_ids" in self._input_names:
+            feeds["token_type_ids"] = type_ids
+        (token_embeddings,) = self.session.run([self._output_name], feeds)
+        return pool(token_embeddings, mask, self.pooling)

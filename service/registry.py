@@ -1,0 +1,150 @@
+"""The model registry: discovers the model repository, loads each model once, resolves ids and aliases."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from service import errors
+from service.config import Settings
+from service.engine.batcher import Batcher, BatchLimits
+from service.engine.model import ServedModel
+from service.engine.runtime import OnnxEncoder, RuntimeOptions
+from service.engine.tokenize import TextTokenizer
+from service.manifest import MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE, ManifestError, ModelManifest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    manifest: ModelManifest
+    tokenizer: TextTokenizer
+    encoder: OnnxEncoder
+
+
+def discover(repo: Path, wanted: tuple[str, ...] = ()) -> list[Path]:
+    """Model directories of the repository (those with a manifest), restricted to `wanted` ids if given."""
+    if not repo.is_dir():
+        raise ManifestError(f"model repository {repo} does not exist (build it with `make models`)")
+    # Dot-entries are the build tool's work in progress (.build-*, .old-*): never serve them.
+    dirs = sorted(p.parent for p in repo.glob(f"*/{MANIFEST_FILE}") if not p.parent.name.startswith("."))
+    if wanted:
+        by_id = {ModelManifest.load(d).id: d for d in dirs}
+        missing = [m for m in wanted if m not in by_id]
+        if missing:
+            raise ManifestError(f"model(s) {missing} not found in {repo}; found {sorted(by_id)}")
+        dirs = [by_id[m] for m in wanted]
+    if not dirs:
+        raise ManifestError(f"no models in {repo} (build them with `make models`)")
+    return dirs
+
+
+def _load_model(model_dir: Path, settings: Settings) -> _Loaded:
+    manifest = ModelManifest.load(model_dir)
+    for required in (MODEL_FILE, TOKENIZER_FILE):
+        if not (model_dir / required).is_file():
+            raise ManifestError(f"{model_dir} lacks {required}")
+    options = RuntimeOptions(settings.providers, settings.intra_op_threads, settings.inter_op_threads)
+    encoder = OnnxEncoder(model_dir / MODEL_FILE, manifest.pooling, options)
+    tokenizer = TextTokenizer(model_dir / TOKENIZER_FILE, manifest.max_input_tokens)
+    encoder.embed(tokenizer.encode(["warm-up"]))  # first run allocates; keep it out of the first call
+    return _Loaded(manifest, tokenizer, encoder)
+
+
+class ModelRegistry:
+    """Owns the served models and the executors they share.
+
+    `load()` (blocking: sessions are built) runs once at start-up, off the event loop; `start()` then creates the
+    batchers on the loop. Until both are done, `resolve` answers UNAVAILABLE.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        # One inference thread: ONNX Runtime already spreads a batch over the cores.
+        self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._tokenize = ThreadPoolExecutor(max_workers=max(1, settings.tokenizer_threads), thread_name_prefix="tok")
+        self._loaded: list[_Loaded] = []
+        self._models: list[ServedModel] = []
+        self._names: dict[str, ServedModel] = {}
+        self._folded: dict[str, ServedModel] = {}
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._models)
+
+    def load(self) -> None:
+        repo = Path(self._settings.model_repo)
+        self._loaded = [_load_model(d, self._settings) for d in discover(repo, self._settings.models)]
+
+    def start(self) -> None:
+        limits = BatchLimits(
+            max_batch_tokens=self._settings.max_batch_tokens,
+            max_batch_size=self._settings.max_batch_size,
+            max_queued_inputs=self._settings.max_queued_inputs,
+        )
+        models = []
+        for loaded in self._loaded:
+            batcher = Batcher(loaded.manifest.id, loaded.encoder, self._inference, limits)
+            batcher.start()
+            models.append(
+                ServedModel(
+                    loaded.manifest,
+                    loaded.tokenizer,
+                    batcher,
+                    self._tokenize,
+                    self._settings.max_inputs_per_request,
+                )
+            )
+        self._names, self._folded = _name_index(models, self._settings.alias_map())
+        self._models = models
+
+    def models(self) -> list[ServedModel]:
+        return list(self._models)
+
+    def aliases_of(self, model: ServedModel) -> list[str]:
+        """Every name besides the id that resolves to `model`: manifest aliases, then configured ones."""
+        return [name for name, m in self._names.items() if m is model and name != model.id]
+
+    def resolve(self, name: str) -> ServedModel:
+        """The model called `name` (id or alias; exact match first, then case-insensitive)."""
+        if not self._models:
+            raise errors.unavailable("The server is starting: models are still loading. Retry shortly.")
+        model = self._names.get(name) or self._folded.get(name.casefold())
+        if model is None:
+            raise errors.model_not_found(name)
+        return model
+
+    async def close(self) -> None:
+        for model in self._models:
+            await model.batcher.close()
+        self._inference.shutdown(wait=True, cancel_futures=True)
+        self._tokenize.shutdown(wait=True, cancel_futures=True)
+
+
+def _name_index(
+    models: list[ServedModel], extra_aliases: dict[str, str]
+) -> tuple[dict[str, ServedModel], dict[str, ServedModel]]:
+    names: dict[str, ServedModel] = {}
+
+    def add(name: str, model: ServedModel) -> None:
+        other = names.get(name)
+        if other is not None and other is not model:
+            raise ManifestError(f"name {name!r} is claimed by both {other.id} and {model.id}")
+        names[name] = model
+
+    by_id = {m.id: m for m in models}
+    for model in models:
+        for name in model.manifest.names:
+            add(name, model)
+    for alias, target in extra_aliases.items():
+        model = by_id.get(target) or names.get(target)
+        if model is None:
+            raise ManifestError(f"alias {alias!r} points at unknown model {target!r}")
+        add(alias, model)
+    folded: dict[str, ServedModel] = {}
+    for name, model in names.items():
+        folded.setdefault(name.casefold(), model)
+    return names, folded

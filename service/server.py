@@ -1,0 +1,92 @@
+"""Assembles the gRPC server: API servicers, health, reflection; start-up and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from embeddings.v1 import embeddings_pb2, embeddings_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service.api.embeddings import EmbeddingServicer
+from service.config import Settings
+from service.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+EMBEDDING_SERVICE = embeddings_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class EmbeddingServer:
+    """The running server. Listens at once (health NOT_SERVING), turns SERVING once every model is loaded."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry = ModelRegistry(settings)
+        self.health = health.aio.HealthServicer()
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        embeddings_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(self.registry), self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            [EMBEDDING_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+        )
+        self.port = 0
+
+    async def _set_health(self, status: int) -> None:
+        for name in ("", EMBEDDING_SERVICE):
+            await self.health.set(name, status)
+
+    async def start(self) -> None:
+        self.port = self._server.add_insecure_port(self.settings.address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.settings.address}")
+        await self._set_health(NOT_SERVING)
+        await self._server.start()
+        log.info("grpc listening on %s:%d (loading models)", self.settings.host, self.port)
+        await asyncio.get_running_loop().run_in_executor(None, self.registry.load)
+        self.registry.start()
+        await self._set_health(SERVING)
+        names = ", ".join(m.id for m in self.registry.models())
+        log.info("ready: serving %s on %s:%d", names, self.settings.host, self.port)
+
+    async def stop(self) -> None:
+        """Refuse new calls, let in-flight calls finish (up to the grace period), then release the models."""
+        log.info("shutting down: draining in-flight calls (grace %.0fs)", self.settings.shutdown_grace_s)
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(self.settings.shutdown_grace_s)
+        await self.registry.close()
+        log.info("stopped")
+
+
+async def serve(settings: Settings) -> int:
+    """Run until SIGTERM or SIGINT, then drain and return the exit code."""
+    server = EmbeddingServer(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    starting = asyncio.create_task(server.start())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if starting.done() and starting.exception() is not None:
+        stopping.cancel()
+        log.error("start-up failed: %s", starting.exception())
+        await server.stop()
+        return 1
+    await stopping
+    if not starting.done():
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+    await server.stop()
+    return 0
