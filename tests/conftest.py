@@ -1,0 +1,72 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from embeddings.v1 import embeddings_pb2_grpc as pb_grpc
+
+from tests.serving import ServerProcess
+from tests.tiny_bert import build_tiny_sources
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def model_repo() -> Path:
+    """A model repository holding the default models: $EMBED_MODEL_REPO or <repo>/models.
+
+    Built with the real CLI; tools.modelrepo skips models that are already up to date, so this is cheap when built.
+    """
+    repo = Path(os.environ.get("EMBED_MODEL_REPO") or REPO_ROOT / "models").resolve()
+    command = [sys.executable, "-m", "tools.modelrepo", "build-defaults", "--repo", str(repo)]
+    done = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
+    if done.returncode != 0:
+        pytest.fail(f"build-defaults failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return repo
+
+
+@pytest.fixture(scope="session")
+def served_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default models plus `tiny-bert`: a CLS-pooled, unnormalized model with prefixes and shortened sizes."""
+    repo = tmp_path_factory.mktemp("served-models")
+    for model_dir in model_repo.iterdir():
+        if (model_dir / "manifest.json").is_file() and not model_dir.name.startswith("."):
+            (repo / model_dir.name).symlink_to(model_dir)
+    sources = build_tiny_sources(tmp_path_factory.mktemp("tiny-sources"))
+    command = [
+        *(sys.executable, "-m", "tools.modelrepo", "import", str(sources["cls"]), "--repo", str(repo)),
+        *("--id", "tiny-bert", "--shortened-dimensions", "8,16"),
+        *("--query-prefix", "query: ", "--document-prefix", "passage: "),
+    ]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(f"importing tiny-bert failed:\n{done.stdout}\n{done.stderr}")
+    return repo
+
+
+@pytest.fixture(scope="session")
+def server(served_repo: Path):
+    """One real gRPC server for the session, with an OpenAI-name alias configured."""
+    process = ServerProcess(served_repo, "--aliases", "text-embedding-3-small=all-minilm-l6-v2").start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def stub(server: ServerProcess):
+    with grpc.insecure_channel(server.address) as channel:
+        yield pb_grpc.EmbeddingServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def golden() -> dict:
+    return json.loads((REPO_ROOT / "tests" / "golden" / "all-minilm-l6-v2.json").read_text(encoding="utf-8"))

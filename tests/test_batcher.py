@@ -1,0 +1,155 @@
+"""The dynamic batcher's scheduling rules, on a backend that records the batches it is given.
+
+The engine's real path (real model, real server) is covered by test_grpc_api.py; here the backend is a recorder
+so batch composition, ordering, cancellation, deadlines and the queue bound can be asserted exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from service.engine.batcher import Batcher, BatchFailed, BatchLimits, DeadlineExceeded, QueueFull
+from service.engine.tokenize import TokenizedInput
+
+
+def tokens(length: int, marker: int) -> TokenizedInput:
+    ids = np.full(length, marker, dtype=np.int64)
+    return TokenizedInput(ids=ids, type_ids=np.zeros(length, dtype=np.int64), original_length=length)
+
+
+class RecordingBackend:
+    """Returns [marker, length] per input, records batches, and can be held to let a queue build up."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[int, int]]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail = False
+
+    def embed(self, batch):
+        self.gate.wait(10)
+        self.batches.append([(int(t.ids[0]), t.length) for t in batch])
+        if self.fail:
+            raise RuntimeError("boom")
+        return np.array([[float(t.ids[0]), float(t.length)] for t in batch], dtype=np.float32)
+
+
+@pytest.fixture
+def executor():
+    with ThreadPoolExecutor(1) as pool:
+        yield pool
+
+
+def make(backend, executor, **limits) -> Batcher:
+    batcher = Batcher("test", backend, executor, BatchLimits(**limits))
+    batcher.start()
+    return batcher
+
+
+async def test_large_request_is_split_and_reassembled_in_order(executor):
+    backend = RecordingBackend()
+    batcher = make(backend, executor, max_batch_size=4, max_batch_tokens=1000)
+    inputs = [tokens(1 + (i * 7) % 13, i) for i in range(10)]
+    out = await batcher.embed(inputs)
+    assert out[:, 0].tolist() == list(range(10))
+    assert out[:, 1].tolist() == [t.length for t in inputs]
+    assert len(backend.batches) == 3
+    assert all(len(b) <= 4 for b in backend.batches)
+    await batcher.close()
+
+
+async def test_token_budget_counts_padding(executor):
+    backend = RecordingBackend()
+    batcher = make(backend, executor, max_batch_size=100, max_batch_tokens=40)
+    await batcher.embed([tokens(10, i) for i in range(8)])
+    # 10 tokens padded x 4 inputs = 40: two batches of four.
+    assert [len(b) for b in backend.batches] == [4, 4]
+    await batcher.close()
+
+
+async def test_concurrent_calls_are_coalesced_and_grouped_by_length(executor):
+    backend = RecordingBackend()
+    batcher = make(backend, executor, max_batch_size=4, max_batch_tokens=10_000)
+    backend.gate.clear()
+    first = asyncio.ensure_future(batcher.embed([tokens(3, 0)]))
+    await asyncio.sleep(0.05)  # the first batch is now running (held at the gate)
+    lengths = [50, 2, 51, 3, 52, 2, 53, 4]
+    calls = [asyncio.ensure_future(batcher.embed([tokens(n, 100 + i)])) for i, n in enumerate(lengths)]
+    await asyncio.sleep(0.05)
+    backend.gate.set()
+    await asyncio.gather(first, *calls)
+    later = backend.batches[1:]
+    assert [len(b) for b in later] == [4, 4]
+    # The oldest waiting input (length 50) leads; its batch holds the long inputs, the next the short ones.
+    assert sorted(n for _, n in later[0]) == [50, 51, 52, 53]
+    assert sorted(n for _, n in later[1]) == [2, 2, 3, 4]
+    for call, i in zip(calls, range(len(lengths)), strict=True):
+        assert call.result()[0].tolist() == [100 + i, lengths[i]]
+    await batcher.close()
+
+
+async def test_cancelled_call_is_dropped_before_compute(executor):
+    backend = RecordingBackend()
+    batcher = make(backend, executor, max_batch_size=2)
+    backend.gate.clear()
+    running = asyncio.ensure_future(batcher.embed([tokens(3, 1)]))
+    await asyncio.sleep(0.05)
+    doomed = asyncio.ensure_future(batcher.embed([tokens(3, 2), tokens(3, 3)]))
+    kept = asyncio.ensure_future(batcher.embed([tokens(3, 4)]))
+    await asyncio.sleep(0.01)
+    doomed.cancel()
+    backend.gate.set()
+    await asyncio.gather(running, kept)
+    computed = {marker for batch in backend.batches for marker, _ in batch}
+    assert computed == {1, 4}
+    assert batcher.stats.dropped_inputs == 2
+    await batcher.close()
+
+
+async def test_expired_deadline_fails_without_compute(executor):
+    backend = RecordingBackend()
+    batcher = make(backend, executor)
+    backend.gate.clear()
+    running = asyncio.ensure_future(batcher.embed([tokens(3, 1)]))
+    await asyncio.sleep(0.05)
+    loop = asyncio.get_running_loop()
+    late = asyncio.ensure_future(batcher.embed([tokens(3, 2)], deadline=loop.time() + 0.01))
+    await asyncio.sleep(0.05)
+    backend.gate.set()
+    await running
+    with pytest.raises(DeadlineExceeded):
+        await late
+    assert all(marker != 2 for batch in backend.batches for marker, _ in batch)
+    await batcher.close()
+
+
+async def test_queue_bound_fails_fast(executor):
+    backend = RecordingBackend()
+    batcher = make(backend, executor, max_queued_inputs=5)
+    backend.gate.clear()
+    running = asyncio.ensure_future(batcher.embed([tokens(3, 1)]))
+    await asyncio.sleep(0.05)
+    queued = asyncio.ensure_future(batcher.embed([tokens(3, i) for i in range(4)]))
+    await asyncio.sleep(0)
+    with pytest.raises(QueueFull):
+        await batcher.embed([tokens(3, 9), tokens(3, 9)])
+    backend.gate.set()
+    await asyncio.gather(running, queued)
+    await batcher.close()
+
+
+async def test_backend_failure_reaches_only_that_batch(executor):
+    backend = RecordingBackend()
+    batcher = make(backend, executor)
+    backend.fail = True
+    with pytest.raises(BatchFailed):
+        await batcher.embed([tokens(3, 1)])
+    backend.fail = False
+    out = await batcher.embed([tokens(3, 2)])
+    assert out[0, 0] == 2
+    await batcher.close()

@@ -1,0 +1,72 @@
+"""Start-up, readiness and graceful shutdown of the real server process."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+from embeddings.v1 import embeddings_pb2 as pb
+from embeddings.v1 import embeddings_pb2_grpc as pb_grpc
+
+from tests.serving import ROOT, ServerProcess
+
+
+def test_sigterm_drains_in_flight_calls_then_exits_zero(served_repo):
+    server = ServerProcess(served_repo, "--shutdown-grace-s", "60").start()
+    texts = [f"in-flight request sentence {i} " * 12 for i in range(1500)]
+    outcome: dict[str, object] = {}
+
+    def long_call() -> None:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.EmbeddingServiceStub(channel)
+            try:
+                outcome["response"] = stub.Embed(pb.EmbedRequest(model="all-minilm-l6-v2", inputs=texts), timeout=120)
+            except grpc.RpcError as err:
+                outcome["error"] = err
+
+    caller = threading.Thread(target=long_call)
+    caller.start()
+    time.sleep(1.0)  # the call is being computed
+    server.signal(signal.SIGTERM)
+    caller.join(120)
+    code = server.wait(60)
+    assert "error" not in outcome, outcome.get("error")
+    assert len(outcome["response"].embeddings) == len(texts)
+    assert code == 0
+    assert "draining" in server.log and "stopped" in server.log
+
+
+def test_new_calls_refused_after_shutdown(served_repo):
+    server = ServerProcess(served_repo).start()
+    server.signal(signal.SIGINT)
+    assert server.wait(60) == 0
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.EmbeddingServiceStub(channel)
+        try:
+            stub.Embed(pb.EmbedRequest(model="all-minilm-l6-v2", inputs=["x"]), timeout=2)
+            raise AssertionError("a stopped server answered")
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_missing_model_repository_fails_clearly(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "--model-repo", str(tmp_path / "nothing"), "--port", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "does not exist" in result.stderr and "make models" in result.stderr
+
+
+def test_bad_setting_is_a_configuration_error(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "--port", "not-a-port"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2 and "configuration error" in result.stderr
