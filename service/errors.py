@@ -27,6 +27,8 @@ class ApiError(Exception):
     # The offending request field (e.g. "inputs[3]", "dimensions", "model"), when there is one.
     field: str | None = None
     metadata: dict[str, str] = dataclass_field(default_factory=dict)
+    # Sent as initial metadata before the status (HTTP response headers through the gateway), e.g. retry-after.
+    headers: dict[str, str] = dataclass_field(default_factory=dict)
 
     def __post_init__(self) -> None:
         super().__init__(self.message)
@@ -98,6 +100,7 @@ def queue_full(model: str) -> ApiError:
         f"The server is overloaded: the queue for model '{model}' is full. Retry after a short wait.",
         "queue_full",
         metadata={"model": model},
+        headers={"retry-after": "1", "retry-after-ms": "1000"},
     )
 
 

@@ -72,6 +72,11 @@ class ModelRegistry:
         self._folded: dict[str, ServedModel] = {}
 
     @property
+    def tokenize_executor(self) -> ThreadPoolExecutor:
+        """Threads for CPU-bound request preparation (tokenizing, decoding token ids) off the event loop."""
+        return self._tokenize
+
+    @property
     def ready(self) -> bool:
         return bool(self._models)
 

@@ -7,17 +7,19 @@ import logging
 import signal
 
 import grpc
-from embeddings.v1 import embeddings_pb2, embeddings_pb2_grpc
+from embeddings.v1 import embeddings_pb2, embeddings_pb2_grpc, rest_pb2, rest_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service.api.embeddings import EmbeddingServicer
+from service.api.rest import RestServicer, TokenIdDecoder
 from service.config import Settings
 from service.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
 EMBEDDING_SERVICE = embeddings_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
+REST_SERVICE = rest_pb2.DESCRIPTOR.services_by_name["RestService"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -29,6 +31,7 @@ class EmbeddingServer:
         self.settings = settings
         self.registry = ModelRegistry(settings)
         self.health = health.aio.HealthServicer()
+        self.serving = False
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -37,14 +40,19 @@ class EmbeddingServer:
             ]
         )
         embeddings_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(self.registry), self._server)
+        self._decoder = TokenIdDecoder(self.registry.tokenize_executor)
+        rest = RestServicer(self.registry, self._decoder, lambda: self.serving)
+        rest_pb2_grpc.add_RestServiceServicer_to_server(rest, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
-            [EMBEDDING_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+            [EMBEDDING_SERVICE, REST_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
         self.port = 0
+        self._warm_decoder: asyncio.Task | None = None
 
     async def _set_health(self, status: int) -> None:
-        for name in ("", EMBEDDING_SERVICE):
+        self.serving = status == SERVING
+        for name in ("", EMBEDDING_SERVICE, REST_SERVICE):
             await self.health.set(name, status)
 
     async def start(self) -> None:
@@ -57,12 +65,14 @@ class EmbeddingServer:
         await asyncio.get_running_loop().run_in_executor(None, self.registry.load)
         self.registry.start()
         await self._set_health(SERVING)
+        self._warm_decoder = asyncio.create_task(self._decoder.load())  # LangChain's token ids: no slow first call
         names = ", ".join(m.id for m in self.registry.models())
         log.info("ready: serving %s on %s:%d", names, self.settings.host, self.port)
 
     async def stop(self) -> None:
         """Refuse new calls, let in-flight calls finish (up to the grace period), then release the models."""
         log.info("shutting down: draining in-flight calls (grace %.0fs)", self.settings.shutdown_grace_s)
+        self.serving = False
         await self.health.enter_graceful_shutdown()
         await self._server.stop(self.settings.shutdown_grace_s)
         await self.registry.close()

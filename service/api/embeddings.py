@@ -29,6 +29,8 @@ def rpc_errors(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
         try:
             return await method(self, request, context)
         except errors.ApiError as err:
+            if err.headers:
+                await context.send_initial_metadata(tuple(err.headers.items()))
             await context.abort_with_status(err.to_status())
         except asyncio.CancelledError:
             raise

@@ -1,0 +1,208 @@
+"""The OpenAI-compatible REST surface (served through Envoy's transcoder): OpenAI shapes in, OpenAI JSON out.
+
+Responses are `google.api.HttpBody` holding JSON written here with orjson: float32 in shortest form, `index: 0`
+present, numbers as numbers - what the transcoder's own printing cannot give. Errors are `ApiError`s whose
+`field` is renamed to OpenAI's `param` names; the gateway turns them into OpenAI's error envelope.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import functools
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+
+import grpc
+import orjson
+from embeddings.v1 import embeddings_pb2
+from embeddings.v1 import rest_pb2 as pb
+from embeddings.v1 import rest_pb2_grpc as pb_grpc
+from google.api import httpbody_pb2
+from google.protobuf import struct_pb2
+
+from service import errors
+from service.api.embeddings import deadline_of, model_message, rpc_errors
+from service.engine.model import EmbedOptions, EmbedResult
+from service.registry import ModelRegistry
+
+ENCODING_FORMATS = ("float", "base64")
+TOKEN_ID_ENCODING = "cl100k_base"
+_INPUT_SHAPES = "a string, an array of strings, an array of token ids, or an array of arrays of token ids"
+
+
+def _bad_input(message: str) -> errors.ApiError:
+    return errors.invalid_input(message, field="input")
+
+
+class TokenIdDecoder:
+    """Turns OpenAI cl100k_base token ids (what LangChain sends by default) back into text, offline.
+
+    The tables take ~1.5 s to load, so they are loaded on first use, off the event loop.
+    """
+
+    def __init__(self, executor: Executor) -> None:
+        self._executor = executor
+        self._encoding = None
+        self._lock = asyncio.Lock()
+
+    async def load(self):
+        async with self._lock:
+            if self._encoding is None:
+                import bpe_openai
+
+                loop = asyncio.get_running_loop()
+                self._encoding = await loop.run_in_executor(self._executor, bpe_openai.get_encoding, TOKEN_ID_ENCODING)
+        return self._encoding
+
+    async def decode(self, sequences: Sequence[list[int]]) -> list[str]:
+        encoding = self._encoding or await self.load()
+        vocabulary = encoding.n_vocab
+        for n, ids in enumerate(sequences):
+            bad = next((i for i in ids if not 0 <= i < vocabulary), None)
+            if bad is not None:
+                raise _bad_input(f"Input {n} holds token id {bad}, outside the {TOKEN_ID_ENCODING} vocabulary.")
+        return [encoding.decode(ids) for ids in sequences]
+
+
+def _token_ids(values, position: int) -> list[int]:
+    ids = []
+    for value in values:
+        if value.WhichOneof("kind") != "number_value" or not float(value.number_value).is_integer():
+            raise _bad_input(f"Input {position} must be an array of integer token ids.")
+        ids.append(int(value.number_value))
+    if not ids:
+        raise _bad_input(f"Input {position} is an empty array of token ids.")
+    return ids
+
+
+def split_input(value: struct_pb2.Value) -> tuple[list[str], list[list[int]]]:
+    """The texts, or the token-id sequences, of an OpenAI `input` (exactly one of the two is non-empty)."""
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return [value.string_value], []
+    if kind != "list_value":
+        missing = kind is None or kind == "null_value"
+        raise _bad_input("'input' is required." if missing else f"'input' must be {_INPUT_SHAPES}.")
+    items = value.list_value.values
+    if not items:
+        raise _bad_input("'input' must not be an empty array.")
+    kinds = {item.WhichOneof("kind") for item in items}
+    if kinds == {"string_value"}:
+        return [item.string_value for item in items], []
+    if kinds == {"number_value"}:
+        return [], [_token_ids(items, 0)]
+    if kinds == {"list_value"}:
+        return [], [_token_ids(item.list_value.values, n) for n, item in enumerate(items)]
+    raise _bad_input(f"'input' must be {_INPUT_SHAPES}; arrays may not mix these.")
+
+
+def _as_rest_error(err: errors.ApiError) -> errors.ApiError:
+    """Engine fields (`inputs[3]`) become OpenAI's parameter names (`input`)."""
+    if err.field and err.field.startswith("inputs"):
+        return dataclasses.replace(err, field="input")
+    return err
+
+
+def _vector_items(result: EmbedResult, encoding_format: str) -> list[dict]:
+    vectors = result.vectors.astype("<f4", copy=False)
+    if encoding_format == "base64":
+        return [
+            {"object": "embedding", "index": i, "embedding": base64.b64encode(row.tobytes()).decode("ascii")}
+            for i, row in enumerate(vectors)
+        ]
+    return [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(vectors)]
+
+
+def openai_body(result: EmbedResult, encoding_format: str) -> bytes:
+    usage = {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}
+    body = {"object": "list", "data": _vector_items(result, encoding_format), "model": result.model, "usage": usage}
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def scaigrid_body(result: EmbedResult, encoding_format: str) -> bytes:
+    usage = {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}
+    items = [
+        {"index": item["index"], "embedding": item["embedding"]} for item in _vector_items(result, encoding_format)
+    ]
+    body = {"status": "ok", "data": {"model": result.model, "data": items, "usage": usage}}
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _timed(method: Callable) -> Callable:
+    """Send `openai-processing-ms` (as response headers through the gateway) with every answer, errors included."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context: grpc.aio.ServicerContext):
+        started = time.perf_counter()
+        try:
+            response = await method(self, request, context)
+        except errors.ApiError as err:
+            headers = {**err.headers, "openai-processing-ms": _elapsed_ms(started)}
+            raise dataclasses.replace(_as_rest_error(err), headers=headers) from None
+        await context.send_initial_metadata((("openai-processing-ms", _elapsed_ms(started)),))
+        return response
+
+    return wrapper
+
+
+def _elapsed_ms(started: float) -> str:
+    return str(max(0, round((time.perf_counter() - started) * 1000)))
+
+
+class RestServicer(pb_grpc.RestServiceServicer):
+    def __init__(self, registry: ModelRegistry, decoder: TokenIdDecoder, is_serving: Callable[[], bool]) -> None:
+        self._registry = registry
+        self._decoder = decoder
+        self._is_serving = is_serving
+
+    async def _embed(self, request: pb.CreateEmbeddingRequest, context) -> tuple[EmbedResult, str]:
+        encoding_format = request.encoding_format or "float"
+        if encoding_format not in ENCODING_FORMATS:
+            raise errors.invalid_input(
+                f"'encoding_format' must be 'float' or 'base64', got {request.encoding_format!r}.",
+                field="encoding_format",
+            )
+        if request.HasField("dimensions") and request.dimensions < 1:
+            raise errors.invalid_input(
+                f"'dimensions' must be at least 1, got {request.dimensions}.", field="dimensions"
+            )
+        if not request.model:
+            raise errors.invalid_input("'model' is required.", field="model")
+        model = self._registry.resolve(request.model)
+        texts, token_ids = split_input(request.input)
+        if token_ids:
+            model.validate(token_ids, EmbedOptions())  # the input-count cap, before any decoding work
+            texts = await self._decoder.decode(token_ids)
+        options = EmbedOptions(
+            dimensions=request.dimensions if request.HasField("dimensions") else None,
+            normalize=request.normalize if request.HasField("normalize") else None,
+            truncate=request.truncate,
+            input_type=request.input_type,
+        )
+        return await model.embed(texts, options, deadline_of(context)), encoding_format
+
+    @rpc_errors
+    @_timed
+    async def CreateEmbedding(self, request: pb.CreateEmbeddingRequest, context) -> httpbody_pb2.HttpBody:
+        result, encoding_format = await self._embed(request, context)
+        return httpbody_pb2.HttpBody(content_type="application/json", data=openai_body(result, encoding_format))
+
+    @rpc_errors
+    @_timed
+    async def InferenceEmbed(self, request: pb.CreateEmbeddingRequest, context) -> httpbody_pb2.HttpBody:
+        result, encoding_format = await self._embed(request, context)
+        return httpbody_pb2.HttpBody(content_type="application/json", data=scaigrid_body(result, encoding_format))
+
+    @rpc_errors
+    async def RetrieveModel(self, request: pb.RetrieveModelRequest, context) -> embeddings_pb2.Model:
+        model = self._registry.resolve(request.model)
+        return model_message(model, self._registry.aliases_of(model))
+
+    @rpc_errors
+    async def CheckHealth(self, request: pb.CheckHealthRequest, context) -> pb.CheckHealthResponse:
+        if not self._is_serving():
+            raise errors.unavailable("The server is starting or shutting down.")
+        return pb.CheckHealthResponse(status="SERVING", models=[m.id for m in self._registry.models()])
