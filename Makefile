@@ -4,9 +4,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 MODEL_REPO ?= models
+NPM_TOOLS := build/npm/.installed
 BUF    := build/npm/node_modules/.bin/buf
 
-.PHONY: all setup proto models run test lint bench clean
+.PHONY: all setup proto models run run-grpc test lint bench clean
 
 all: setup proto models
 
@@ -19,7 +20,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[build,test]'
 	touch $@
 
-setup: $(VENV)/.installed
+# buf (proto lint) and the official Node SDK the tests drive, from npm.
+$(NPM_TOOLS):
+	npm install --silent --no-audit --no-fund --prefix build/npm @bufbuild/buf@1.75 openai@6
+	touch $@
+
+setup: $(VENV)/.installed $(NPM_TOOLS)
 
 # Generated code and the descriptor set, from proto/ (tools/genproto.py); the .pth puts them on the path.
 build/.proto: $(VENV)/.installed tools/genproto.py $(shell find proto -name '*.proto')
@@ -33,18 +39,20 @@ proto: build/.proto
 models: $(VENV)/.installed
 	$(PY) -m tools.modelrepo build-defaults --repo $(MODEL_REPO)
 
+# gRPC server (127.0.0.1:50051) and Envoy (REST on 127.0.0.1:8080) in the foreground; extra flags: ARGS=...
 run: proto models
-	$(PY) -m service --model-repo $(MODEL_REPO)
+	$(PY) -m gateway.run --model-repo $(MODEL_REPO) $(ARGS)
 
-$(BUF):
-	npm install --silent --no-audit --no-fund --prefix build/npm @bufbuild/buf@1.75
+# The gRPC server alone.
+run-grpc: proto models
+	$(PY) -m service --model-repo $(MODEL_REPO) $(ARGS)
 
-lint: proto $(BUF)
+lint: proto $(NPM_TOOLS)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BUF) lint
 
-test: lint models
+test: setup lint models
 	EMBED_MODEL_REPO=$(abspath $(MODEL_REPO)) $(PY) -m pytest -q
 
 bench: proto models

@@ -1,0 +1,1 @@
+"""The gateway: Envoy configuration helpers and the server+Envoy supervisor."""

@@ -1,0 +1,84 @@
+"""`python -m gateway.run`: the gRPC server and Envoy together, in one foreground command (what `make run` starts).
+
+Ctrl-C or SIGTERM drains the gRPC server first (Envoy still delivers the answers of in-flight REST calls), then
+stops Envoy. If either process dies, the other is stopped and the command exits non-zero. Flags it does not know
+are passed to `python -m service` (and EMBED_* variables apply as usual).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import time
+
+from gateway.envoy import ROOT, GatewayPorts, envoy_command, validate, write_rendered
+from service.config import load_settings
+
+POLL_S = 0.2
+
+
+def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(prog="python -m gateway.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--http-host", default="127.0.0.1", help="where REST listens (default 127.0.0.1)")
+    parser.add_argument("--http-port", type=int, default=8080)
+    parser.add_argument("--admin-port", type=int, default=9901, help="Envoy admin on 127.0.0.1; 0 turns it off")
+    parser.add_argument("--envoy-concurrency", type=int, default=1, help="Envoy worker threads")
+    parser.add_argument("--envoy-log-level", default="warning")
+    return parser.parse_known_args(argv)
+
+
+def _stop(proc: subprocess.Popen, timeout: float) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, server_args = parse(argv)
+    settings = load_settings(server_args)
+    upstream_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "[::]") else settings.host
+    ports = GatewayPorts(args.http_port, settings.port, args.admin_port, args.http_host, upstream_host)
+    config = write_rendered(ports, ROOT / "build" / f"envoy-{args.http_port}.yaml")
+    checked = validate(config)
+    if checked.returncode != 0:
+        print(f"invalid Envoy configuration:\n{checked.stdout}{checked.stderr}", file=sys.stderr)
+        return 2
+
+    stopping = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    # Own sessions: a terminal's Ctrl-C reaches only this supervisor, which stops the children in order.
+    server = subprocess.Popen([sys.executable, "-m", "service", *server_args], cwd=ROOT, start_new_session=True)
+    envoy = subprocess.Popen(
+        envoy_command(config, args.envoy_concurrency, args.envoy_log_level), cwd=ROOT, start_new_session=True
+    )
+    print(f"gateway: REST on http://{args.http_host}:{args.http_port}/v1 -> gRPC {settings.address}", file=sys.stderr)
+    while not stopping and server.poll() is None and envoy.poll() is None:
+        time.sleep(POLL_S)
+
+    if stopping:
+        server_code = _stop(server, settings.shutdown_grace_s + 10)
+        _stop(envoy, 10)
+        return 0 if server_code == 0 else server_code or 1
+    dead, other = ("server", "envoy") if server.poll() is not None else ("envoy", "server")
+    code = (server if dead == "server" else envoy).returncode
+    print(f"gateway: {dead} exited with {code}; stopping {other}", file=sys.stderr)
+    _stop(envoy, 10)
+    _stop(server, settings.shutdown_grace_s + 10)
+    return code or 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
