@@ -12,7 +12,7 @@ import grpc
 import pytest
 from embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 
-from tests.serving import ServerProcess
+from tests.serving import EnvoyProcess, ServerProcess
 from tests.tiny_bert import build_tiny_sources
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -70,3 +70,18 @@ def stub(server: ServerProcess):
 @pytest.fixture(scope="session")
 def golden() -> dict:
     return json.loads((REPO_ROOT / "tests" / "golden" / "all-minilm-l6-v2.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def gateway(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory):
+    """The real Envoy, shipped configuration, in front of the session's server."""
+    with EnvoyProcess(server.port, tmp_path_factory.mktemp("envoy")) as envoy:
+        yield envoy
+
+
+@pytest.fixture(scope="session")
+def openai_client(gateway: EnvoyProcess):
+    """The official openai SDK pointed at the gateway, as a user would configure it."""
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{gateway.base_url}/v1", api_key="unused", max_retries=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gateway.envoy import GatewayPorts, envoy_command, write_rendered
 
 ROOT = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(r"grpc listening on \S+:(\d+)")
@@ -112,3 +115,53 @@ class ServerProcess:
 
 def run_server(model_repo: Path, args: Sequence[str] = ()) -> ServerProcess:
     return ServerProcess(model_repo, *args).start()
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (the OS picks it), for processes that need a fixed port number."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class EnvoyProcess:
+    """The real Envoy with the shipped envoy.yaml, rendered for an ephemeral port and a given upstream."""
+
+    def __init__(self, upstream_port: int, tmp_dir: Path) -> None:
+        self.port = free_port()
+        self.config = write_rendered(GatewayPorts(self.port, upstream_port, admin=0), tmp_dir / "envoy.yaml")
+        self.proc: subprocess.Popen | None = None
+        self.log_path = tmp_dir / "envoy.log"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> EnvoyProcess:
+        with self.log_path.open("w") as log:
+            self.proc = subprocess.Popen(envoy_command(self.config), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"envoy exited:\n{self.log_path.read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"envoy did not listen on {self.port}:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> EnvoyProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
