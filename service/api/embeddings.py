@@ -76,13 +76,13 @@ def model_message(model: ServedModel, aliases: list[str]) -> pb.Model:
 
 
 def embed_response(result: EmbedResult, encoding: int) -> pb.EmbedResponse:
-    as_bytes = encoding == pb.ENCODING_FORMAT_BYTES
     vectors = result.vectors.astype("<f4", copy=False)
+    # Python floats fill a repeated float field ~5x faster than numpy scalars do.
+    rows = [row.tobytes() for row in vectors] if encoding == pb.ENCODING_FORMAT_BYTES else vectors.tolist()
+    field = "data" if encoding == pb.ENCODING_FORMAT_BYTES else "values"
     embeddings = [
-        pb.Embedding(index=i, data=row.tobytes(), tokens=n, truncated=cut)
-        if as_bytes
-        else pb.Embedding(index=i, values=row, tokens=n, truncated=cut)
-        for i, (row, n, cut) in enumerate(zip(vectors, result.token_counts, result.truncated, strict=True))
+        pb.Embedding(index=i, tokens=n, truncated=cut, **{field: row})
+        for i, (row, n, cut) in enumerate(zip(rows, result.token_counts, result.truncated, strict=True))
     ]
     usage = pb.Usage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens)
     return pb.EmbedResponse(model=result.model, embeddings=embeddings, usage=usage, dimensions=vectors.shape[1])
