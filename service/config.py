@@ -28,9 +28,13 @@ class Settings:
     # Padded tokens (longest input x inputs) in one inference batch, and inputs in one batch.
     max_batch_tokens: int = 16384
     max_batch_size: int = 128
+    # Padded tokens / real tokens at which a batch is cut (inputs of similar length share a batch).
+    max_padding_ratio: float = 1.1
+    # Batches run at once; 0: one per core on the CPU, 1 on a GPU.
+    inference_workers: int = 0
     # Inputs waiting for inference across all requests of a model; beyond it calls fail fast.
     max_queued_inputs: int = 32768
-    # ONNX Runtime threads; 0 lets ONNX Runtime choose (one per physical core).
+    # ONNX Runtime threads per batch; 0: cores / inference_workers (ONNX Runtime's own choice for one worker).
     intra_op_threads: int = 0
     inter_op_threads: int = 1
     # "auto" (TensorRT/CUDA when usable, else CPU) or a comma-separated list of execution providers.

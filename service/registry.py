@@ -11,7 +11,7 @@ from service import errors
 from service.config import Settings
 from service.engine.batcher import Batcher, BatchLimits
 from service.engine.model import ServedModel
-from service.engine.runtime import OnnxEncoder, RuntimeOptions
+from service.engine.runtime import OnnxEncoder, RuntimeOptions, choose_providers, plan_parallelism
 from service.engine.tokenize import TextTokenizer
 from service.manifest import MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE, ManifestError, ModelManifest
 
@@ -42,12 +42,11 @@ def discover(repo: Path, wanted: tuple[str, ...] = ()) -> list[Path]:
     return dirs
 
 
-def _load_model(model_dir: Path, settings: Settings) -> _Loaded:
+def _load_model(model_dir: Path, options: RuntimeOptions) -> _Loaded:
     manifest = ModelManifest.load(model_dir)
     for required in (MODEL_FILE, TOKENIZER_FILE):
         if not (model_dir / required).is_file():
             raise ManifestError(f"{model_dir} lacks {required}")
-    options = RuntimeOptions(settings.providers, settings.intra_op_threads, settings.inter_op_threads)
     encoder = OnnxEncoder(model_dir / MODEL_FILE, manifest.pooling, options)
     tokenizer = TextTokenizer(model_dir / TOKENIZER_FILE, manifest.max_input_tokens)
     encoder.embed(tokenizer.encode(["warm-up"]))  # first run allocates; keep it out of the first call
@@ -63,8 +62,13 @@ class ModelRegistry:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        # One inference thread: ONNX Runtime already spreads a batch over the cores.
-        self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        providers = tuple(choose_providers(settings.providers))
+        self._workers, intra_op_threads = plan_parallelism(
+            providers, settings.inference_workers, settings.intra_op_threads
+        )
+        self._runtime = RuntimeOptions(providers, intra_op_threads, settings.inter_op_threads)
+        # One thread per batch in flight, shared by all models: they compete for the same cores.
+        self._inference = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="inference")
         self._tokenize = ThreadPoolExecutor(max_workers=max(1, settings.tokenizer_threads), thread_name_prefix="tok")
         self._loaded: list[_Loaded] = []
         self._models: list[ServedModel] = []
@@ -82,13 +86,21 @@ class ModelRegistry:
 
     def load(self) -> None:
         repo = Path(self._settings.model_repo)
-        self._loaded = [_load_model(d, self._settings) for d in discover(repo, self._settings.models)]
+        self._loaded = [_load_model(d, self._runtime) for d in discover(repo, self._settings.models)]
+        log.info(
+            "inference: %d batch(es) at once, %s thread(s) each, on %s",
+            self._workers,
+            self._runtime.intra_op_threads or "auto",
+            self._runtime.providers[0],
+        )
 
     def start(self) -> None:
         limits = BatchLimits(
             max_batch_tokens=self._settings.max_batch_tokens,
             max_batch_size=self._settings.max_batch_size,
             max_queued_inputs=self._settings.max_queued_inputs,
+            max_padding_ratio=self._settings.max_padding_ratio,
+            concurrent_batches=self._workers,
         )
         models = []
         for loaded in self._loaded:

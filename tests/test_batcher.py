@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -46,6 +47,7 @@ def executor():
 
 
 def make(backend, executor, **limits) -> Batcher:
+    limits.setdefault("max_padding_ratio", 100.0)  # tests of other rules ignore padding unless they set it
     batcher = Batcher("test", backend, executor, BatchLimits(**limits))
     batcher.start()
     return batcher
@@ -91,6 +93,45 @@ async def test_concurrent_calls_are_coalesced_and_grouped_by_length(executor):
     for call, i in zip(calls, range(len(lengths)), strict=True):
         assert call.result()[0].tolist() == [100 + i, lengths[i]]
     await batcher.close()
+
+
+async def test_padding_ratio_cuts_batches(executor):
+    backend = RecordingBackend()
+    batcher = make(backend, executor, max_batch_size=100, max_padding_ratio=1.2)
+    lengths = [10, 10, 11, 12, 30, 31, 32, 90]
+    await batcher.embed([tokens(n, i) for i, n in enumerate(lengths)])
+    groups = sorted(sorted(n for _, n in batch) for batch in backend.batches)
+    assert groups == [[10, 10, 11, 12], [30, 31, 32], [90]]
+    for batch in backend.batches:
+        real = sum(n for _, n in batch)
+        assert max(n for _, n in batch) * len(batch) <= 1.2 * real
+    await batcher.close()
+
+
+async def test_concurrent_batches_run_in_parallel(executor):
+    class Overlap(RecordingBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.active = 0
+            self.peak = 0
+            self.lock = threading.Lock()
+
+        def embed(self, batch):
+            with self.lock:
+                self.active += 1
+                self.peak = max(self.peak, self.active)
+            time.sleep(0.05)
+            with self.lock:
+                self.active -= 1
+            return super().embed(batch)
+
+    backend = Overlap()
+    with ThreadPoolExecutor(2) as pool:
+        batcher = make(backend, pool, max_batch_size=2, concurrent_batches=2)
+        out = await batcher.embed([tokens(3, i) for i in range(8)])
+        await batcher.close()
+    assert out[:, 0].tolist() == list(range(8))
+    assert backend.peak == 2 and len(backend.batches) == 4
 
 
 async def test_cancelled_call_is_dropped_before_compute(executor):

@@ -1,12 +1,13 @@
 """Dynamic batching: inputs of concurrent calls are queued and packed into length-grouped batches.
 
-One batcher per model. Its loop runs a batch as soon as the backend is free, so a lone request is served at
-once and, under load, whatever arrived meanwhile is coalesced into the next batch. Batches hold at most
-`max_batch_size` inputs and `max_batch_tokens` padded tokens (longest x count). The oldest queued input is
-always in the next batch (no starvation); the others are picked from a window of queued inputs sorted by
-length, so inputs of similar length share a batch and padding stays small. A large request is split across
-batches and reassembled in order. Inputs of calls that were cancelled or whose deadline passed are dropped
-before they cost compute.
+One batcher per model. Its loop starts a batch as soon as one of its `concurrent_batches` slots is free, so a
+lone request is served at once and, under load, whatever arrived meanwhile is coalesced into the next batch.
+Batches hold at most `max_batch_size` inputs and `max_batch_tokens` padded tokens (longest x count), and padded
+tokens stay within `max_padding_ratio` of the real ones: on a CPU, padding is pure waste while a bigger batch
+buys almost nothing. The oldest queued input is always in the next batch (no starvation); the others are
+picked from a window of queued inputs sorted by length, so inputs of similar length share a batch. A large
+request is split across batches and reassembled in order. Inputs of calls that were cancelled or whose
+deadline passed are dropped before they cost compute.
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ class BatchLimits:
     max_batch_tokens: int = 16384
     max_batch_size: int = 128
     max_queued_inputs: int = 32768
+    # Padded tokens / real tokens a batch may reach before it is cut (a lone input always forms a batch).
+    max_padding_ratio: float = 1.1
+    # Batches in flight at once (one per inference thread).
+    concurrent_batches: int = 1
     # Queued inputs considered when grouping by length, as a multiple of max_batch_size.
     window_batches: int = 4
 
@@ -125,24 +130,38 @@ class Batcher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            if not self._queue:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            batch = self._next_batch(loop.time())
-            if not batch:
-                continue
-            try:
-                pooled = await loop.run_in_executor(self._executor, self._backend.embed, [i.tokens for i in batch])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.exception("batch of %d inputs failed on model %s", len(batch), self.name)
-                self._fail(batch, BatchFailed(str(exc)))
-                continue
-            self._record(batch)
-            self._deliver(batch, pooled)
+        slots = asyncio.Semaphore(self._limits.concurrent_batches)
+        running: set[asyncio.Task] = set()
+        try:
+            while True:
+                await slots.acquire()
+                while not self._queue:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                batch = self._next_batch(loop.time())
+                if not batch:
+                    slots.release()
+                    continue
+                task = loop.create_task(self._run_batch(batch))
+                running.add(task)
+                task.add_done_callback(running.discard)
+                task.add_done_callback(lambda _: slots.release())
+        finally:
+            for task in running:
+                task.cancel()
+
+    async def _run_batch(self, batch: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            pooled = await loop.run_in_executor(self._executor, self._backend.embed, [i.tokens for i in batch])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("batch of %d inputs failed on model %s", len(batch), self.name)
+            self._fail(batch, BatchFailed(str(exc)))
+            return
+        self._record(batch)
+        self._deliver(batch, pooled)
 
     def _alive(self, item: _Item, now: float) -> bool:
         call = item.call
@@ -168,14 +187,22 @@ class Batcher:
             return []
         oldest = window[0]
         chosen: list[_Item] = []
+        real_tokens = 0
         found_oldest = False
         for item in sorted(window, key=lambda it: it.tokens.length):
-            over_budget = item.tokens.length * (len(chosen) + 1) > limits.max_batch_tokens
-            if chosen and (over_budget or len(chosen) >= limits.max_batch_size):
+            length = item.tokens.length
+            padded = length * (len(chosen) + 1)  # sorted ascending: this input is the longest so far
+            full = (
+                padded > limits.max_batch_tokens
+                or len(chosen) >= limits.max_batch_size
+                or padded > limits.max_padding_ratio * (real_tokens + length)
+            )
+            if chosen and full:
                 if found_oldest:
                     break
-                chosen = []
+                chosen, real_tokens = [], 0
             chosen.append(item)
+            real_tokens += length
             found_oldest = found_oldest or item is oldest
         taken = {id(item) for item in chosen}
         # Put the rest back at the front, in arrival order.

