@@ -56,7 +56,7 @@ test: setup lint models
 	EMBED_MODEL_REPO=$(abspath $(MODEL_REPO)) $(PY) -m pytest -q
 
 bench: proto models
-	$(PY) -m bench.grpc_throughput --model-repo $(MODEL_REPO)
+	$(PY) -m bench.throughput --model-repo $(MODEL_REPO)
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

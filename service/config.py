@@ -29,7 +29,7 @@ class Settings:
     max_batch_tokens: int = 16384
     max_batch_size: int = 128
     # Padded tokens / real tokens at which a batch is cut (inputs of similar length share a batch).
-    max_padding_ratio: float = 1.1
+    max_padding_ratio: float = 1.05
     # Batches run at once; 0: one per core on the CPU, 1 on a GPU.
     inference_workers: int = 0
     # Inputs waiting for inference across all requests of a model; beyond it calls fail fast.

@@ -51,7 +51,7 @@ class BatchLimits:
     max_batch_size: int = 128
     max_queued_inputs: int = 32768
     # Padded tokens / real tokens a batch may reach before it is cut (a lone input always forms a batch).
-    max_padding_ratio: float = 1.1
+    max_padding_ratio: float = 1.05
     # Batches in flight at once (one per inference thread).
     concurrent_batches: int = 1
     # Queued inputs considered when grouping by length, as a multiple of max_batch_size.
