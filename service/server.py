@@ -81,7 +81,11 @@ class EmbeddingServer:
 
 async def serve(settings: Settings) -> int:
     """Run until SIGTERM or SIGINT, then drain and return the exit code."""
-    server = EmbeddingServer(settings)
+    try:
+        server = EmbeddingServer(settings)
+    except ValueError as exc:
+        log.error("configuration error: %s", exc)
+        return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -70,3 +70,15 @@ def test_bad_setting_is_a_configuration_error(tmp_path):
         [sys.executable, "-m", "service", "--port", "not-a-port"], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2 and "configuration error" in result.stderr
+
+
+def test_unknown_execution_provider_is_a_configuration_error(served_repo):
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "--model-repo", str(served_repo), "--providers", "NopeProvider"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "NopeProvider" in result.stderr and "Traceback" not in result.stderr

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from service.engine.pooling import finalize, pool
 from service.manifest import MODEL_FILE, TOKENIZER_FILE, ManifestError, ModelManifest
 
 TOOL_NAME = "tools.modelrepo"
@@ -372,18 +373,6 @@ def encode_batch(tokenizer_path: Path, texts: tuple[str, ...], max_tokens: int) 
     return batch
 
 
-def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str, normalize: bool) -> np.ndarray:
-    """Pool token embeddings the way the manifest says (used to compare precisions)."""
-    if pooling == "cls":
-        vectors = hidden[:, 0]
-    else:
-        weights = mask[..., None].astype(np.float32)
-        vectors = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
-    if normalize:
-        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    return vectors
-
-
 def _session(path: Path) -> Any:
     import onnxruntime as ort
 
@@ -536,8 +525,8 @@ def verify_int8(int8_path: Path, fp32_path: Path, tokenizer_path: Path, manifest
     actual, expected = quantized.run(None, feed)[0], reference.run(None, feed)[0]
     if actual.shape != expected.shape or not np.isfinite(actual).all():
         raise BuildError(f"int8 model output is broken: shape {actual.shape} vs {expected.shape} or not finite")
-    a = pool(actual, batch["attention_mask"], manifest.pooling, True)
-    b = pool(expected, batch["attention_mask"], manifest.pooling, True)
+    a = finalize(pool(actual, batch["attention_mask"], manifest.pooling), None, True)
+    b = finalize(pool(expected, batch["attention_mask"], manifest.pooling), None, True)
     cosine = float((a * b).sum(axis=1).min())
     say(f"  verified int8 against fp32 on {len(VERIFY_TEXTS)} texts: min cosine {cosine:.4f}")
     return {"against": "fp32 onnx", "texts": len(VERIFY_TEXTS), "min_cosine": round(cosine, 6)}
