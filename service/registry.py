@@ -49,7 +49,8 @@ def _load_model(model_dir: Path, options: RuntimeOptions) -> _Loaded:
             raise ManifestError(f"{model_dir} lacks {required}")
     encoder = OnnxEncoder(model_dir / MODEL_FILE, manifest.pooling, options)
     tokenizer = TextTokenizer(model_dir / TOKENIZER_FILE, manifest.max_input_tokens)
-    encoder.embed(tokenizer.encode(["warm-up"]))  # first run allocates; keep it out of the first call
+    for solo in (False, True):  # first runs allocate; keep that out of the first calls
+        encoder.embed(tokenizer.encode(["warm-up"]), solo=solo)
     return _Loaded(manifest, tokenizer, encoder)
 
 
@@ -63,10 +64,10 @@ class ModelRegistry:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         providers = tuple(choose_providers(settings.providers))
-        self._workers, intra_op_threads = plan_parallelism(
+        self._workers, intra_op_threads, solo_threads = plan_parallelism(
             providers, settings.inference_workers, settings.intra_op_threads
         )
-        self._runtime = RuntimeOptions(providers, intra_op_threads, settings.inter_op_threads)
+        self._runtime = RuntimeOptions(providers, intra_op_threads, settings.inter_op_threads, solo_threads)
         # One thread per batch in flight, shared by all models: they compete for the same cores.
         self._inference = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="inference")
         self._tokenize = ThreadPoolExecutor(max_workers=max(1, settings.tokenizer_threads), thread_name_prefix="tok")
@@ -88,9 +89,10 @@ class ModelRegistry:
         repo = Path(self._settings.model_repo)
         self._loaded = [_load_model(d, self._runtime) for d in discover(repo, self._settings.models)]
         log.info(
-            "inference: %d batch(es) at once, %s thread(s) each, on %s",
+            "inference: %d batch(es) at once, %s thread(s) each (%s for a lone batch), on %s",
             self._workers,
             self._runtime.intra_op_threads or "auto",
+            self._runtime.solo_threads or "same",
             self._runtime.providers[0],
         )
 

@@ -31,9 +31,11 @@ class RecordingBackend:
         self.gate = threading.Event()
         self.gate.set()
         self.fail = False
+        self.solo: list[bool] = []
 
-    def embed(self, batch):
+    def embed(self, batch, solo=False):
         self.gate.wait(10)
+        self.solo.append(solo)
         self.batches.append([(int(t.ids[0]), t.length) for t in batch])
         if self.fail:
             raise RuntimeError("boom")
@@ -116,14 +118,14 @@ async def test_concurrent_batches_run_in_parallel(executor):
             self.peak = 0
             self.lock = threading.Lock()
 
-        def embed(self, batch):
+        def embed(self, batch, solo=False):
             with self.lock:
                 self.active += 1
                 self.peak = max(self.peak, self.active)
             time.sleep(0.05)
             with self.lock:
                 self.active -= 1
-            return super().embed(batch)
+            return super().embed(batch, solo)
 
     backend = Overlap()
     with ThreadPoolExecutor(2) as pool:
@@ -193,4 +195,14 @@ async def test_backend_failure_reaches_only_that_batch(executor):
     backend.fail = False
     out = await batcher.embed([tokens(3, 2)])
     assert out[0, 0] == 2
+    await batcher.close()
+
+
+async def test_lone_batch_runs_solo_and_busy_batches_do_not(executor):
+    backend = RecordingBackend()
+    batcher = make(backend, executor, max_batch_size=2)
+    await batcher.embed([tokens(3, 1)])
+    assert backend.solo == [True]  # nothing else queued or running: it may use every core
+    await batcher.embed([tokens(3, i) for i in range(6)])
+    assert backend.solo[1:] == [False, False, True]  # the last batch of the call runs alone again
     await batcher.close()

@@ -13,6 +13,7 @@ deadline passed are dropped before they cost compute.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from collections.abc import Sequence
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 class Backend(Protocol):
     """What the batcher needs from a runtime: pooled vectors for a batch of tokenized inputs."""
 
-    def embed(self, batch: Sequence[TokenizedInput]) -> np.ndarray: ...
+    def embed(self, batch: Sequence[TokenizedInput], solo: bool = False) -> np.ndarray: ...
 
 
 class QueueFull(Exception):
@@ -142,7 +143,9 @@ class Batcher:
                 if not batch:
                     slots.release()
                     continue
-                task = loop.create_task(self._run_batch(batch))
+                # Alone on an idle server: the backend may spread this batch over every core.
+                solo = not running and not self._queue
+                task = loop.create_task(self._run_batch(batch, solo))
                 running.add(task)
                 task.add_done_callback(running.discard)
                 task.add_done_callback(lambda _: slots.release())
@@ -150,10 +153,11 @@ class Batcher:
             for task in running:
                 task.cancel()
 
-    async def _run_batch(self, batch: list[_Item]) -> None:
+    async def _run_batch(self, batch: list[_Item], solo: bool) -> None:
         loop = asyncio.get_running_loop()
+        run = functools.partial(self._backend.embed, [i.tokens for i in batch], solo=solo)
         try:
-            pooled = await loop.run_in_executor(self._executor, self._backend.embed, [i.tokens for i in batch])
+            pooled = await loop.run_in_executor(self._executor, run)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
