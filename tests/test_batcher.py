@@ -206,3 +206,29 @@ async def test_lone_batch_runs_solo_and_busy_batches_do_not(executor):
     await batcher.embed([tokens(3, i) for i in range(6)])
     assert backend.solo[1:] == [False, False, True]  # the last batch of the call runs alone again
     await batcher.close()
+
+
+async def test_background_inputs_wait_for_interactive_ones(executor):
+    backend = RecordingBackend()
+    batcher = make(backend, executor, max_batch_size=2)
+    backend.gate.clear()
+    first = asyncio.ensure_future(batcher.embed([tokens(3, 0)]))
+    await asyncio.sleep(0.05)
+    job = asyncio.ensure_future(batcher.embed([tokens(3, 100 + i) for i in range(4)], background=True))
+    await asyncio.sleep(0.01)
+    call = asyncio.ensure_future(batcher.embed([tokens(3, 1), tokens(3, 2)]))
+    await asyncio.sleep(0.01)
+    backend.gate.set()
+    await asyncio.gather(first, job, call)
+    markers = [[m for m, _ in batch] for batch in backend.batches]
+    assert markers[1] == [1, 2]  # queued after the job's inputs, served before them
+    assert sorted(m for batch in markers[2:] for m in batch) == [100, 101, 102, 103]
+    await batcher.close()
+
+
+async def test_background_inputs_do_not_count_against_the_queue_bound(executor):
+    backend = RecordingBackend()
+    batcher = make(backend, executor, max_queued_inputs=2)
+    out = await batcher.embed([tokens(3, i) for i in range(5)], background=True)
+    assert out[:, 0].tolist() == [0, 1, 2, 3, 4]
+    await batcher.close()

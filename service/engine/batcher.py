@@ -95,6 +95,8 @@ class Batcher:
         self._executor = executor
         self._limits = limits
         self._queue: deque[_Item] = deque()
+        # Async jobs' inputs: batched only when no interactive input waits, so a big job never slows calls down.
+        self._background: deque[_Item] = deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.stats = BatcherStats()
@@ -112,19 +114,26 @@ class Batcher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        while self._queue:
-            item = self._queue.popleft()
+        for item in (*self._queue, *self._background):
             if not item.call.future.done():
                 item.call.future.set_exception(asyncio.CancelledError("batcher closed"))
+        self._queue.clear()
+        self._background.clear()
 
-    async def embed(self, inputs: Sequence[TokenizedInput], deadline: float | None = None) -> np.ndarray:
-        """Pooled vectors for `inputs`, in order. `deadline` is in the event loop's clock (loop.time())."""
+    async def embed(
+        self, inputs: Sequence[TokenizedInput], deadline: float | None = None, background: bool = False
+    ) -> np.ndarray:
+        """Pooled vectors for `inputs`, in order. `deadline` is in the event loop's clock (loop.time()).
+
+        `background` inputs (async jobs) wait until no interactive input is queued; their caller bounds them.
+        """
         if not inputs:
             raise ValueError("no inputs")
-        if len(self._queue) + len(inputs) > self._limits.max_queued_inputs:
+        if not background and len(self._queue) + len(inputs) > self._limits.max_queued_inputs:
             raise QueueFull(self.name)
         call = _Call(size=len(inputs), future=asyncio.get_running_loop().create_future(), deadline=deadline)
-        self._queue.extend(_Item(call, slot, tokens) for slot, tokens in enumerate(inputs))
+        lane = self._background if background else self._queue
+        lane.extend(_Item(call, slot, tokens) for slot, tokens in enumerate(inputs))
         self._wakeup.set()
         # A cancelled caller cancels `call.future`, which marks its queued inputs as dead.
         return await call.future
@@ -136,7 +145,7 @@ class Batcher:
         try:
             while True:
                 await slots.acquire()
-                while not self._queue:
+                while not self._queue and not self._background:
                     self._wakeup.clear()
                     await self._wakeup.wait()
                 batch = self._next_batch(loop.time())
@@ -144,7 +153,7 @@ class Batcher:
                     slots.release()
                     continue
                 # Alone on an idle server: the backend may spread this batch over every core.
-                solo = not running and not self._queue
+                solo = not running and not self._queue and not self._background
                 task = loop.create_task(self._run_batch(batch, solo))
                 running.add(task)
                 task.add_done_callback(running.discard)
@@ -177,12 +186,13 @@ class Batcher:
         return True
 
     def _next_batch(self, now: float) -> list[_Item]:
-        """Take the next batch off the queue: the oldest live input plus similar-length neighbours."""
+        """Take the next batch off a lane (interactive first): the oldest live input plus similar-length neighbours."""
         limits = self._limits
+        queue = self._queue or self._background
         window: list[_Item] = []
         window_size = limits.max_batch_size * limits.window_batches
-        while self._queue and len(window) < window_size:
-            item = self._queue.popleft()
+        while queue and len(window) < window_size:
+            item = queue.popleft()
             if self._alive(item, now):
                 window.append(item)
             else:
@@ -210,7 +220,7 @@ class Batcher:
             found_oldest = found_oldest or item is oldest
         taken = {id(item) for item in chosen}
         # Put the rest back at the front, in arrival order.
-        self._queue.extendleft(reversed([item for item in window if id(item) not in taken]))
+        queue.extendleft(reversed([item for item in window if id(item) not in taken]))
         return chosen
 
     def _record(self, batch: list[_Item]) -> None:

@@ -115,12 +115,15 @@ class ServedModel:
             tokens[i] = item
         return tokens
 
-    async def embed(self, texts: Sequence[str], options: EmbedOptions, deadline: float | None = None) -> EmbedResult:
-        """Vectors for `texts` in order. `deadline` is in the event loop's clock."""
+    async def embed(
+        self, texts: Sequence[str], options: EmbedOptions, deadline: float | None = None, background: bool = False
+    ) -> EmbedResult:
+        """Vectors for `texts` in order. `deadline` is in the event loop's clock; `background` is for async jobs,
+        which yield to interactive calls."""
         self.validate(texts, options)
         tokens = await self.tokenize(self._with_prefix(texts, options.input_type), options.truncate)
         try:
-            pooled = await self.batcher.embed(tokens, deadline)
+            pooled = await self.batcher.embed(tokens, deadline, background=background)
         except QueueFull:
             raise errors.queue_full(self.id) from None
         except DeadlineExceeded:

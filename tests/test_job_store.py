@@ -1,0 +1,495 @@
+"""The async-job store on real SQLite files: jobs, chunk leases, results, retention, webhooks and deliveries.
+
+Time is whatever the test says it is (`now`); durability is checked by reopening the file, including after a
+process that was killed with SIGKILL halfway through a job.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.jobs.store import (
+    Chunk,
+    InvalidCursor,
+    Job,
+    JobStore,
+    NotFound,
+    ResultsNotReady,
+    ResultsRemoved,
+    SqliteJobStore,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+T0 = 1_700_000_000
+RETENTION_S = 3600
+DIMS = 4
+LEASE_S = 60
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "jobs.db"
+
+
+@pytest.fixture
+def store(db: Path):
+    with SqliteJobStore(db, retention_s=RETENTION_S) as opened:
+        yield opened
+
+
+def texts(n: int, tag: str = "t") -> list[str]:
+    return [f"{tag} {i}" for i in range(n)]
+
+
+def make_job(store: SqliteJobStore, n: int = 10, chunk_size: int = 3, tenant: str = "default", **kwargs) -> Job:
+    kwargs.setdefault("now", T0)
+    kwargs.setdefault("webhook_id", None)
+    return store.create_job(
+        tenant, "mini", {"normalize": True}, {"k": "v"}, inputs=texts(n), chunk_size=chunk_size, **kwargs
+    )
+
+
+def vectors_for(chunk: Chunk, dims: int = DIMS) -> np.ndarray:
+    """Row i holds input (start + i)'s index plus column / 10: any misplaced row shows."""
+    rows = np.arange(chunk.start, chunk.start + chunk.count, dtype=np.float32)[:, None]
+    return rows + np.arange(dims, dtype=np.float32)[None, :] / 10
+
+
+def complete(store: SqliteJobStore, chunk: Chunk, owner: str = "w1", now: int = T0) -> Job:
+    vectors = vectors_for(chunk)
+    tokens = [chunk.start + i + 1 for i in range(chunk.count)]
+    return store.complete_chunk(chunk.job_id, chunk.idx, owner, vectors.tobytes(), DIMS, tokens, now)
+
+
+def run_all(store: SqliteJobStore, now: int = T0) -> Job:
+    job = None
+    while (chunk := store.claim_chunk("w1", now, LEASE_S)) is not None:
+        job = complete(store, chunk, now=now)
+    assert job is not None
+    return job
+
+
+# --- jobs ---------------------------------------------------------------------------------------------------------
+
+
+def test_store_implements_the_interface(store):
+    assert {name for name in dir(JobStore) if not name.startswith("_")} <= set(dir(store))
+
+
+def test_create_and_get(store):
+    job = make_job(store, n=10, chunk_size=3)
+    assert job.id.startswith("job_") and len(job.id) == 4 + 24
+    assert (job.status, job.total_inputs, job.completed_inputs, job.chunk_count) == ("queued", 10, 0, 4)
+    assert (job.options, job.metadata, job.created_at, job.started_at, job.expires_at) == (
+        {"normalize": True},
+        {"k": "v"},
+        T0,
+        None,
+        None,
+    )
+    assert store.get_job("default", job.id) == job
+    assert store.get_job("other", job.id) is None
+    assert store.get_job("default", "job_missing") is None
+    with pytest.raises(ValueError):
+        store.create_job("default", "mini", {}, {}, None, [], 3, T0)
+
+
+def test_list_is_newest_first_with_a_cursor_and_per_tenant(store):
+    ids = [make_job(store, n=1).id for _ in range(5)]  # all in the same second: creation order still holds
+    make_job(store, n=1, tenant="other")
+    first = store.list_jobs("default", limit=2)
+    assert [job.id for job in first.items] == ids[::-1][:2] and first.has_more
+    second = store.list_jobs("default", limit=2, after=first.last_id)
+    assert [job.id for job in second.items] == ids[::-1][2:4] and second.has_more
+    third = store.list_jobs("default", limit=2, after=second.last_id)
+    assert [job.id for job in third.items] == ids[:1] and not third.has_more
+    assert [job.id for job in store.list_jobs("default", limit=10).items] == ids[::-1]
+    assert len(store.list_jobs("other").items) == 1
+    with pytest.raises(InvalidCursor):
+        store.list_jobs("other", after=ids[0])
+
+
+def test_create_100k_inputs_in_one_transaction(store):
+    inputs = [f"input number {i}, a short sentence to embed" for i in range(100_000)]
+    started = time.perf_counter()
+    job = store.create_job("default", "mini", {}, {}, None, inputs, 256, T0)
+    elapsed = time.perf_counter() - started
+    print(f"\ncreate_job: 100,000 inputs in {elapsed * 1000:.0f} ms ({job.chunk_count} chunks)")
+    assert elapsed < 20
+    assert store.get_job("default", job.id).total_inputs == 100_000
+    last = None
+    while (chunk := store.claim_chunk("w1", T0, LEASE_S)) is not None:
+        last = chunk
+    assert last is not None and last.start == 99_840 and last.count == 160 and last.inputs[-1] == inputs[-1]
+
+
+# --- claims and leases --------------------------------------------------------------------------------------------
+
+
+def test_claims_lease_chunks_in_order_and_start_the_job(store):
+    job = make_job(store, n=10, chunk_size=3)
+    first = store.claim_chunk("w1", T0 + 5, LEASE_S)
+    assert (first.job_id, first.idx, first.start, first.count, first.inputs) == (job.id, 0, 0, 3, texts(3))
+    assert (first.status, first.lease_owner, first.lease_expires_at, first.attempts) == ("leased", "w1", T0 + 65, 1)
+    assert (first.model, first.options, first.tenant) == ("mini", {"normalize": True}, "default")
+    started = store.get_job("default", job.id)
+    assert (started.status, started.started_at) == ("in_progress", T0 + 5)
+    claimed = [store.claim_chunk("w1", T0 + 6, LEASE_S) for _ in range(3)]
+    assert [chunk.idx for chunk in claimed] == [1, 2, 3] and claimed[-1].count == 1
+    assert store.claim_chunk("w1", T0 + 6, LEASE_S) is None
+    assert store.get_job("default", job.id).started_at == T0 + 5
+
+
+def test_expired_lease_is_reclaimed_by_another_owner(store):
+    make_job(store, n=3, chunk_size=3)
+    chunk = store.claim_chunk("w1", T0, LEASE_S)
+    assert store.claim_chunk("w2", T0 + LEASE_S - 1, LEASE_S) is None
+    assert store.renew_lease(chunk.job_id, 0, "w1", T0 + 30, LEASE_S)  # now expires at T0 + 90
+    assert store.claim_chunk("w2", T0 + 89, LEASE_S) is None
+    again = store.claim_chunk("w2", T0 + 90, LEASE_S)
+    assert (again.idx, again.lease_owner, again.attempts, again.inputs) == (0, "w2", 2, chunk.inputs)
+    assert not store.renew_lease(chunk.job_id, 0, "w1", T0 + 91, LEASE_S)
+    # The old owner's late result is ignored; the new owner's counts.
+    assert complete(store, chunk, owner="w1").completed_inputs == 0
+    assert complete(store, again, owner="w2").status == "completed"
+
+
+def test_concurrent_claims_from_two_stores_never_share_a_chunk(db):
+    stores = [SqliteJobStore(db), SqliteJobStore(db)]  # two replicas on one file
+    job = make_job(stores[0], n=200, chunk_size=2)
+    claimed: list[tuple[str, int]] = []
+
+    def worker(store: SqliteJobStore, owner: str) -> None:
+        while (chunk := store.claim_chunk(owner, T0, LEASE_S)) is not None:
+            claimed.append((chunk.job_id, chunk.idx))
+            complete(store, chunk, owner=owner)
+
+    threads = [threading.Thread(target=worker, args=(stores[i % 2], f"w{i}")) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(claimed) == [(job.id, idx) for idx in range(100)]
+    done = stores[1].get_job("default", job.id)
+    assert (done.status, done.completed_inputs) == ("completed", 200)
+    for store in stores:
+        store.close()
+
+
+def test_reads_from_many_threads_run_beside_writes(store):
+    job = make_job(store, n=400, chunk_size=2)
+    seen: list[int] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                seen.append(store.get_job("default", job.id).completed_inputs)
+                store.list_jobs("default", limit=5)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    done = run_all(store)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert not errors and done.completed_inputs == 400 and seen and max(seen) <= 400
+
+
+def test_claims_round_robin_across_jobs(store):
+    big = make_job(store, n=10, chunk_size=1)
+    make_job(store, n=2, chunk_size=1, now=T0 + 1)
+    order = []
+    while (chunk := store.claim_chunk("w1", T0 + 2, LEASE_S)) is not None:
+        order.append("big" if chunk.job_id == big.id else "small")
+        complete(store, chunk)
+    assert order[:4] == ["big", "small", "big", "small"] and order[4:] == ["big"] * 8
+    # With chunks in flight, the job with the fewest live leases goes first.
+    third = make_job(store, n=4, chunk_size=1, now=T0 + 3)
+    fourth = make_job(store, n=4, chunk_size=1, now=T0 + 4)
+    held = [store.claim_chunk(f"w{i}", T0 + 5, LEASE_S).job_id for i in range(4)]
+    assert held.count(third.id) == 2 and held.count(fourth.id) == 2
+
+
+# --- completion ---------------------------------------------------------------------------------------------------
+
+
+def test_complete_counts_once_and_finishes_the_job(store, db):
+    job = make_job(store, n=10, chunk_size=3)
+    chunks = [store.claim_chunk("w1", T0, LEASE_S) for _ in range(4)]
+    progress = complete(store, chunks[0], now=T0 + 10)
+    assert (progress.status, progress.completed_inputs, progress.prompt_tokens) == ("in_progress", 3, 1 + 2 + 3)
+    assert complete(store, chunks[0], now=T0 + 11).completed_inputs == 3  # again: no double count
+    assert complete(store, chunks[1], owner="intruder").completed_inputs == 3  # not the owner: ignored
+    with pytest.raises(ValueError):
+        store.complete_chunk(job.id, 1, "w1", b"\0" * 8, DIMS, [1, 1, 1], T0)
+    with pytest.raises(NotFound):
+        store.complete_chunk("job_missing", 0, "w1", b"", DIMS, [], T0)
+    for chunk in chunks[1:3]:
+        assert complete(store, chunk, now=T0 + 20).status == "in_progress"
+    done = complete(store, chunks[3], now=T0 + 30)
+    assert (done.status, done.completed_inputs, done.prompt_tokens) == ("completed", 10, sum(range(1, 11)))
+    assert (done.completed_at, done.expires_at) == (T0 + 30, T0 + 30 + RETENTION_S)
+    assert complete(store, chunks[3], now=T0 + 40) == done
+    # A done chunk keeps its vectors, not its inputs.
+    with sqlite3.connect(db) as raw:
+        rows = raw.execute("SELECT inputs IS NULL, length(vectors) FROM chunks WHERE job_id = ?", (job.id,)).fetchall()
+    assert rows == [(1, 3 * DIMS * 4), (1, 3 * DIMS * 4), (1, 3 * DIMS * 4), (1, DIMS * 4)]
+
+
+def test_cancel_stops_claims_and_ignores_late_results(store):
+    job = make_job(store, n=9, chunk_size=3)
+    leased = store.claim_chunk("w1", T0, LEASE_S)
+    assert store.cancel_job("other", job.id, T0 + 1) is None
+    assert store.get_job("default", job.id).status == "in_progress"
+    cancelled = store.cancel_job("default", job.id, T0 + 1)
+    assert (cancelled.status, cancelled.cancelled_at, cancelled.expires_at) == (
+        "cancelled",
+        T0 + 1,
+        T0 + 1 + RETENTION_S,
+    )
+    assert store.claim_chunk("w2", T0 + 2, LEASE_S) is None
+    assert store.claim_chunk("w2", T0 + 1000, LEASE_S) is None  # not even after the lease expires
+    assert not store.renew_lease(job.id, leased.idx, "w1", T0 + 2, LEASE_S)
+    assert complete(store, leased, now=T0 + 3) == cancelled
+    assert store.cancel_job("default", job.id, T0 + 4) == cancelled  # unchanged: the caller answers 409
+    finished = make_job(store, n=1)
+    finished = run_all(store)
+    assert store.cancel_job("default", finished.id, T0 + 5) == finished
+
+
+def test_fail_job(store):
+    job = make_job(store, n=6, chunk_size=3)
+    store.claim_chunk("w1", T0, LEASE_S)
+    failed = store.fail_job(job.id, {"code": "inference_failed", "message": "boom"}, T0 + 1)
+    assert (failed.status, failed.error, failed.failed_at) == (
+        "failed",
+        {"code": "inference_failed", "message": "boom"},
+        T0 + 1,
+    )
+    assert failed.expires_at == T0 + 1 + RETENTION_S
+    assert store.claim_chunk("w1", T0 + 1000, LEASE_S) is None
+    assert store.fail_job(job.id, {"code": "x", "message": "y"}, T0 + 2) == failed
+    assert store.fail_job("job_missing", {"code": "x", "message": "y"}, T0) is None
+
+
+# --- results ------------------------------------------------------------------------------------------------------
+
+
+def test_results_page_across_chunks_in_input_order(store):
+    job = make_job(store, n=10, chunk_size=3)
+    store.claim_chunk("w1", T0, LEASE_S)
+    complete(store, store.claim_chunk("w1", T0, LEASE_S))  # chunk 1 only
+    assert store.results("default", job.id, 3, 3).vectors.shape == (3, DIMS)
+    with pytest.raises(ResultsNotReady):
+        store.results("default", job.id, 0, 4)
+    run_all(store, now=T0 + 100)
+    expected = np.arange(10, dtype=np.float32)[:, None] + np.arange(DIMS, dtype=np.float32)[None, :] / 10
+    pages = [store.results("default", job.id, offset, 4) for offset in range(0, 10, 4)]
+    assert [page.has_more for page in pages] == [True, True, False]
+    vectors = np.concatenate([page.vectors for page in pages])
+    assert vectors.dtype == np.float32 and vectors.tobytes() == expected.tobytes()
+    assert [count for page in pages for count in page.token_counts] == list(range(1, 11))
+    middle = store.results("default", job.id, 2, 5)
+    assert middle.vectors.tobytes() == expected[2:7].tobytes() and middle.token_counts == [3, 4, 5, 6, 7]
+    assert store.results("default", job.id, 9, 100).vectors.shape == (1, DIMS)
+    assert store.results("default", job.id, 10, 5).vectors.shape[0] == 0
+    with pytest.raises(NotFound):
+        store.results("other", job.id, 0, 4)
+
+
+def test_a_page_of_1000_reads_only_its_chunks(store):
+    job = store.create_job("default", "mini", {}, {}, None, texts(20_000), 256, T0)
+    rng = np.random.default_rng(0)
+    stored = {}
+    while (chunk := store.claim_chunk("w1", T0, LEASE_S)) is not None:
+        stored[chunk.idx] = rng.standard_normal((chunk.count, 384), dtype=np.float32)
+        store.complete_chunk(job.id, chunk.idx, "w1", stored[chunk.idx].tobytes(), 384, [1] * chunk.count, T0)
+    expected = np.concatenate([stored[idx] for idx in sorted(stored)])
+    started = time.perf_counter()
+    page = store.results("default", job.id, 10_100, 1000)
+    elapsed = time.perf_counter() - started
+    print(f"\nresults: a page of 1,000 x 384 in {elapsed * 1000:.1f} ms")
+    assert np.array_equal(page.vectors, expected[10_100:11_100]) and page.has_more
+
+
+def test_expired_results_are_removed_but_the_job_stays(store, db):
+    job = make_job(store, n=10, chunk_size=3)
+    done = run_all(store, now=T0 + 10)
+    running = make_job(store, n=3)
+    assert store.expire_results(done.expires_at - 1) == []
+    assert store.results("default", job.id, 0, 10).vectors.shape == (10, DIMS)
+    assert store.expire_results(done.expires_at) == [job.id]
+    assert store.expire_results(done.expires_at + 1) == []
+    removed = store.get_job("default", job.id)
+    assert removed.results_removed and removed.status == "completed" and removed.completed_inputs == 10
+    with pytest.raises(ResultsRemoved, match="expired"):
+        store.results("default", job.id, 0, 10)
+    with sqlite3.connect(db) as raw:
+        assert raw.execute("SELECT COUNT(*) FROM chunks WHERE job_id = ?", (job.id,)).fetchone() == (0,)
+        assert raw.execute("PRAGMA freelist_count").fetchone() == (0,)  # freed pages went back to the file system
+    assert store.claim_chunk("w1", T0 + 20, LEASE_S).job_id == running.id
+
+
+# --- durability ---------------------------------------------------------------------------------------------------
+
+
+def test_reopening_keeps_everything(db):
+    with SqliteJobStore(db, retention_s=RETENTION_S) as store:
+        hook = store.create_webhook("default", "https://example.com/hook", "d", "whsec_x", T0)
+        job = make_job(store, n=10, chunk_size=3, webhook_id=hook.id)
+        complete(store, store.claim_chunk("w1", T0, LEASE_S))
+        leased = store.claim_chunk("w1", T0, LEASE_S)
+        before = store.get_job("default", job.id)
+    with SqliteJobStore(db, retention_s=RETENTION_S) as store:
+        assert store.get_job("default", job.id) == before
+        assert store.get_webhook("default", hook.id) == hook
+        assert store.results("default", job.id, 0, 3).vectors.shape == (3, DIMS)
+        assert store.claim_chunk("w2", T0, LEASE_S).idx == 2
+        assert store.renew_lease(job.id, leased.idx, "w1", T0 + 1, LEASE_S)
+        assert [tuple(row) for row in store._writer.execute("SELECT version FROM schema_version")] == [(1,)]
+
+
+def test_sigkill_mid_job_loses_no_committed_work(db):
+    script = textwrap.dedent(
+        f"""
+        import os, signal, numpy as np
+        from service.jobs.store import SqliteJobStore
+        store = SqliteJobStore({str(db)!r})
+        job = store.create_job("default", "mini", {{}}, {{}}, None, [f"t {{i}}" for i in range(10)], 3, {T0})
+        for _ in range(2):
+            chunk = store.claim_chunk("doomed", {T0}, {LEASE_S})
+            vectors = np.full((chunk.count, {DIMS}), chunk.idx + 1, dtype=np.float32)
+            store.complete_chunk(job.id, chunk.idx, "doomed", vectors.tobytes(), {DIMS}, [7] * chunk.count, {T0})
+        store.claim_chunk("doomed", {T0}, {LEASE_S})
+        print(job.id, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    job_id = done.stdout.strip()
+    with SqliteJobStore(db) as store:
+        job = store.get_job("default", job_id)
+        assert (job.status, job.completed_inputs, job.prompt_tokens) == ("in_progress", 6, 42)
+        page = store.results("default", job_id, 0, 6)
+        assert page.vectors[:, 0].tolist() == [1, 1, 1, 2, 2, 2]
+        assert store.claim_chunk("w2", T0, LEASE_S).idx == 3  # chunk 2 is still leased by the dead process
+        assert store.claim_chunk("w2", T0 + LEASE_S - 1, LEASE_S) is None
+        reclaimed = store.claim_chunk("w2", T0 + LEASE_S, LEASE_S)
+        assert (reclaimed.idx, reclaimed.attempts, reclaimed.inputs) == (2, 2, ["t 6", "t 7", "t 8"])
+
+
+# --- webhooks, events, deliveries ---------------------------------------------------------------------------------
+
+
+def test_webhooks_are_per_tenant(store):
+    hook = store.create_webhook("default", "https://example.com/a", "first", "whsec_a", T0)
+    other = store.create_webhook("other", "https://example.com/b", "", "whsec_b", T0)
+    assert hook.id.startswith("wh_") and len(hook.id) == 3 + 24
+    assert store.list_webhooks("default") == [hook] and store.list_webhooks("other") == [other]
+    assert store.get_webhook("default", hook.id) == hook and store.get_webhook("default", other.id) is None
+    assert not store.delete_webhook("default", other.id, T0)
+    with pytest.raises(NotFound):
+        make_job(store, webhook_id=other.id)
+    assert store.delete_webhook("default", hook.id, T0 + 1)
+    assert store.get_webhook("default", hook.id) is None and store.list_webhooks("default") == []
+    assert not store.delete_webhook("default", hook.id, T0 + 2)
+    with pytest.raises(NotFound):
+        make_job(store, webhook_id=hook.id)
+    disabled = store.disable_webhook(other.id, "410 Gone", T0 + 3)
+    assert (disabled.disabled_at, disabled.disabled_reason) == (T0 + 3, "410 Gone")
+
+
+def test_events_enqueue_one_delivery_exactly_once(store):
+    hook = store.create_webhook("default", "https://example.com/hook", "", "whsec_x", T0)
+    job = make_job(store, n=1, webhook_id=hook.id)
+    first = store.add_event(job, "batch.completed", '{"id": "x"}', T0 + 1)
+    again = store.add_event(job, "batch.completed", '{"id": "changed"}', T0 + 2)
+    assert first == again and first.id.startswith("evt_") and first.payload == '{"id": "x"}'
+    due = store.due_deliveries(T0 + 5, 10, "s1", 30)
+    assert len(due) == 1
+    delivery = due[0]
+    assert delivery.id.startswith("dlv_")
+    assert (delivery.event_id, delivery.event_type, delivery.url, delivery.secret, delivery.attempts) == (
+        first.id,
+        "batch.completed",
+        hook.url,
+        "whsec_x",
+        0,
+    )
+    # No webhook: the event is recorded, nothing is sent.
+    quiet = make_job(store, n=1)
+    assert store.add_event(quiet, "batch.completed", "{}", T0).job_id == quiet.id
+    assert store.due_deliveries(T0 + 34, 10, "s2", 30) == []  # the only delivery is leased until T0 + 35
+
+
+def test_announce_records_the_final_event_with_the_transition(db):
+    def announce(job: Job, now: int) -> tuple[str, str]:
+        return f"batch.{job.status}", json.dumps({"id": job.id, "status": job.status})
+
+    with SqliteJobStore(db, announce=announce) as store:
+        hook = store.create_webhook("default", "https://example.com/hook", "", "whsec_x", T0)
+        make_job(store, n=4, webhook_id=hook.id)
+        done = run_all(store)
+        cancelled = store.cancel_job("default", make_job(store, n=1, webhook_id=hook.id).id, T0)
+        failed = store.fail_job(make_job(store, n=1, webhook_id=hook.id).id, {"code": "c", "message": "m"}, T0)
+        due = store.due_deliveries(T0, 10, "s1", 30)
+        assert sorted((d.job_id, d.event_type) for d in due) == sorted(
+            [(done.id, "batch.completed"), (cancelled.id, "batch.cancelled"), (failed.id, "batch.failed")]
+        )
+        assert json.loads(due[0].payload)["status"] == due[0].event_type.removeprefix("batch.")
+
+
+def test_deliveries_are_leased_retried_and_recorded(store):
+    hook = store.create_webhook("default", "https://example.com/hook", "", "whsec_x", T0)
+    job = make_job(store, n=1, webhook_id=hook.id)
+    store.add_event(job, "batch.completed", "{}", T0)
+    (delivery,) = store.due_deliveries(T0, 10, "s1", 30)
+    assert store.due_deliveries(T0 + 29, 10, "s2", 30) == []  # leased: s2 never sends the same attempt
+    assert store.record_attempt(delivery.id, "s1", 500, "HTTP 500", 12, T0 + 1, next_attempt_at=T0 + 100)
+    assert store.due_deliveries(T0 + 99, 10, "s2", 30) == []  # not due yet
+    (retry,) = store.due_deliveries(T0 + 100, 10, "s2", 30)
+    assert (retry.id, retry.attempts, retry.lease_owner) == (delivery.id, 1, "s2")
+    # The lease runs out; s3 takes over; s2's late outcome is recorded but does not move the delivery.
+    (taken,) = store.due_deliveries(T0 + 130, 10, "s3", 30)
+    assert not store.record_attempt(delivery.id, "s2", None, "timeout", 10_000, T0 + 131, final_state="failed")
+    assert store.record_attempt(delivery.id, "s3", 204, None, 8, T0 + 132, final_state="succeeded")
+    assert store.due_deliveries(T0 + 10_000, 10, "s4", 30) == []
+    with pytest.raises(ValueError):
+        store.record_attempt(delivery.id, "s3", 200, None, 1, T0, next_attempt_at=T0, final_state="succeeded")
+    attempts = store.list_attempts("default", hook.id)
+    assert [(a.status_code, a.error, a.duration_ms, a.attempted_at) for a in attempts] == [
+        (204, None, 8, T0 + 132),
+        (None, "timeout", 10_000, T0 + 131),
+        (500, "HTTP 500", 12, T0 + 1),
+    ]
+    assert {(a.event_id, a.job_id, a.delivery_state) for a in attempts} == {(taken.event_id, job.id, "succeeded")}
+    assert store.list_attempts("other", hook.id) == []
+    assert len(store.list_attempts("default", hook.id, limit=1)) == 1
+
+
+def test_disabling_a_webhook_stops_its_pending_deliveries(store):
+    hook = store.create_webhook("default", "https://example.com/hook", "", "whsec_x", T0)
+    jobs = [make_job(store, n=1, webhook_id=hook.id) for _ in range(2)]
+    store.add_event(jobs[0], "batch.completed", "{}", T0)
+    store.disable_webhook(hook.id, "410 Gone", T0 + 1)
+    store.add_event(jobs[1], "batch.completed", "{}", T0 + 2)
+    assert store.due_deliveries(T0 + 10, 10, "s1", 30) == []
+    with sqlite3.connect(store.path) as raw:
+        assert raw.execute("SELECT state FROM deliveries").fetchall() == [("disabled",), ("disabled",)]
