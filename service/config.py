@@ -40,7 +40,19 @@ class Settings:
     # "auto" (TensorRT/CUDA when usable, else CPU) or a comma-separated list of execution providers.
     providers: str = "auto"
     tokenizer_threads: int = 2
-    max_message_bytes: int = 64 * 1024 * 1024
+    max_message_bytes: int = 256 * 1024 * 1024
+    # Async jobs: where the job store (SQLite) lives, and how jobs are cut and kept.
+    data_dir: str = "data"
+    max_inputs_per_job: int = 1_000_000
+    job_chunk_size: int = 256
+    job_lease_s: int = 60
+    results_retention_s: int = 7 * 24 * 3600
+    results_expiry_sweep_s: float = 60.0
+    # Webhook retry schedule (durations with unit s, m or h), per-attempt timeout, and whether endpoints may be
+    # private or loopback addresses (off: a public service must not be turned against its own network).
+    webhook_retry_schedule: str = "5s,30s,2m,10m,30m,2h,5h"
+    webhook_timeout_s: float = 10.0
+    webhook_allow_private: bool = False
     # Seconds in-flight calls get to finish on SIGTERM/SIGINT.
     shutdown_grace_s: float = 30.0
     log_level: str = "INFO"

@@ -82,6 +82,11 @@ class ModelRegistry:
         return self._tokenize
 
     @property
+    def inference_workers(self) -> int:
+        """Batches the engine runs at once."""
+        return self._workers
+
+    @property
     def ready(self) -> bool:
         return bool(self._models)
 

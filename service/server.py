@@ -5,21 +5,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from pathlib import Path
 
 import grpc
-from embeddings.v1 import embeddings_pb2, embeddings_pb2_grpc, rest_pb2, rest_pb2_grpc
+from embeddings.v1 import embeddings_pb2, embeddings_pb2_grpc, jobs_pb2, jobs_pb2_grpc, rest_pb2, rest_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service.api.embeddings import EmbeddingServicer
+from service.api.jobs import JobServicer
 from service.api.rest import RestServicer, TokenIdDecoder
 from service.config import Settings
+from service.jobs import webhooks
+from service.jobs.runner import JobSettings, JobWorkers, announce
+from service.jobs.store import SqliteJobStore
 from service.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
 EMBEDDING_SERVICE = embeddings_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
 REST_SERVICE = rest_pb2.DESCRIPTOR.services_by_name["RestService"].full_name
+JOB_SERVICE = jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -43,16 +49,40 @@ class EmbeddingServer:
         self._decoder = TokenIdDecoder(self.registry.tokenize_executor)
         rest = RestServicer(self.registry, self._decoder, lambda: self.serving)
         rest_pb2_grpc.add_RestServiceServicer_to_server(rest, self._server)
+        self.job_settings = JobSettings(
+            chunk_size=settings.job_chunk_size,
+            lease_s=settings.job_lease_s,
+            expiry_sweep_s=settings.results_expiry_sweep_s,
+            webhook_policy=webhooks.RetryPolicy(
+                webhooks.parse_delays(settings.webhook_retry_schedule), timeout_s=settings.webhook_timeout_s
+            ),
+            webhook_allow_private=settings.webhook_allow_private,
+        )
+        self.workers: JobWorkers | None = None
+        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+        self.store = SqliteJobStore(
+            Path(settings.data_dir) / "jobs.sqlite3", retention_s=settings.results_retention_s, announce=announce
+        )
+        jobs = JobServicer(
+            self.store,
+            self.registry,
+            self._decoder,
+            chunk_size=settings.job_chunk_size,
+            max_inputs_per_job=settings.max_inputs_per_job,
+            allow_private_webhooks=settings.webhook_allow_private,
+            on_new_job=lambda: self.workers.notify() if self.workers else None,
+        )
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(jobs, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
-            [EMBEDDING_SERVICE, REST_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+            [EMBEDDING_SERVICE, REST_SERVICE, JOB_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
         self.port = 0
         self._warm_decoder: asyncio.Task | None = None
 
     async def _set_health(self, status: int) -> None:
         self.serving = status == SERVING
-        for name in ("", EMBEDDING_SERVICE, REST_SERVICE):
+        for name in ("", EMBEDDING_SERVICE, REST_SERVICE, JOB_SERVICE):
             await self.health.set(name, status)
 
     async def start(self) -> None:
@@ -64,6 +94,8 @@ class EmbeddingServer:
         log.info("grpc listening on %s:%d (loading models)", self.settings.host, self.port)
         await asyncio.get_running_loop().run_in_executor(None, self.registry.load)
         self.registry.start()
+        self.workers = JobWorkers(self.store, self.registry, self.job_settings, self.registry.inference_workers)
+        self.workers.start()
         await self._set_health(SERVING)
         self._warm_decoder = asyncio.create_task(self._decoder.load())  # LangChain's token ids: no slow first call
         names = ", ".join(m.id for m in self.registry.models())
@@ -75,7 +107,10 @@ class EmbeddingServer:
         self.serving = False
         await self.health.enter_graceful_shutdown()
         await self._server.stop(self.settings.shutdown_grace_s)
+        if self.workers is not None:
+            await self.workers.stop()  # a chunk cut short is leased again later: nothing is lost
         await self.registry.close()
+        self.store.close()
         log.info("stopped")
 
 
@@ -83,7 +118,7 @@ async def serve(settings: Settings) -> int:
     """Run until SIGTERM or SIGINT, then drain and return the exit code."""
     try:
         server = EmbeddingServer(settings)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         log.error("configuration error: %s", exc)
         return 2
     stop = asyncio.Event()

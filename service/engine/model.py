@@ -64,13 +64,14 @@ class ServedModel:
     def id(self) -> str:
         return self.manifest.id
 
-    def validate(self, texts: Sequence[str], options: EmbedOptions) -> None:
-        """Reject a bad call before it costs anything; raises `errors.ApiError`."""
+    def validate(self, texts: Sequence[str], options: EmbedOptions, max_inputs: int | None = None) -> None:
+        """Reject a bad call before it costs anything; raises `errors.ApiError`. `max_inputs`: a larger cap (jobs)."""
+        cap = max_inputs or self._max_inputs
         if not texts:
             raise errors.invalid_input("inputs must hold at least one input.", field="inputs")
-        if len(texts) > self._max_inputs:
+        if len(texts) > cap:
             raise errors.invalid_input(
-                f"Too many inputs: {len(texts)} in one request, the limit is {self._max_inputs}. "
+                f"Too many inputs: {len(texts)} in one request, the limit is {cap}. "
                 "Split the request, or use an async job.",
                 field="inputs",
                 reason="too_many_inputs",

@@ -1,0 +1,292 @@
+"""Async jobs and webhooks API: validates and stores jobs, pages results, manages webhook endpoints.
+
+Everything a job needs is checked before it is accepted (model, inputs, dimensions, sizes, token limits), so an
+accepted job fails only for reasons outside the caller's request. Work itself is done by service/jobs/runner.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+from collections.abc import Callable
+
+import grpc
+import orjson
+from embeddings.v1 import jobs_pb2 as pb
+from embeddings.v1 import jobs_pb2_grpc as pb_grpc
+from google.api import httpbody_pb2
+
+from service import errors
+from service.api.embeddings import rpc_errors
+from service.api.rest import ENCODING_FORMATS, TokenIdDecoder, split_input
+from service.engine.model import EmbedOptions
+from service.jobs import webhooks
+from service.jobs.runner import now_s
+from service.jobs.store import InvalidCursor, Job, NotFound, ResultsNotReady, ResultsRemoved, SqliteJobStore
+from service.registry import ModelRegistry
+
+TENANT = "default"  # one tenant until API keys arrive
+DEFAULT_PAGE, MAX_PAGE = 1000, 10000
+
+
+def _not_found(kind: str, ident: str) -> errors.ApiError:
+    return errors.ApiError(grpc.StatusCode.NOT_FOUND, f"No {kind} with id '{ident}'.", f"{kind}_not_found", field="id")
+
+
+def _rest_field(err: errors.ApiError) -> errors.ApiError:
+    if err.field and err.field.startswith("inputs"):
+        return dataclasses.replace(err, field="input")
+    return err
+
+
+def job_message(job: Job) -> pb.Job:
+    message = pb.Job(
+        id=job.id,
+        object="embedding.job",
+        status=job.status,
+        model=job.model,
+        created_at=job.created_at,
+        metadata=job.metadata,
+        input_count=job.total_inputs,
+        progress=pb.JobProgress(completed=job.completed_inputs, total=job.total_inputs),
+        usage=pb.JobUsage(prompt_tokens=job.prompt_tokens, total_tokens=job.prompt_tokens),
+        results_url=f"/v1/async/jobs/{job.id}/results",
+        encoding_format=job.options.get("encoding_format", "float"),
+    )
+    for name in ("started_at", "cancelled_at", "expires_at"):
+        value = getattr(job, name)
+        if value is not None:
+            setattr(message, name, value)
+    finished_at = job.completed_at or job.failed_at
+    if finished_at is not None:
+        message.completed_at = finished_at
+    if job.options.get("dimensions") is not None:
+        message.dimensions = job.options["dimensions"]
+    if job.error:
+        message.error.CopyFrom(pb.JobError(code=job.error.get("code", ""), message=job.error.get("message", "")))
+    return message
+
+
+def results_body(job: Job, vectors, token_counts: list[int], offset: int, has_more: bool) -> bytes:
+    """One page of results as a /v1/embeddings response (plus paging fields), in the job's encoding_format."""
+    rows = vectors.astype("<f4", copy=False)
+    if job.options.get("encoding_format") == "base64":
+        embeddings = [base64.b64encode(row.tobytes()).decode("ascii") for row in rows]
+    else:
+        embeddings = list(rows)
+    data = [{"object": "embedding", "index": offset + i, "embedding": e} for i, e in enumerate(embeddings)]
+    tokens = sum(token_counts)
+    body = {
+        "object": "list",
+        "data": data,
+        "model": job.model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        "has_more": has_more,
+        "next_offset": offset + len(data) if has_more else None,
+    }
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class JobServicer(pb_grpc.JobServiceServicer):
+    def __init__(
+        self,
+        store: SqliteJobStore,
+        registry: ModelRegistry,
+        decoder: TokenIdDecoder,
+        *,
+        chunk_size: int,
+        max_inputs_per_job: int,
+        allow_private_webhooks: bool,
+        on_new_job: Callable[[], None],
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._decoder = decoder
+        self._chunk_size = chunk_size
+        self._max_inputs = max_inputs_per_job
+        self._allow_private = allow_private_webhooks
+        self._on_new_job = on_new_job
+
+    async def _validated_inputs(self, request: pb.AsyncEmbedRequest) -> tuple[str, list[str], dict]:
+        encoding_format = request.encoding_format or "float"
+        if encoding_format not in ENCODING_FORMATS:
+            raise errors.invalid_input("'encoding_format' must be 'float' or 'base64'.", field="encoding_format")
+        if request.HasField("dimensions") and request.dimensions < 1:
+            raise errors.invalid_input("'dimensions' must be at least 1.", field="dimensions")
+        if not request.model:
+            raise errors.invalid_input("'model' is required.", field="model")
+        model = self._registry.resolve(request.model)
+        texts, token_ids = split_input(request.input)
+        if token_ids:
+            texts = await self._decoder.decode(token_ids)
+        options = EmbedOptions(
+            dimensions=request.dimensions if request.HasField("dimensions") else None,
+            normalize=request.normalize if request.HasField("normalize") else None,
+            truncate=request.truncate,
+            input_type=request.input_type,
+        )
+        try:
+            model.validate(texts, options, max_inputs=self._max_inputs)
+            if not options.truncate:
+                await model.tokenize(texts, truncate=False)  # context_length_exceeded before the job exists
+        except errors.ApiError as err:
+            raise _rest_field(err) from None
+        stored = {
+            "encoding_format": encoding_format,
+            "dimensions": options.dimensions,
+            "normalize": options.normalize,
+            "truncate": options.truncate,
+            "input_type": options.input_type,
+        }
+        return model.id, texts, stored
+
+    @rpc_errors
+    async def AsyncEmbed(self, request: pb.AsyncEmbedRequest, context) -> pb.Job:
+        model_id, texts, options = await self._validated_inputs(request)
+        metadata = dict(request.metadata)
+        webhook_id = metadata.get("webhook_id") or None
+        try:
+            job = await asyncio.to_thread(
+                self._store.create_job,
+                TENANT,
+                model_id,
+                options,
+                metadata,
+                webhook_id,
+                texts,
+                self._chunk_size,
+                now_s(),
+            )
+        except NotFound:
+            raise errors.invalid_input(
+                f"No webhook with id '{webhook_id}': create one with POST /v1/webhooks.", field="metadata.webhook_id"
+            ) from None
+        self._on_new_job()
+        return job_message(job)
+
+    @rpc_errors
+    async def GetJob(self, request: pb.GetJobRequest, context) -> pb.Job:
+        job = await asyncio.to_thread(self._store.get_job, TENANT, request.id)
+        if job is None:
+            raise _not_found("job", request.id)
+        return job_message(job)
+
+    @rpc_errors
+    async def ListJobs(self, request: pb.ListJobsRequest, context) -> pb.ListJobsResponse:
+        limit = request.limit or 20
+        if not 1 <= limit <= 100:
+            raise errors.invalid_input("'limit' must be between 1 and 100.", field="limit")
+        try:
+            page = await asyncio.to_thread(self._store.list_jobs, TENANT, limit, request.after or None)
+        except InvalidCursor:
+            raise errors.invalid_input(f"'after' names no job: '{request.after}'.", field="after") from None
+        return pb.ListJobsResponse(
+            object="list",
+            data=[job_message(j) for j in page.items],
+            has_more=page.has_more,
+            first_id=page.first_id or "",
+            last_id=page.last_id or "",
+        )
+
+    @rpc_errors
+    async def CancelJob(self, request: pb.CancelJobRequest, context) -> pb.Job:
+        job = await asyncio.to_thread(self._store.cancel_job, TENANT, request.id, now_s())
+        if job is None:
+            raise _not_found("job", request.id)
+        self._on_new_job()  # deliver the cancellation event promptly
+        return job_message(job)
+
+    @rpc_errors
+    async def GetJobResults(self, request: pb.GetJobResultsRequest, context) -> httpbody_pb2.HttpBody:
+        limit = request.limit or DEFAULT_PAGE
+        if not 1 <= limit <= MAX_PAGE or request.offset < 0:
+            raise errors.invalid_input(f"'limit' must be 1..{MAX_PAGE} and 'offset' at least 0.", field="limit")
+        job = await asyncio.to_thread(self._store.get_job, TENANT, request.id)
+        if job is None:
+            raise _not_found("job", request.id)
+        try:
+            vectors, counts, has_more = await asyncio.to_thread(
+                self._store.results, TENANT, request.id, request.offset, limit
+            )
+        except ResultsRemoved:
+            raise errors.ApiError(
+                grpc.StatusCode.NOT_FOUND,
+                f"The results of job '{job.id}' expired and were removed at {job.expires_at} (unix time).",
+                "results_expired",
+                field="id",
+            ) from None
+        except ResultsNotReady:
+            raise errors.ApiError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"Job '{job.id}' is {job.status}: {job.completed_inputs} of {job.total_inputs} inputs are done.",
+                "results_not_ready",
+                field="id",
+            ) from None
+        return httpbody_pb2.HttpBody(
+            content_type="application/json", data=results_body(job, vectors, counts, request.offset, has_more)
+        )
+
+    @rpc_errors
+    async def CreateWebhook(self, request: pb.CreateWebhookRequest, context) -> pb.Webhook:
+        try:
+            url = webhooks.validate_url(request.url, self._allow_private)
+        except ValueError as exc:
+            raise errors.invalid_input(str(exc), field="url") from None
+        secret = webhooks.generate_secret()
+        hook = await asyncio.to_thread(self._store.create_webhook, TENANT, url, request.description, secret, now_s())
+        message = _webhook_message(hook)
+        message.secret = secret
+        return message
+
+    @rpc_errors
+    async def ListWebhooks(self, request: pb.ListWebhooksRequest, context) -> pb.ListWebhooksResponse:
+        hooks = await asyncio.to_thread(self._store.list_webhooks, TENANT)
+        return pb.ListWebhooksResponse(object="list", data=[_webhook_message(h) for h in hooks])
+
+    @rpc_errors
+    async def DeleteWebhook(self, request: pb.DeleteWebhookRequest, context) -> pb.DeleteWebhookResponse:
+        if not await asyncio.to_thread(self._store.delete_webhook, TENANT, request.id, now_s()):
+            raise _not_found("webhook", request.id)
+        return pb.DeleteWebhookResponse(id=request.id, object="webhook", deleted=True)
+
+    @rpc_errors
+    async def ListWebhookDeliveries(
+        self, request: pb.ListWebhookDeliveriesRequest, context
+    ) -> pb.ListWebhookDeliveriesResponse:
+        limit = request.limit or 50
+        if not 1 <= limit <= 500:
+            raise errors.invalid_input("'limit' must be between 1 and 500.", field="limit")
+        attempts = await asyncio.to_thread(self._store.list_attempts, TENANT, request.id, limit)
+        if not attempts and await asyncio.to_thread(self._store.get_webhook, TENANT, request.id) is None:
+            raise _not_found("webhook", request.id)
+        data = []
+        for a in attempts:
+            item = pb.WebhookDelivery(
+                id=a.delivery_id,
+                object="webhook.delivery",
+                event_id=a.event_id,
+                event_type=a.event_type,
+                attempted_at=a.attempted_at,
+                error=a.error or "",
+                duration_ms=a.duration_ms,
+                outcome="succeeded" if a.status_code is not None and 200 <= a.status_code < 300 else "failed",
+            )
+            if a.status_code is not None:
+                item.status_code = a.status_code
+            data.append(item)
+        return pb.ListWebhookDeliveriesResponse(object="list", data=data)
+
+
+def _webhook_message(hook) -> pb.Webhook:
+    message = pb.Webhook(
+        id=hook.id,
+        object="webhook",
+        url=hook.url,
+        description=hook.description,
+        created_at=hook.created_at,
+        disabled_reason=hook.disabled_reason or "",
+    )
+    if hook.disabled_at is not None:
+        message.disabled_at = hook.disabled_at
+    return message

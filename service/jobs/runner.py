@@ -1,0 +1,226 @@
+"""The workers behind async jobs: embed leased chunks, deliver webhook events, remove expired results.
+
+All state lives in the job store, so any of these loops can die with the process and resume from the store:
+a chunk leased by a dead worker is claimed again when its lease expires; a delivery is retried per its schedule.
+Chunks go through the engine's background lane, so a running job never slows interactive calls down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from service import errors
+from service.engine.model import EmbedOptions
+from service.jobs import webhooks
+from service.jobs.store import Chunk, Delivery, Job, SqliteJobStore
+from service.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+EVENT_TYPES = {
+    "completed": "embedding.job.completed",
+    "failed": "embedding.job.failed",
+    "cancelled": "embedding.job.cancelled",
+}
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    chunk_size: int = 256
+    lease_s: int = 60
+    poll_s: float = 0.5
+    # A chunk claimed this many times keeps killing its workers: the job fails instead of looping forever.
+    max_chunk_attempts: int = 3
+    expiry_sweep_s: float = 60.0
+    webhook_policy: webhooks.RetryPolicy = dataclasses.field(default_factory=webhooks.RetryPolicy)
+    webhook_allow_private: bool = False
+
+
+def now_s() -> int:
+    return int(time.time())
+
+
+def job_event_data(job: Job) -> dict[str, Any]:
+    """The `data` of a job's webhook event."""
+    data: dict[str, Any] = {
+        "id": job.id,
+        "object": "embedding.job",
+        "status": job.status,
+        "model": job.model,
+        "usage": {"prompt_tokens": job.prompt_tokens, "total_tokens": job.prompt_tokens},
+        "metadata": job.metadata,
+        "results_url": f"/v1/async/jobs/{job.id}/results",
+    }
+    if job.error:
+        data["error"] = job.error
+    return data
+
+
+def announce(job: Job, now: int) -> tuple[str, str] | None:
+    """The event recorded in the same transaction that finishes a job (so a crash cannot lose its webhook)."""
+    event_type = EVENT_TYPES.get(job.status)
+    if event_type is None:
+        return None
+    return event_type, orjson.dumps(job_event_data(job)).decode()
+
+
+def embed_options(options: dict[str, Any]) -> EmbedOptions:
+    return EmbedOptions(
+        dimensions=options.get("dimensions"),
+        normalize=options.get("normalize"),
+        truncate=bool(options.get("truncate", False)),
+        input_type=options.get("input_type", ""),
+    )
+
+
+class JobWorkers:
+    """Chunk workers (as many as batches the engine runs at once), the webhook dispatcher and the expiry sweeper."""
+
+    def __init__(self, store: SqliteJobStore, registry: ModelRegistry, settings: JobSettings, workers: int) -> None:
+        self._store = store
+        self._registry = registry
+        self._settings = settings
+        self._workers = workers
+        self._owner = f"worker-{secrets.token_hex(6)}"
+        self._wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._sender = webhooks.WebhookSender(settings.webhook_policy, allow_private=settings.webhook_allow_private)
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._chunk_loop(), name=f"job-worker-{i}") for i in range(self._workers)]
+        self._tasks.append(loop.create_task(self._delivery_loop(), name="webhook-dispatcher"))
+        self._tasks.append(loop.create_task(self._expiry_loop(), name="results-expiry"))
+
+    def notify(self) -> None:
+        """A job was created or changed: look for work now instead of at the next poll."""
+        self._wakeup.set()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        await self._sender.aclose()
+
+    async def _idle(self) -> None:
+        self._wakeup.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), self._settings.poll_s)
+
+    # --- chunks -----------------------------------------------------------------------------------------------
+
+    async def _chunk_loop(self) -> None:
+        while True:
+            try:
+                chunk = await asyncio.to_thread(self._store.claim_chunk, self._owner, now_s(), self._settings.lease_s)
+            except Exception:
+                log.exception("claiming a chunk failed")
+                chunk = None
+            if chunk is None:
+                await self._idle()
+                continue
+            await self._process(chunk)
+
+    async def _process(self, chunk: Chunk) -> None:
+        if chunk.attempts > self._settings.max_chunk_attempts:
+            error = {
+                "code": "chunk_failed",
+                "message": f"Inputs {chunk.start}..{chunk.start + chunk.count - 1} failed {chunk.attempts - 1} times.",
+            }
+            await asyncio.to_thread(self._store.fail_job, chunk.job_id, error, now_s())
+            self.notify()
+            return
+        try:
+            model = self._registry.resolve(chunk.model)
+            result = await model.embed(chunk.inputs, embed_options(chunk.options), background=True)
+        except errors.ApiError as err:
+            if err.reason in ("unavailable", "queue_full"):
+                return  # the lease expires and the chunk is retried
+            await asyncio.to_thread(
+                self._store.fail_job, chunk.job_id, {"code": err.reason, "message": err.message}, now_s()
+            )
+            self.notify()
+            return
+        vectors = result.vectors.astype("<f4", copy=False)
+        await asyncio.to_thread(
+            self._store.complete_chunk,
+            chunk.job_id,
+            chunk.idx,
+            self._owner,
+            vectors.tobytes(),
+            vectors.shape[1],
+            result.token_counts,
+            now_s(),
+        )
+        self.notify()
+
+    # --- webhooks ---------------------------------------------------------------------------------------------
+
+    async def _delivery_loop(self) -> None:
+        while True:
+            try:
+                due = await asyncio.to_thread(
+                    self._store.due_deliveries, now_s(), 16, self._owner, max(30, int(self._settings.lease_s))
+                )
+            except Exception:
+                log.exception("reading due deliveries failed")
+                due = []
+            if not due:
+                await self._idle()
+                continue
+            await asyncio.gather(*(self._deliver(d) for d in due))
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        body = webhooks.event_body(
+            delivery.event_id, delivery.event_type, delivery.event_created_at, json.loads(delivery.payload)
+        )
+        attempt = await self._sender.send(delivery.url, delivery.secret, delivery.event_id, body)
+        now = now_s()
+        next_at, final = None, None
+        if attempt.outcome == "succeeded":
+            final = "succeeded"
+        elif attempt.outcome == "disable":
+            final = "disabled"
+            await asyncio.to_thread(
+                self._store.disable_webhook, delivery.webhook_id, "the endpoint answered 410 Gone", now
+            )
+        else:
+            delay = self._settings.webhook_policy.next_delay(delivery.attempts + 1)
+            if delay is None:
+                final = "failed"
+            else:
+                next_at = now + max(1, round(delay))
+        await asyncio.to_thread(
+            self._store.record_attempt,
+            delivery.id,
+            self._owner,
+            attempt.status_code,
+            attempt.error,
+            attempt.duration_ms,
+            now,
+            next_at,
+            final,
+        )
+
+    # --- retention --------------------------------------------------------------------------------------------
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            try:
+                removed = await asyncio.to_thread(self._store.expire_results, now_s())
+                if removed:
+                    log.info("removed the results of %d expired job(s)", len(removed))
+            except Exception:
+                log.exception("expiring results failed")
+            await asyncio.sleep(self._settings.expiry_sweep_s)
