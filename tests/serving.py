@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,7 +31,10 @@ class ServerProcess:
 
     def __init__(self, model_repo: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.model_repo = model_repo
-        self.args = ["--model-repo", str(model_repo), "--port", "0", *args]
+        # Each server gets its own job store unless the caller shares one (restart tests do).
+        self.data_dir = Path(tempfile.mkdtemp(prefix="embed-data-")) if "--data-dir" not in args else None
+        own_data = ["--data-dir", str(self.data_dir)] if self.data_dir else []
+        self.args = ["--model-repo", str(model_repo), "--port", "0", *own_data, *args]
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.port = 0
@@ -165,3 +172,18 @@ class EnvoyProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def http(gateway, method: str, path: str, body: bytes | str | dict | None = None, headers: dict | None = None):
+    """(status, headers, parsed JSON) of one raw HTTP request."""
+    data = json.dumps(body).encode() if isinstance(body, dict | list) else body
+    data = data.encode() if isinstance(data, str) else data
+    request = urllib.request.Request(f"{gateway.base_url}{path}", data=data, method=method, headers=headers or {})
+    if data is not None:
+        request.add_header("content-type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            raw = response.read()
+            return response.status, {k.lower(): v for k, v in response.headers.items()}, raw
+    except urllib.error.HTTPError as err:
+        return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()

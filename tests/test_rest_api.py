@@ -9,8 +9,6 @@ import os
 import re
 import shutil
 import subprocess
-import urllib.error
-import urllib.request
 
 import bpe_openai
 import numpy as np
@@ -19,25 +17,11 @@ import pytest
 from embeddings.v1 import embeddings_pb2 as pb
 
 from gateway.envoy import CONFIG, ROOT, validate
+from tests.serving import http
 
 FP32 = "all-minilm-l6-v2"
 TINY = "tiny-bert"
 TEXTS = ["The quick brown fox", "jumps over the lazy dog", "ünïcödé ✓ 日本語"]
-
-
-def http(gateway, method: str, path: str, body: bytes | str | dict | None = None, headers: dict | None = None):
-    """(status, headers, parsed JSON) of one raw HTTP request."""
-    data = json.dumps(body).encode() if isinstance(body, dict | list) else body
-    data = data.encode() if isinstance(data, str) else data
-    request = urllib.request.Request(f"{gateway.base_url}{path}", data=data, method=method, headers=headers or {})
-    if data is not None:
-        request.add_header("content-type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            raw = response.read()
-            return response.status, {k.lower(): v for k, v in response.headers.items()}, raw
-    except urllib.error.HTTPError as err:
-        return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
 
 
 def grpc_vectors(stub, texts, model=FP32, **options) -> np.ndarray:
