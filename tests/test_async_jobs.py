@@ -226,13 +226,26 @@ def test_results_honour_encoding_and_expire(served_repo, tmp_path):
         assert get(envoy, f"/v1/async/jobs/{job['id']}")[1]["status"] == "completed"
 
 
-def test_sigkill_mid_job_loses_and_duplicates_nothing(served_repo, tmp_path):
+def test_private_webhook_urls_are_refused_by_default(gateway):
+    for url in (
+        "http://127.0.0.1:9000/hook",
+        "http://169.254.169.254/latest",
+        "http://10.0.0.8/x",
+        "ftp://example.com",
+    ):
+        status, body = post(gateway, "/v1/webhooks", {"url": url})
+        assert status == 400 and body["error"]["param"] == "url", (url, body)
+
+
+def test_sigkill_mid_job_loses_and_duplicates_nothing(served_repo, tmp_path, receiver):
     data_dir = tmp_path / "data"
     args = ("--data-dir", str(data_dir), "--job-lease-s", "2", "--job-chunk-size", "32", *FAST_JOBS[:2])
     texts = load_pairs().sentences[:1200]
     first = ServerProcess(served_repo, *args).start()
     with EnvoyProcess(first.port, tmp_path / "e1") as envoy:
-        _, job = post(envoy, "/v1/async/embeddings", {"model": FP32, "input": texts})
+        _, hook = post(envoy, "/v1/webhooks", {"url": receiver.url("/after-restart")})
+        metadata = {"webhook_id": hook["id"]}
+        _, job = post(envoy, "/v1/async/embeddings", {"model": FP32, "input": texts, "metadata": metadata})
         wait_for(lambda: get(envoy, f"/v1/async/jobs/{job['id']}")[1]["progress"]["completed"] > 0, interval=0.02)
     first.signal(signal.SIGKILL)
     first.wait(30)
@@ -244,11 +257,16 @@ def test_sigkill_mid_job_loses_and_duplicates_nothing(served_repo, tmp_path):
             assert before["status"] != "completed" or before["progress"]["completed"] == 1200
             done = wait_job(envoy, job["id"])
             assert done["progress"] == {"completed": 1200, "total": 1200}
+            wait_for(lambda: receiver.events("/after-restart"))
             results = all_results(envoy, job["id"], page=500)
             _, _, direct = http(envoy, "POST", "/v1/embeddings", {"model": FP32, "input": texts[:600]})
             _, _, direct2 = http(envoy, "POST", "/v1/embeddings", {"model": FP32, "input": texts[600:]})
     finally:
         second.stop()
+    # The event was delivered after the restart, once (a retry would carry the same webhook-id).
+    events = receiver.events("/after-restart")
+    assert [e["data"]["id"] for e in events] == [job["id"]] and events[0]["type"] == "embedding.job.completed"
+    assert webhooks.verify(hook["secret"], receiver.requests[-1]["headers"], receiver.requests[-1]["body"])
     assert [r["index"] for r in results] == list(range(1200))
     expected = np.array([d["embedding"] for d in json.loads(direct)["data"] + json.loads(direct2)["data"]])
     assert np.allclose(np.array([r["embedding"] for r in results]), expected, atol=1e-5)

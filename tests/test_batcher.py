@@ -232,3 +232,34 @@ async def test_background_inputs_do_not_count_against_the_queue_bound(executor):
     out = await batcher.embed([tokens(3, i) for i in range(5)], background=True)
     assert out[:, 0].tolist() == [0, 1, 2, 3, 4]
     await batcher.close()
+
+
+async def test_background_work_leaves_a_slot_for_interactive_calls():
+    class Tracking(RecordingBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.active: list[int] = []
+            self.peak_background = 0
+            self.lock = threading.Lock()
+
+        def embed(self, batch, solo=False):
+            background = int(batch[0].ids[0]) >= 100
+            with self.lock:
+                self.active.append(background)
+                self.peak_background = max(self.peak_background, sum(self.active))
+            time.sleep(0.02)
+            with self.lock:
+                self.active.remove(background)
+            return super().embed(batch, solo)
+
+    backend = Tracking()
+    with ThreadPoolExecutor(2) as pool:
+        batcher = make(backend, pool, concurrent_batches=2, background_batch_size=4)
+        job = asyncio.ensure_future(batcher.embed([tokens(3, 100 + i) for i in range(40)], background=True))
+        await asyncio.sleep(0.03)
+        out = await batcher.embed([tokens(3, 1)])
+        assert out[0, 0] == 1 and not job.done()  # served while the job still runs
+        await job
+        await batcher.close()
+    assert backend.peak_background == 1
+    assert all(len(b) <= 4 for b in backend.batches)

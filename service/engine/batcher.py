@@ -53,8 +53,10 @@ class BatchLimits:
     max_queued_inputs: int = 32768
     # Padded tokens / real tokens a batch may reach before it is cut (a lone input always forms a batch).
     max_padding_ratio: float = 1.05
-    # Batches in flight at once (one per inference thread).
+    # Batches in flight at once (one per inference thread); background batches use at most all but one slot.
     concurrent_batches: int = 1
+    # Inputs in one background (async job) batch.
+    background_batch_size: int = 16
     # Queued inputs considered when grouping by length, as a multiple of max_batch_size.
     window_batches: int = 4
 
@@ -97,6 +99,7 @@ class Batcher:
         self._queue: deque[_Item] = deque()
         # Async jobs' inputs: batched only when no interactive input waits, so a big job never slows calls down.
         self._background: deque[_Item] = deque()
+        self._running_background = 0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.stats = BatcherStats()
@@ -138,17 +141,30 @@ class Batcher:
         # A cancelled caller cancels `call.future`, which marks its queued inputs as dead.
         return await call.future
 
+    def _background_allowed(self) -> bool:
+        return self._running_background < max(1, self._limits.concurrent_batches - 1)
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         slots = asyncio.Semaphore(self._limits.concurrent_batches)
         running: set[asyncio.Task] = set()
+
+        def finished(task: asyncio.Task, background: bool) -> None:
+            running.discard(task)
+            if background:
+                self._running_background -= 1
+            slots.release()
+            self._wakeup.set()
+
         try:
             while True:
                 await slots.acquire()
-                while not self._queue and not self._background:
+                # Background work never takes the last slot: an interactive call always finds one free.
+                while not self._queue and not (self._background and self._background_allowed()):
                     self._wakeup.clear()
                     await self._wakeup.wait()
-                batch = self._next_batch(loop.time())
+                background = not self._queue
+                batch = self._next_batch(loop.time(), background)
                 if not batch:
                     slots.release()
                     continue
@@ -156,8 +172,8 @@ class Batcher:
                 solo = not running and not self._queue and not self._background
                 task = loop.create_task(self._run_batch(batch, solo))
                 running.add(task)
-                task.add_done_callback(running.discard)
-                task.add_done_callback(lambda _: slots.release())
+                self._running_background += background
+                task.add_done_callback(functools.partial(finished, background=background))
         finally:
             for task in running:
                 task.cancel()
@@ -185,12 +201,14 @@ class Batcher:
             return False
         return True
 
-    def _next_batch(self, now: float) -> list[_Item]:
-        """Take the next batch off a lane (interactive first): the oldest live input plus similar-length neighbours."""
+    def _next_batch(self, now: float, background: bool = False) -> list[_Item]:
+        """Take the next batch off a lane: the oldest live input plus similar-length neighbours. Background batches
+        are kept small, so that the slot they hold frees soon for an interactive call."""
         limits = self._limits
-        queue = self._queue or self._background
+        queue = self._background if background else self._queue
+        max_size = min(limits.max_batch_size, limits.background_batch_size) if background else limits.max_batch_size
         window: list[_Item] = []
-        window_size = limits.max_batch_size * limits.window_batches
+        window_size = max_size * limits.window_batches
         while queue and len(window) < window_size:
             item = queue.popleft()
             if self._alive(item, now):
@@ -208,7 +226,7 @@ class Batcher:
             padded = length * (len(chosen) + 1)  # sorted ascending: this input is the longest so far
             full = (
                 padded > limits.max_batch_tokens
-                or len(chosen) >= limits.max_batch_size
+                or len(chosen) >= max_size
                 or padded > limits.max_padding_ratio * (real_tokens + length)
             )
             if chosen and full:
