@@ -19,8 +19,7 @@ from google.api import httpbody_pb2
 
 from service import errors
 from service.api.embeddings import rpc_errors
-from service.api.rest import ENCODING_FORMATS, TokenIdDecoder, split_input
-from service.engine.model import EmbedOptions
+from service.api.rest import TokenIdDecoder, as_rest_error, parse_request
 from service.jobs import webhooks
 from service.jobs.runner import now_s
 from service.jobs.store import InvalidCursor, Job, NotFound, ResultsNotReady, ResultsRemoved, SqliteJobStore
@@ -32,12 +31,6 @@ DEFAULT_PAGE, MAX_PAGE = 1000, 10000
 
 def _not_found(kind: str, ident: str) -> errors.ApiError:
     return errors.ApiError(grpc.StatusCode.NOT_FOUND, f"No {kind} with id '{ident}'.", f"{kind}_not_found", field="id")
-
-
-def _rest_field(err: errors.ApiError) -> errors.ApiError:
-    if err.field and err.field.startswith("inputs"):
-        return dataclasses.replace(err, field="input")
-    return err
 
 
 def job_message(job: Job) -> pb.Job:
@@ -109,37 +102,14 @@ class JobServicer(pb_grpc.JobServiceServicer):
         self._on_new_job = on_new_job
 
     async def _validated_inputs(self, request: pb.AsyncEmbedRequest) -> tuple[str, list[str], dict]:
-        encoding_format = request.encoding_format or "float"
-        if encoding_format not in ENCODING_FORMATS:
-            raise errors.invalid_input("'encoding_format' must be 'float' or 'base64'.", field="encoding_format")
-        if request.HasField("dimensions") and request.dimensions < 1:
-            raise errors.invalid_input("'dimensions' must be at least 1.", field="dimensions")
-        if not request.model:
-            raise errors.invalid_input("'model' is required.", field="model")
-        model = self._registry.resolve(request.model)
-        texts, token_ids = split_input(request.input)
-        if token_ids:
-            texts = await self._decoder.decode(token_ids)
-        options = EmbedOptions(
-            dimensions=request.dimensions if request.HasField("dimensions") else None,
-            normalize=request.normalize if request.HasField("normalize") else None,
-            truncate=request.truncate,
-            input_type=request.input_type,
-        )
-        try:
-            model.validate(texts, options, max_inputs=self._max_inputs)
-            if not options.truncate:
-                await model.tokenize(texts, truncate=False)  # context_length_exceeded before the job exists
-        except errors.ApiError as err:
-            raise _rest_field(err) from None
-        stored = {
-            "encoding_format": encoding_format,
-            "dimensions": options.dimensions,
-            "normalize": options.normalize,
-            "truncate": options.truncate,
-            "input_type": options.input_type,
-        }
-        return model.id, texts, stored
+        parsed = await parse_request(request, self._registry, self._decoder, self._max_inputs)
+        if not parsed.options.truncate:
+            try:
+                await parsed.model.tokenize(parsed.texts, truncate=False)  # context_length_exceeded before the job
+            except errors.ApiError as err:
+                raise as_rest_error(err) from None
+        stored = {"encoding_format": parsed.encoding_format, **dataclasses.asdict(parsed.options)}
+        return parsed.model.id, parsed.texts, stored
 
     @rpc_errors
     async def AsyncEmbed(self, request: pb.AsyncEmbedRequest, context) -> pb.Job:

@@ -25,7 +25,7 @@ from google.protobuf import struct_pb2
 
 from service import errors
 from service.api.embeddings import deadline_of, model_message, rpc_errors
-from service.engine.model import EmbedOptions, EmbedResult
+from service.engine.model import EmbedOptions, EmbedResult, ServedModel
 from service.registry import ModelRegistry
 
 ENCODING_FORMATS = ("float", "base64")
@@ -99,7 +99,52 @@ def split_input(value: struct_pb2.Value) -> tuple[list[str], list[list[int]]]:
     raise _bad_input(f"'input' must be {_INPUT_SHAPES}; arrays may not mix these.")
 
 
-def _as_rest_error(err: errors.ApiError) -> errors.ApiError:
+@dataclasses.dataclass(frozen=True)
+class ParsedRequest:
+    """An OpenAI-style embeddings request, checked and turned into engine terms."""
+
+    model: ServedModel
+    texts: list[str]
+    options: EmbedOptions
+    encoding_format: str
+
+
+async def parse_request(
+    request, registry: ModelRegistry, decoder: TokenIdDecoder, max_inputs: int | None = None
+) -> ParsedRequest:
+    """Check and convert a CreateEmbeddingRequest or AsyncEmbedRequest (they share these fields).
+
+    `max_inputs` raises the input cap (async jobs). Errors name OpenAI's parameters (`input`, not `inputs[3]`).
+    """
+    encoding_format = request.encoding_format or "float"
+    if encoding_format not in ENCODING_FORMATS:
+        raise errors.invalid_input(
+            f"'encoding_format' must be 'float' or 'base64', got {request.encoding_format!r}.",
+            field="encoding_format",
+        )
+    if request.HasField("dimensions") and request.dimensions < 1:
+        raise errors.invalid_input(f"'dimensions' must be at least 1, got {request.dimensions}.", field="dimensions")
+    if not request.model:
+        raise errors.invalid_input("'model' is required.", field="model")
+    model = registry.resolve(request.model)
+    texts, token_ids = split_input(request.input)
+    options = EmbedOptions(
+        dimensions=request.dimensions if request.HasField("dimensions") else None,
+        normalize=request.normalize if request.HasField("normalize") else None,
+        truncate=request.truncate,
+        input_type=request.input_type,
+    )
+    try:
+        if token_ids:
+            model.validate(token_ids, EmbedOptions(), max_inputs)  # the input-count cap, before any decoding work
+            texts = await decoder.decode(token_ids)
+        model.validate(texts, options, max_inputs)
+    except errors.ApiError as err:
+        raise as_rest_error(err) from None
+    return ParsedRequest(model, texts, options, encoding_format)
+
+
+def as_rest_error(err: errors.ApiError) -> errors.ApiError:
     """Engine fields (`inputs[3]`) become OpenAI's parameter names (`input`)."""
     if err.field and err.field.startswith("inputs"):
         return dataclasses.replace(err, field="input")
@@ -141,7 +186,7 @@ def _timed(method: Callable) -> Callable:
             response = await method(self, request, context)
         except errors.ApiError as err:
             headers = {**err.headers, "openai-processing-ms": _elapsed_ms(started)}
-            raise dataclasses.replace(_as_rest_error(err), headers=headers) from None
+            raise dataclasses.replace(as_rest_error(err), headers=headers) from None
         await context.send_initial_metadata((("openai-processing-ms", _elapsed_ms(started)),))
         return response
 
@@ -159,29 +204,8 @@ class RestServicer(pb_grpc.RestServiceServicer):
         self._is_serving = is_serving
 
     async def _embed(self, request: pb.CreateEmbeddingRequest, context) -> tuple[EmbedResult, str]:
-        encoding_format = request.encoding_format or "float"
-        if encoding_format not in ENCODING_FORMATS:
-            raise errors.invalid_input(
-                f"'encoding_format' must be 'float' or 'base64', got {request.encoding_format!r}.",
-                field="encoding_format",
-            )
-        if request.HasField("dimensions") and request.dimensions < 1:
-            raise errors.invalid_input(
-                f"'dimensions' must be at least 1, got {request.dimensions}.", field="dimensions"
-            )
-        if not request.model:
-            raise errors.invalid_input("'model' is required.", field="model")
-        model = self._registry.resolve(request.model)
-        texts, token_ids = split_input(request.input)
-        if token_ids:
-            model.validate(token_ids, EmbedOptions())  # the input-count cap, before any decoding work
-            texts = await self._decoder.decode(token_ids)
-        options = EmbedOptions(
-            dimensions=request.dimensions if request.HasField("dimensions") else None,
-            normalize=request.normalize if request.HasField("normalize") else None,
-            truncate=request.truncate,
-            input_type=request.input_type,
-        )
+        parsed = await parse_request(request, self._registry, self._decoder)
+        texts, options, encoding_format, model = parsed.texts, parsed.options, parsed.encoding_format, parsed.model
         return await model.embed(texts, options, deadline_of(context)), encoding_format
 
     @rpc_errors
