@@ -270,3 +270,15 @@ def test_sigkill_mid_job_loses_and_duplicates_nothing(served_repo, tmp_path, rec
     assert [r["index"] for r in results] == list(range(1200))
     expected = np.array([d["embedding"] for d in json.loads(direct)["data"] + json.loads(direct2)["data"]])
     assert np.allclose(np.array([r["embedding"] for r in results]), expected, atol=1e-5)
+
+
+def test_fresh_server_lists_are_empty_arrays(served_repo, tmp_path):
+    with ServerProcess(served_repo) as server, EnvoyProcess(server.port, tmp_path) as envoy:
+        for path in ("/v1/async/jobs", "/v1/webhooks"):
+            status, body = get(envoy, path)
+            assert status == 200 and body["data"] == [] and body["object"] == "list", (path, body)
+        status, hook = post(envoy, "/v1/webhooks", {"url": "https://example.com/hook"})
+        assert status == 200 and hook["secret"].startswith("whsec_") and "disabled_at" not in hook
+        listed = get(envoy, "/v1/webhooks")[1]["data"][0]
+        assert "secret" not in listed and "disabled_reason" not in listed
+        assert get(envoy, f"/v1/webhooks/{hook['id']}/deliveries")[1]["data"] == []

@@ -363,3 +363,8 @@ def test_node_sdk(gateway, stub):
     assert np.array_equal(np.array(checks["float"]["embedding"], dtype=np.float32), expected[0])
     error = checks["error"]
     assert (error["status"], error["code"], error["param"]) == (404, "model_not_found", "model")
+
+
+def test_empty_lists_print_as_empty_arrays(gateway):
+    status, _, raw = http(gateway, "GET", "/v1/models?modality=image")
+    assert status == 200 and json.loads(raw) == {"object": "list", "data": []}

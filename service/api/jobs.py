@@ -105,7 +105,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
         parsed = await parse_request(request, self._registry, self._decoder, self._max_inputs)
         if not parsed.options.truncate:
             try:
-                await parsed.model.tokenize(parsed.texts, truncate=False)  # context_length_exceeded before the job
+                await parsed.model.check_lengths(parsed.texts)  # context_length_exceeded before the job exists
             except errors.ApiError as err:
                 raise as_rest_error(err) from None
         stored = {"encoding_format": parsed.encoding_format, **dataclasses.asdict(parsed.options)}
@@ -238,12 +238,13 @@ class JobServicer(pb_grpc.JobServiceServicer):
                 event_id=a.event_id,
                 event_type=a.event_type,
                 attempted_at=a.attempted_at,
-                error=a.error or "",
                 duration_ms=a.duration_ms,
                 outcome="succeeded" if a.status_code is not None and 200 <= a.status_code < 300 else "failed",
             )
             if a.status_code is not None:
                 item.status_code = a.status_code
+            if a.error:
+                item.error = a.error
             data.append(item)
         return pb.ListWebhookDeliveriesResponse(object="list", data=data)
 
@@ -255,8 +256,8 @@ def _webhook_message(hook) -> pb.Webhook:
         url=hook.url,
         description=hook.description,
         created_at=hook.created_at,
-        disabled_reason=hook.disabled_reason or "",
     )
     if hook.disabled_at is not None:
         message.disabled_at = hook.disabled_at
+        message.disabled_reason = hook.disabled_reason or ""
     return message

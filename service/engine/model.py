@@ -116,6 +116,18 @@ class ServedModel:
             tokens[i] = item
         return tokens
 
+    async def check_lengths(self, texts: Sequence[str], slice_size: int = 8192) -> None:
+        """Raise context_length_exceeded for the first input over the limit, keeping only counts in memory (async
+        jobs validate up to a million inputs before they are accepted)."""
+        loop = asyncio.get_running_loop()
+        limit = self.tokenizer.max_tokens
+        for start in range(0, len(texts), slice_size):
+            part = texts[start : start + slice_size]
+            lengths = await loop.run_in_executor(self._tokenize_executor, self.tokenizer.lengths, part)
+            for offset, length in enumerate(lengths):
+                if length > limit:
+                    raise errors.context_length_exceeded(start + offset, length, limit, self.id)
+
     async def embed(
         self, texts: Sequence[str], options: EmbedOptions, deadline: float | None = None, background: bool = False
     ) -> EmbedResult:

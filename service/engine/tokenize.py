@@ -48,6 +48,10 @@ class TextTokenizer:
         """Tokenize without truncation: inputs over the limit are returned whole."""
         return [_to_input(enc, len(enc.ids)) for enc in self._full.encode_batch(list(texts))]
 
+    def lengths(self, texts: Sequence[str]) -> list[int]:
+        """Token counts only (special tokens included, no truncation)."""
+        return [len(enc.ids) for enc in self._full.encode_batch(list(texts))]
+
     def truncate(self, texts: Sequence[str], original_lengths: Sequence[int]) -> list[TokenizedInput]:
         """Re-tokenize over-long inputs with truncation at the model's limit (special tokens kept)."""
         encodings = self._truncating.encode_batch(list(texts))
