@@ -16,7 +16,7 @@ import asyncio
 import functools
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Protocol
@@ -61,6 +61,18 @@ class BatchLimits:
     window_batches: int = 4
 
 
+@dataclass(slots=True)
+class CallTimings:
+    """Where a call's time went in the batcher (seconds): waiting for its first batch, then until its last result."""
+
+    queue_s: float = 0.0
+    inference_s: float = 0.0
+
+
+# Called once per finished batch with (inputs, padded tokens, seconds it ran): metrics hang here.
+BatchObserver = Callable[[int, int, float], None]
+
+
 @dataclass(eq=False)
 class _Call:
     """One caller's inputs in flight: results are filled slot by slot as batches finish."""
@@ -70,6 +82,10 @@ class _Call:
     deadline: float | None
     remaining: int = 0
     results: np.ndarray | None = None
+    # Event-loop clock: when queued, when its first batch started, when its last result arrived.
+    enqueued: float = 0.0
+    started: float | None = None
+    finished: float = 0.0
 
     def __post_init__(self) -> None:
         self.remaining = self.size
@@ -103,6 +119,7 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.stats = BatcherStats()
+        self.on_batch: BatchObserver | None = None
 
     @property
     def queued_inputs(self) -> int:
@@ -124,22 +141,32 @@ class Batcher:
         self._background.clear()
 
     async def embed(
-        self, inputs: Sequence[TokenizedInput], deadline: float | None = None, background: bool = False
+        self,
+        inputs: Sequence[TokenizedInput],
+        deadline: float | None = None,
+        background: bool = False,
+        timings: CallTimings | None = None,
     ) -> np.ndarray:
         """Pooled vectors for `inputs`, in order. `deadline` is in the event loop's clock (loop.time()).
 
         `background` inputs (async jobs) wait until no interactive input is queued; their caller bounds them.
+        `timings`, when given, is filled with the call's queue wait and inference time.
         """
         if not inputs:
             raise ValueError("no inputs")
         if not background and len(self._queue) + len(inputs) > self._limits.max_queued_inputs:
             raise QueueFull(self.name)
-        call = _Call(size=len(inputs), future=asyncio.get_running_loop().create_future(), deadline=deadline)
+        loop = asyncio.get_running_loop()
+        call = _Call(size=len(inputs), future=loop.create_future(), deadline=deadline, enqueued=loop.time())
         lane = self._background if background else self._queue
         lane.extend(_Item(call, slot, tokens) for slot, tokens in enumerate(inputs))
         self._wakeup.set()
         # A cancelled caller cancels `call.future`, which marks its queued inputs as dead.
-        return await call.future
+        pooled = await call.future
+        if timings is not None and call.started is not None:
+            timings.queue_s = call.started - call.enqueued
+            timings.inference_s = call.finished - call.started
+        return pooled
 
     def _background_allowed(self) -> bool:
         return self._running_background < max(1, self._limits.concurrent_batches - 1)
@@ -181,6 +208,7 @@ class Batcher:
     async def _run_batch(self, batch: list[_Item], solo: bool) -> None:
         loop = asyncio.get_running_loop()
         run = functools.partial(self._backend.embed, [i.tokens for i in batch], solo=solo)
+        started = loop.time()
         try:
             pooled = await loop.run_in_executor(self._executor, run)
         except asyncio.CancelledError:
@@ -189,8 +217,9 @@ class Batcher:
             log.exception("batch of %d inputs failed on model %s", len(batch), self.name)
             self._fail(batch, BatchFailed(str(exc)))
             return
-        self._record(batch)
-        self._deliver(batch, pooled)
+        finished = loop.time()
+        self._record(batch, finished - started)
+        self._deliver(batch, pooled, started, finished)
 
     def _alive(self, item: _Item, now: float) -> bool:
         call = item.call
@@ -241,23 +270,28 @@ class Batcher:
         queue.extendleft(reversed([item for item in window if id(item) not in taken]))
         return chosen
 
-    def _record(self, batch: list[_Item]) -> None:
+    def _record(self, batch: list[_Item], seconds: float) -> None:
         stats = self.stats
+        padded = max(item.tokens.length for item in batch) * len(batch)
         stats.batches += 1
         stats.inputs += len(batch)
-        stats.padded_tokens += max(item.tokens.length for item in batch) * len(batch)
+        stats.padded_tokens += padded
+        if self.on_batch is not None:
+            self.on_batch(len(batch), padded, seconds)
 
     @staticmethod
-    def _deliver(batch: list[_Item], pooled: np.ndarray) -> None:
+    def _deliver(batch: list[_Item], pooled: np.ndarray, started: float = 0.0, finished: float = 0.0) -> None:
         for row, item in enumerate(batch):
             call = item.call
             if call.future.done():
                 continue
             if call.results is None:
                 call.results = np.empty((call.size, pooled.shape[1]), dtype=np.float32)
+                call.started = started  # the call's first delivered batch: its queue wait ends here
             call.results[item.slot] = pooled[row]
             call.remaining -= 1
             if call.remaining == 0:
+                call.finished = finished
                 call.future.set_result(call.results)
 
     @staticmethod

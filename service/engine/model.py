@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from service import errors
-from service.engine.batcher import Batcher, BatchFailed, DeadlineExceeded, QueueFull
+from service.engine.batcher import Batcher, BatchFailed, CallTimings, DeadlineExceeded, QueueFull
 from service.engine.pooling import finalize, non_finite_rows
 from service.engine.tokenize import TextTokenizer, TokenizedInput
 from service.manifest import ModelManifest
@@ -32,6 +33,15 @@ class EmbedOptions:
     input_type: str = ""
 
 
+@dataclass(slots=True)
+class EmbedTimings:
+    """Where one call's time went (seconds): metrics and the x-*-time response headers."""
+
+    tokenize_s: float = 0.0
+    queue_s: float = 0.0
+    inference_s: float = 0.0
+
+
 @dataclass(frozen=True)
 class EmbedResult:
     model: str
@@ -39,6 +49,7 @@ class EmbedResult:
     vectors: np.ndarray
     token_counts: list[int]
     truncated: list[bool]
+    timings: EmbedTimings = field(default_factory=EmbedTimings)
 
     @property
     def prompt_tokens(self) -> int:
@@ -134,9 +145,12 @@ class ServedModel:
         """Vectors for `texts` in order. `deadline` is in the event loop's clock; `background` is for async jobs,
         which yield to interactive calls."""
         self.validate(texts, options)
+        tokenize_started = time.perf_counter()
         tokens = await self.tokenize(self._with_prefix(texts, options.input_type), options.truncate)
+        tokenize_s = time.perf_counter() - tokenize_started
+        batch_timings = CallTimings()
         try:
-            pooled = await self.batcher.embed(tokens, deadline, background=background)
+            pooled = await self.batcher.embed(tokens, deadline, background=background, timings=batch_timings)
         except QueueFull:
             raise errors.queue_full(self.id) from None
         except DeadlineExceeded:
@@ -153,4 +167,5 @@ class ServedModel:
             vectors=vectors,
             token_counts=[item.length for item in tokens],
             truncated=[item.truncated for item in tokens],
+            timings=EmbedTimings(tokenize_s, batch_timings.queue_s, batch_timings.inference_s),
         )
