@@ -56,6 +56,10 @@ class Settings:
     # Seconds in-flight calls get to finish on SIGTERM/SIGINT.
     shutdown_grace_s: float = 30.0
     log_level: str = "INFO"
+    # "text" or "json" (one JSON object per line); every line of a call carries its request id.
+    log_format: str = "text"
+    # OTLP/gRPC collector (e.g. http://127.0.0.1:4317) for OpenTelemetry traces; empty: tracing off.
+    otlp_endpoint: str = ""
 
     @property
     def address(self) -> str:

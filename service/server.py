@@ -8,17 +8,30 @@ import signal
 from pathlib import Path
 
 import grpc
-from embeddings.v1 import embeddings_pb2, embeddings_pb2_grpc, jobs_pb2, jobs_pb2_grpc, rest_pb2, rest_pb2_grpc
+from embeddings.v1 import (
+    embeddings_pb2,
+    embeddings_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    ops_pb2,
+    ops_pb2_grpc,
+    rest_pb2,
+    rest_pb2_grpc,
+)
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service.api.embeddings import EmbeddingServicer
 from service.api.jobs import JobServicer
+from service.api.ops import OpsServicer
 from service.api.rest import RestServicer, TokenIdDecoder
 from service.config import Settings
 from service.jobs import webhooks
 from service.jobs.runner import JobSettings, JobWorkers, announce
 from service.jobs.store import SqliteJobStore
+from service.observability.interceptor import TelemetryInterceptor
+from service.observability.metrics import Metrics
+from service.observability.tracing import Tracing
 from service.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -26,6 +39,8 @@ log = logging.getLogger(__name__)
 EMBEDDING_SERVICE = embeddings_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
 REST_SERVICE = rest_pb2.DESCRIPTOR.services_by_name["RestService"].full_name
 JOB_SERVICE = jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
+OPS_SERVICE = ops_pb2.DESCRIPTOR.services_by_name["OpsService"].full_name
+OPENAPI_DOCUMENT = Path(__file__).resolve().parent.parent / "build" / "openapi.json"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -38,12 +53,15 @@ class EmbeddingServer:
         self.registry = ModelRegistry(settings)
         self.health = health.aio.HealthServicer()
         self.serving = False
+        self.metrics = Metrics()
+        self.tracing = Tracing(settings.otlp_endpoint) if settings.otlp_endpoint else None
         self._server = grpc.aio.server(
+            interceptors=[TelemetryInterceptor(self.metrics, self.tracing)],
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         embeddings_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(self.registry), self._server)
         self._decoder = TokenIdDecoder(self.registry.tokenize_executor)
@@ -73,16 +91,19 @@ class EmbeddingServer:
             on_new_job=lambda: self.workers.notify() if self.workers else None,
         )
         jobs_pb2_grpc.add_JobServiceServicer_to_server(jobs, self._server)
+        ops = OpsServicer(self.metrics, self.store.count_jobs_by_status, OPENAPI_DOCUMENT)
+        ops_pb2_grpc.add_OpsServiceServicer_to_server(ops, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
-            [EMBEDDING_SERVICE, REST_SERVICE, JOB_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+            [EMBEDDING_SERVICE, REST_SERVICE, JOB_SERVICE, OPS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME],
+            self._server,
         )
         self.port = 0
         self._warm_decoder: asyncio.Task | None = None
 
     async def _set_health(self, status: int) -> None:
         self.serving = status == SERVING
-        for name in ("", EMBEDDING_SERVICE, REST_SERVICE, JOB_SERVICE):
+        for name in ("", EMBEDDING_SERVICE, REST_SERVICE, JOB_SERVICE, OPS_SERVICE):
             await self.health.set(name, status)
 
     async def start(self) -> None:
@@ -94,12 +115,21 @@ class EmbeddingServer:
         log.info("grpc listening on %s:%d (loading models)", self.settings.host, self.port)
         await asyncio.get_running_loop().run_in_executor(None, self.registry.load)
         self.registry.start()
-        self.workers = JobWorkers(self.store, self.registry, self.job_settings, self.registry.inference_workers)
+        self._watch_engine()
+        self.workers = JobWorkers(
+            self.store, self.registry, self.job_settings, self.registry.inference_workers, self.metrics
+        )
         self.workers.start()
         await self._set_health(SERVING)
         self._warm_decoder = asyncio.create_task(self._decoder.load())  # LangChain's token ids: no slow first call
         names = ", ".join(m.id for m in self.registry.models())
         log.info("ready: serving %s on %s:%d", names, self.settings.host, self.port)
+
+    def _watch_engine(self) -> None:
+        """Per-batch metrics from every model's batcher; queue depth read at scrape time."""
+        for model in self.registry.models():
+            model.batcher.on_batch = self.metrics.batch_observer(model.id)
+            self.metrics.watch_queue(model.id, lambda batcher=model.batcher: batcher.queued_inputs)
 
     async def stop(self) -> None:
         """Refuse new calls, let in-flight calls finish (up to the grace period), then release the models."""
@@ -111,6 +141,8 @@ class EmbeddingServer:
             await self.workers.stop()  # a chunk cut short is leased again later: nothing is lost
         await self.registry.close()
         self.store.close()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)  # export the last spans
         log.info("stopped")
 
 

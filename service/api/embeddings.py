@@ -14,6 +14,7 @@ from embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 
 from service import errors
 from service.engine.model import EmbedOptions, EmbedResult, ServedModel
+from service.observability.context import note_model, note_result, timing_headers
 from service.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         if request.encoding_format not in pb.EncodingFormat.values():
             raise errors.invalid_input("Unknown encoding_format.", field="encoding_format")
         model = self._registry.resolve(request.model)
+        note_model(model.id)
         options = EmbedOptions(
             dimensions=request.dimensions if request.HasField("dimensions") else None,
             normalize=request.normalize if request.HasField("normalize") else None,
@@ -104,6 +106,8 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             input_type=_INPUT_TYPES.get(request.input_type, "?"),
         )
         result = await model.embed(list(request.inputs), options, deadline_of(context))
+        note_result(result)
+        await context.send_initial_metadata(timing_headers())
         return embed_response(result, request.encoding_format)
 
     @rpc_errors

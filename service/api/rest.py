@@ -26,6 +26,7 @@ from google.protobuf import struct_pb2
 from service import errors
 from service.api.embeddings import deadline_of, model_message, rpc_errors
 from service.engine.model import EmbedOptions, EmbedResult, ServedModel
+from service.observability.context import note_model, note_result, timing_headers
 from service.registry import ModelRegistry
 
 ENCODING_FORMATS = ("float", "base64")
@@ -127,6 +128,7 @@ async def parse_request(
     if not request.model:
         raise errors.invalid_input("'model' is required.", field="model")
     model = registry.resolve(request.model)
+    note_model(model.id)
     texts, token_ids = split_input(request.input)
     options = EmbedOptions(
         dimensions=request.dimensions if request.HasField("dimensions") else None,
@@ -177,7 +179,8 @@ def scaigrid_body(result: EmbedResult, encoding_format: str) -> bytes:
 
 
 def _timed(method: Callable) -> Callable:
-    """Send `openai-processing-ms` (as response headers through the gateway) with every answer, errors included."""
+    """Send `openai-processing-ms` (as response headers through the gateway) with every answer, errors included,
+    and the engine's timing headers (x-queue-time, x-inference-time, ...) with every embedding."""
 
     @functools.wraps(method)
     async def wrapper(self, request, context: grpc.aio.ServicerContext):
@@ -187,7 +190,7 @@ def _timed(method: Callable) -> Callable:
         except errors.ApiError as err:
             headers = {**err.headers, "openai-processing-ms": _elapsed_ms(started)}
             raise dataclasses.replace(as_rest_error(err), headers=headers) from None
-        await context.send_initial_metadata((("openai-processing-ms", _elapsed_ms(started)),))
+        await context.send_initial_metadata((("openai-processing-ms", _elapsed_ms(started)), *timing_headers()))
         return response
 
     return wrapper
@@ -206,7 +209,9 @@ class RestServicer(pb_grpc.RestServiceServicer):
     async def _embed(self, request: pb.CreateEmbeddingRequest, context) -> tuple[EmbedResult, str]:
         parsed = await parse_request(request, self._registry, self._decoder)
         texts, options, encoding_format, model = parsed.texts, parsed.options, parsed.encoding_format, parsed.model
-        return await model.embed(texts, options, deadline_of(context)), encoding_format
+        result = await model.embed(texts, options, deadline_of(context))
+        note_result(result)
+        return result, encoding_format
 
     @rpc_errors
     @_timed

@@ -23,6 +23,7 @@ from service import errors
 from service.engine.model import EmbedOptions
 from service.jobs import webhooks
 from service.jobs.store import Chunk, Delivery, Job, SqliteJobStore
+from service.observability.metrics import Metrics
 from service.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,16 @@ def embed_options(options: dict[str, Any]) -> EmbedOptions:
 class JobWorkers:
     """Chunk workers (as many as batches the engine runs at once), the webhook dispatcher and the expiry sweeper."""
 
-    def __init__(self, store: SqliteJobStore, registry: ModelRegistry, settings: JobSettings, workers: int) -> None:
+    def __init__(
+        self,
+        store: SqliteJobStore,
+        registry: ModelRegistry,
+        settings: JobSettings,
+        workers: int,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._store = store
+        self._metrics = metrics or Metrics()
         self._registry = registry
         self._settings = settings
         self._workers = workers
@@ -163,6 +172,7 @@ class JobWorkers:
             result.token_counts,
             now_s(),
         )
+        self._metrics.record_chunk(result.model, chunk.tenant, chunk.count, result.prompt_tokens)
         self.notify()
 
     # --- webhooks ---------------------------------------------------------------------------------------------
@@ -201,6 +211,7 @@ class JobWorkers:
                 final = "failed"
             else:
                 next_at = now + max(1, round(delay))
+        self._metrics.record_delivery(final or "retry")
         await asyncio.to_thread(
             self._store.record_attempt,
             delivery.id,

@@ -322,6 +322,10 @@ class JobStore(Protocol):
 
     def list_attempts(self, tenant: str, webhook_id: str, limit: int = 50) -> list[DeliveryAttempt]: ...
 
+    def count_jobs_by_status(self) -> dict[str, int]:
+        """Jobs per status, all tenants (metrics)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -694,6 +698,10 @@ class SqliteJobStore:
     def get_job(self, tenant: str, job_id: str) -> Job | None:
         with self._read() as conn:
             return self._job_row(conn, job_id, tenant)
+
+    def count_jobs_by_status(self) -> dict[str, int]:
+        with self._read() as conn:
+            return {row[0]: row[1] for row in conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")}
 
     def list_jobs(self, tenant: str, limit: int = 20, after: str | None = None) -> Page[Job]:
         if limit < 1:

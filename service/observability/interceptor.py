@@ -1,0 +1,96 @@
+"""One gRPC server interceptor for everything per call: request id, metrics, tracing and a debug access line.
+
+It wraps unary-unary handlers only (every API method; health watch and reflection streams pass untouched), and
+caches the wrapped handler per method, so a call costs a contextvar, two clock reads and a few metric updates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from service.observability.context import CallInfo, close_call, open_call
+from service.observability.metrics import Metrics
+from service.observability.tracing import Tracing
+
+log = logging.getLogger("service.access")
+REQUEST_ID = "x-request-id"
+MAX_REQUEST_ID = 128
+
+
+def request_id_of(metadata) -> str:
+    """The `x-request-id` Envoy forwards (the client's or Envoy's), else a new one."""
+    for key, value in metadata or ():
+        if key == REQUEST_ID and isinstance(value, str) and value:
+            return value[:MAX_REQUEST_ID]
+    return os.urandom(8).hex()
+
+
+def _code_name(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
+    if isinstance(error, asyncio.CancelledError):
+        return "CANCELLED"
+    code = context.code()
+    if code is None:
+        return "OK" if error is None else "UNKNOWN"
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return grpc.StatusCode(code).name if isinstance(code, tuple) else str(code)
+
+
+class TelemetryInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, metrics: Metrics, tracing: Tracing | None = None) -> None:
+        self._metrics = metrics
+        self._tracing = tracing
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        cached = self._handlers.get(details.method)
+        if cached is not None:
+            return cached
+        handler = await continuation(details)
+        if handler is None or handler.request_streaming or handler.response_streaming:
+            return handler
+        wrapped = grpc.unary_unary_rpc_method_handler(
+            self._observed(details.method.lstrip("/"), handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+        self._handlers[details.method] = wrapped
+        return wrapped
+
+    def _observed(self, rpc: str, behavior: Callable) -> Callable:
+        metrics, tracing = self._metrics, self._tracing
+        short = rpc.rsplit(".", 1)[-1]  # "RestService/CreateEmbedding"
+
+        async def observed(request, context: grpc.aio.ServicerContext):
+            metadata = context.invocation_metadata()
+            info = CallInfo(short, request_id_of(metadata), time.perf_counter(), time.time_ns())
+            token = open_call(info)
+            if tracing is not None:
+                tracing.start_call(info, metadata)
+            error: BaseException | None = None
+            try:
+                return await behavior(request, context)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                code = _code_name(context, error)
+                seconds = time.perf_counter() - info.started
+                metrics.record_call(info, code, seconds)
+                if tracing is not None:
+                    tracing.end_call(info, code, info.started_ns + int(seconds * 1e9))
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("%s %s model=%s tokens=%d %.2f ms", short, code, info.model, info.tokens, seconds * 1e3)
+                close_call(token)
+
+        return observed
