@@ -5,7 +5,8 @@ Outputs (all under `build/`, git-ignored, never hand-edited):
 - `build/descriptor.pb`: a self-contained FileDescriptorSet (`--include_imports`) for Envoy's transcoder,
   including `google/rpc/error_details.proto` so rich error details transcode;
 - `build/protodeps/`: the `google/api` and `google/rpc` protos from googleapis-common-protos, as a second
-  local module for `buf lint`/`buf build` (the Buf registry is unreachable offline).
+  local module for `buf lint`/`buf build` (the Buf registry is unreachable offline);
+- `build/openapi.json`: the OpenAPI 3 document of the REST surface, from the descriptor set (tools/openapi.py).
 """
 
 from __future__ import annotations
@@ -88,6 +89,9 @@ def main() -> int:
         ]
     )
     vendor_googleapis(DEPS_OUT)
+    from tools import openapi  # after the descriptor set exists
+
+    openapi.write(DESCRIPTOR_OUT, BUILD_DIR / "openapi.json")
     print(f"genproto: {len(protos)} proto file(s) -> {PY_OUT.relative_to(ROOT)}, {DESCRIPTOR_OUT.relative_to(ROOT)}")
     return 0
 

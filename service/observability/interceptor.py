@@ -2,6 +2,8 @@
 
 It wraps unary-unary handlers only (every API method; health watch and reflection streams pass untouched), and
 caches the wrapped handler per method, so a call costs a contextvar, two clock reads and a few metric updates.
+Since it owns the wrapper, it also answers a request that does not decode with INVALID_ARGUMENT instead of grpc's
+INTERNAL: Envoy's transcoder emits corrupt protobuf for some malformed JSON (an object as a map value).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 import grpc
+from google.protobuf.message import DecodeError
 
+from service import errors
 from service.observability.context import CallInfo, close_call, open_call
 from service.observability.metrics import Metrics
 from service.observability.tracing import Tracing
@@ -21,6 +25,26 @@ from service.observability.tracing import Tracing
 log = logging.getLogger("service.access")
 REQUEST_ID = "x-request-id"
 MAX_REQUEST_ID = 128
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes did not decode."""
+
+    def __init__(self, error: DecodeError) -> None:
+        self.error = error
+
+
+def _lenient(deserializer: Callable | None) -> Callable | None:
+    if deserializer is None:
+        return None
+
+    def deserialize(raw: bytes):
+        try:
+            return deserializer(raw)
+        except DecodeError as exc:
+            return _Undecodable(exc)
+
+    return deserialize
 
 
 def request_id_of(metadata) -> str:
@@ -42,6 +66,14 @@ def _code_name(context: grpc.aio.ServicerContext, error: BaseException | None) -
     return grpc.StatusCode(code).name if isinstance(code, tuple) else str(code)
 
 
+def undecodable(request: _Undecodable) -> errors.ApiError:
+    return errors.ApiError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"The request could not be decoded: {request.error}. Check the types of its fields.",
+        "invalid_request",
+    )
+
+
 class TelemetryInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: Metrics, tracing: Tracing | None = None) -> None:
         self._metrics = metrics
@@ -61,7 +93,7 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
             return handler
         wrapped = grpc.unary_unary_rpc_method_handler(
             self._observed(details.method.lstrip("/"), handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_lenient(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
         self._handlers[details.method] = wrapped
@@ -79,6 +111,8 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
                 tracing.start_call(info, metadata)
             error: BaseException | None = None
             try:
+                if isinstance(request, _Undecodable):
+                    await context.abort_with_status(undecodable(request).to_status())
                 return await behavior(request, context)
             except BaseException as exc:
                 error = exc

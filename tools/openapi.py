@@ -1,0 +1,392 @@
+"""Build step: the OpenAPI 3 document of the REST surface, derived from the descriptor set (`build/openapi.json`).
+
+Every `google.api.http` rule of every service becomes an operation (additional bindings included): path
+parameters from the template, the body from `body: "*"`, query parameters from the request's other fields (as the
+transcoder maps them), schemas from the messages with their proto comments, field names as printed by the gateway
+(`preserve_proto_field_names`). What the descriptor cannot say is written here by hand and checked by the tests:
+the `google.protobuf.Value` input (a string, strings, token ids or arrays of token ids), the OpenAI JSON that
+`google.api.HttpBody` methods write themselves (keyed by method), and the error envelope every error shares.
+Served by the gateway at `GET /openapi.json` (OpsService.GetOpenApiDocument reads the generated file).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from google.api import annotations_pb2, http_pb2
+from google.protobuf import descriptor_pb2
+
+ROOT = Path(__file__).resolve().parent.parent
+DESCRIPTOR = ROOT / "build" / "descriptor.pb"
+OUTPUT = ROOT / "build" / "openapi.json"
+PACKAGE = "embeddings.v1"
+HTTPBODY = ".google.api.HttpBody"
+VERBS = ("get", "put", "post", "delete", "patch")
+F = descriptor_pb2.FieldDescriptorProto
+
+_SCALARS: dict[int, dict[str, Any]] = {
+    F.TYPE_STRING: {"type": "string"},
+    F.TYPE_BOOL: {"type": "boolean"},
+    F.TYPE_INT32: {"type": "integer", "format": "int32"},
+    F.TYPE_SINT32: {"type": "integer", "format": "int32"},
+    F.TYPE_SFIXED32: {"type": "integer", "format": "int32"},
+    F.TYPE_UINT32: {"type": "integer", "format": "int32", "minimum": 0},
+    F.TYPE_FIXED32: {"type": "integer", "format": "int32", "minimum": 0},
+    # proto3 JSON prints 64-bit integers as strings.
+    F.TYPE_INT64: {"type": "string", "format": "int64"},
+    F.TYPE_SINT64: {"type": "string", "format": "int64"},
+    F.TYPE_SFIXED64: {"type": "string", "format": "int64"},
+    F.TYPE_UINT64: {"type": "string", "format": "uint64"},
+    F.TYPE_FIXED64: {"type": "string", "format": "uint64"},
+    F.TYPE_FLOAT: {"type": "number", "format": "float"},
+    F.TYPE_DOUBLE: {"type": "number", "format": "double"},
+    F.TYPE_BYTES: {"type": "string", "format": "byte"},
+}
+
+TOKEN_IDS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
+# The only google.protobuf.Value fields of the contract are OpenAI's `input`.
+EMBEDDING_INPUT = {
+    "description": "A string, an array of strings, an array of token ids (cl100k_base), or an array of arrays of "
+    "token ids.",
+    "anyOf": [
+        {"type": "string"},
+        {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        TOKEN_IDS,
+        {"type": "array", "items": TOKEN_IDS, "minItems": 1},
+    ],
+}
+WELL_KNOWN: dict[str, dict[str, Any]] = {
+    ".google.protobuf.Value": EMBEDDING_INPUT,
+    ".google.protobuf.Struct": {"type": "object"},
+}
+
+# Hand-written schemas of what the HttpBody methods write (their real OpenAI shapes), keyed by method.
+_VECTOR = {
+    "description": "Floats, or base64 of little-endian float32 when encoding_format is base64.",
+    "anyOf": [{"type": "array", "items": {"type": "number"}}, {"type": "string", "format": "byte"}],
+}
+_USAGE = {
+    "type": "object",
+    "required": ["prompt_tokens", "total_tokens"],
+    "properties": {"prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}},
+}
+_EMBEDDING_LIST = {
+    "type": "object",
+    "required": ["object", "data", "model", "usage"],
+    "properties": {
+        "object": {"type": "string", "enum": ["list"]},
+        "data": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["object", "index", "embedding"],
+                "properties": {
+                    "object": {"type": "string", "enum": ["embedding"]},
+                    "index": {"type": "integer"},
+                    "embedding": _VECTOR,
+                },
+            },
+        },
+        "model": {"type": "string"},
+        "usage": _USAGE,
+    },
+}
+_JSON = "application/json"
+HTTPBODY_RESPONSES: dict[str, dict[str, Any]] = {
+    "embeddings.v1.RestService.CreateEmbedding": {
+        "description": "OpenAI's embeddings response.",
+        "content": {_JSON: {"schema": {"$ref": "#/components/schemas/CreateEmbeddingResponse"}}},
+    },
+    "embeddings.v1.RestService.InferenceEmbed": {
+        "description": "The ScaiGrid envelope around the vectors.",
+        "content": {
+            _JSON: {
+                "schema": {
+                    "type": "object",
+                    "required": ["status", "data"],
+                    "properties": {
+                        "status": {"type": "string", "enum": ["ok"]},
+                        "data": {
+                            "type": "object",
+                            "properties": {
+                                "model": {"type": "string"},
+                                "data": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "properties": {"index": {"type": "integer"}, "embedding": _VECTOR},
+                                    },
+                                },
+                                "usage": _USAGE,
+                            },
+                        },
+                    },
+                }
+            }
+        },
+    },
+    "embeddings.v1.JobService.GetJobResults": {
+        "description": "One page of a job's vectors: an embeddings response plus paging fields.",
+        "content": {
+            _JSON: {
+                "schema": {
+                    "allOf": [
+                        {"$ref": "#/components/schemas/CreateEmbeddingResponse"},
+                        {
+                            "type": "object",
+                            "required": ["has_more"],
+                            "properties": {
+                                "has_more": {"type": "boolean"},
+                                "next_offset": {"type": "integer", "nullable": True},
+                            },
+                        },
+                    ]
+                }
+            }
+        },
+    },
+    "embeddings.v1.OpsService.GetMetrics": {
+        "description": "Prometheus metrics, text exposition format 0.0.4.",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    },
+    "embeddings.v1.OpsService.GetOpenApiDocument": {
+        "description": "This document.",
+        "content": {_JSON: {"schema": {"type": "object"}}},
+    },
+}
+ERROR_ENVELOPE = {
+    "type": "object",
+    "description": "OpenAI's error envelope: every error, from the server or from the gateway.",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": "string", "nullable": True},
+                "code": {"type": "string", "nullable": True},
+            },
+        }
+    },
+}
+_ERROR_RESPONSE = {
+    "description": "An error in OpenAI's envelope.",
+    "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Error"}}},
+}
+
+
+@dataclass(frozen=True)
+class Route:
+    """One HTTP binding of an RPC."""
+
+    service: str  # embeddings.v1.RestService
+    method: descriptor_pb2.MethodDescriptorProto
+    verb: str
+    template: str  # as written in the proto, e.g. /v1/models/{model=**}
+    body: str
+    comment: str
+
+    @property
+    def full_method(self) -> str:
+        return f"{self.service}.{self.method.name}"
+
+    @property
+    def path(self) -> str:
+        """The OpenAPI path: `{model=**}` becomes `{model}`."""
+        return re.sub(r"\{([\w.]+)(=[^}]*)?\}", r"{\1}", self.template)
+
+    @property
+    def path_params(self) -> list[str]:
+        return re.findall(r"\{([\w.]+)", self.template)
+
+
+def load_files(descriptor_path: Path = DESCRIPTOR) -> list[descriptor_pb2.FileDescriptorProto]:
+    return list(descriptor_pb2.FileDescriptorSet.FromString(descriptor_path.read_bytes()).file)
+
+
+def _comments(proto: descriptor_pb2.FileDescriptorProto) -> dict[tuple[int, ...], str]:
+    return {
+        tuple(loc.path): " ".join(loc.leading_comments.split())
+        for loc in proto.source_code_info.location
+        if loc.leading_comments
+    }
+
+
+def _bindings(rule: http_pb2.HttpRule) -> Iterator[tuple[str, str, str]]:
+    for verb in VERBS:
+        template = getattr(rule, verb)
+        if template:
+            yield verb, template, rule.body
+    for extra in rule.additional_bindings:
+        yield from _bindings(extra)
+
+
+def http_routes(files: list[descriptor_pb2.FileDescriptorProto]) -> list[Route]:
+    """Every HTTP binding of every service in the descriptor set."""
+    routes = []
+    for proto in files:
+        comments = _comments(proto)
+        for s, service in enumerate(proto.service):
+            for m, method in enumerate(service.method):
+                if not method.options.HasExtension(annotations_pb2.http):
+                    continue
+                rule = method.options.Extensions[annotations_pb2.http]
+                comment = comments.get((6, s, 2, m), "")
+                for verb, template, body in _bindings(rule):
+                    routes.append(Route(f"{proto.package}.{service.name}", method, verb, template, body, comment))
+    return routes
+
+
+class SchemaBuilder:
+    """Message schemas, by full name, with their proto comments as descriptions."""
+
+    def __init__(self, files: list[descriptor_pb2.FileDescriptorProto]) -> None:
+        self.messages: dict[str, tuple[descriptor_pb2.DescriptorProto, dict[int, str], str]] = {}
+        self.enums: dict[str, list[str]] = {}
+        for proto in files:
+            comments = _comments(proto)
+            for i, message in enumerate(proto.message_type):
+                self._add(f".{proto.package}", message, comments, (4, i))
+            for enum in proto.enum_type:
+                self.enums[f".{proto.package}.{enum.name}"] = [v.name for v in enum.value]
+        self.schemas: dict[str, dict[str, Any]] = {}
+
+    def _add(self, prefix: str, message, comments, path: tuple[int, ...]) -> None:
+        name = f"{prefix}.{message.name}"
+        field_comments = {j: comments.get((*path, 2, j), "") for j in range(len(message.field))}
+        self.messages[name] = (message, field_comments, comments.get(path, ""))
+        for k, nested in enumerate(message.nested_type):
+            self._add(name, nested, comments, (*path, 3, k))
+        for enum in message.enum_type:
+            self.enums[f"{name}.{enum.name}"] = [v.name for v in enum.value]
+
+    def ref(self, full_name: str) -> dict[str, Any]:
+        """A $ref to the message's schema (built on first use)."""
+        if full_name in WELL_KNOWN:
+            return WELL_KNOWN[full_name]
+        short = full_name.rsplit(".", 1)[-1]
+        if short not in self.schemas:
+            self.schemas[short] = {}  # recursion guard
+            self.schemas[short] = self.message_schema(full_name)
+        return {"$ref": f"#/components/schemas/{short}"}
+
+    def message_schema(self, full_name: str, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+        message, field_comments, comment = self.messages[full_name]
+        properties = {}
+        for j, field in enumerate(message.field):
+            if field.name in skip:
+                continue
+            schema = dict(self.field_schema(field))
+            if field_comments.get(j):
+                schema = {**schema, "description": field_comments[j]} if "$ref" not in schema else schema
+            properties[field.name] = schema
+        schema: dict[str, Any] = {"type": "object", "properties": properties}
+        if comment:
+            schema["description"] = comment
+        return schema
+
+    def field_schema(self, field: descriptor_pb2.FieldDescriptorProto) -> dict[str, Any]:
+        if field.type == F.TYPE_MESSAGE:
+            entry = self.messages.get(field.type_name)
+            if entry is not None and entry[0].options.map_entry:
+                value_field = entry[0].field[1]
+                return {"type": "object", "additionalProperties": self.field_schema(value_field)}
+            item = self.ref(field.type_name)
+        elif field.type == F.TYPE_ENUM:
+            item = {"type": "string", "enum": self.enums[field.type_name]}
+        else:
+            item = dict(_SCALARS[field.type])
+        if field.label == F.LABEL_REPEATED:
+            return {"type": "array", "items": item}
+        return item
+
+
+def _parameter(name: str, where: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
+    parameter = {"name": name, "in": where, "required": where == "path", "schema": schema}
+    if description:
+        parameter["description"] = description
+    return parameter
+
+
+def _operation(route: Route, builder: SchemaBuilder, operation_id: str) -> dict[str, Any]:
+    request_name = route.method.input_type
+    message, field_comments, _ = builder.messages[request_name]
+    by_name = {f.name: (f, field_comments.get(j, "")) for j, f in enumerate(message.field)}
+    params = [_parameter(p, "path", builder.field_schema(by_name[p][0]), by_name[p][1]) for p in route.path_params]
+    operation: dict[str, Any] = {
+        "operationId": operation_id,
+        "summary": route.comment.split(". ")[0].rstrip("."),
+        "description": route.comment,
+        "tags": [route.service.rsplit(".", 1)[-1]],
+    }
+    path_fields = frozenset(route.path_params)
+    if route.body == "*":
+        schema = builder.message_schema(request_name, skip=path_fields)
+        operation["requestBody"] = {"required": True, "content": {_JSON: {"schema": schema}}}
+    else:
+        for name, (field, comment) in by_name.items():
+            if name not in path_fields and field.type != F.TYPE_MESSAGE:
+                params.append(_parameter(name, "query", builder.field_schema(field), comment))
+    if params:
+        operation["parameters"] = params
+    if route.method.output_type == HTTPBODY:
+        if route.full_method not in HTTPBODY_RESPONSES:
+            raise KeyError(f"{route.full_method} returns google.api.HttpBody: describe its body in HTTPBODY_RESPONSES")
+        success = HTTPBODY_RESPONSES[route.full_method]
+    else:
+        success = {
+            "description": "OK",
+            "content": {_JSON: {"schema": builder.ref(route.method.output_type)}},
+        }
+    operation["responses"] = {"200": success, "4XX": _ERROR_RESPONSE, "5XX": _ERROR_RESPONSE}
+    return operation
+
+
+def build_document(files: list[descriptor_pb2.FileDescriptorProto]) -> dict[str, Any]:
+    builder = SchemaBuilder(files)
+    paths: dict[str, dict[str, Any]] = {}
+    seen: dict[str, int] = {}
+    for route in http_routes(files):
+        base = f"{route.service.rsplit('.', 1)[-1]}_{route.method.name}"
+        seen[base] = seen.get(base, 0) + 1
+        operation_id = base if seen[base] == 1 else f"{base}_{seen[base]}"
+        paths.setdefault(route.path, {})[route.verb] = _operation(route, builder, operation_id)
+    builder.schemas["CreateEmbeddingResponse"] = _EMBEDDING_LIST
+    builder.schemas["Error"] = ERROR_ENVELOPE
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Embeddings service",
+            "version": "v1",
+            "description": "OpenAI-compatible embeddings, async jobs, webhooks and operator routes, served by Envoy's "
+            "gRPC-JSON transcoder from the embeddings.v1 contract. Generated from the descriptor set by "
+            "tools/openapi.py.",
+        },
+        "servers": [{"url": "http://127.0.0.1:8080"}],
+        "paths": dict(sorted(paths.items())),
+        "components": {"schemas": dict(sorted(builder.schemas.items()))},
+    }
+
+
+def write(descriptor_path: Path = DESCRIPTOR, output: Path = OUTPUT) -> dict[str, Any]:
+    document = build_document(load_files(descriptor_path))
+    output.write_text(json.dumps(document, indent=1, sort_keys=False) + "\n")
+    return document
+
+
+def main() -> int:
+    document = write()
+    print(f"openapi: {len(document['paths'])} path(s) -> {OUTPUT.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
