@@ -1,0 +1,256 @@
+"""What a call may do, decided in one place: who it is (API key), which models, how fast, and what it used.
+
+`AccessControl` keeps a snapshot of the active keys and tenant limits, re-read from the store every second (so the
+admin CLI's changes apply to a running server), the rate limiter and the usage meter. With no active key the
+server runs open, but only where that was allowed at start (loopback, or `allow_open`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+from service import errors
+from service.access import keys
+from service.access.limits import LocalRateLimiter, Quota, RateLimiter, Refusal, rate_headers, retry_headers
+from service.access.store import AccessStore, KeyRecord, KeySnapshot, TenantRecord
+from service.access.usage import UsageMeter
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TENANT = "default"
+REFRESH_S = 1.0
+JOB_WAIT_STEP_S = 1.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Defaults per minute (0: unlimited) and the share of a bucket that async jobs leave to interactive calls."""
+
+    key_rpm: int = 0
+    key_tpm: int = 0
+    tenant_rpm: int = 0
+    tenant_tpm: int = 0
+    job_reserve: float = 0.5
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: set per call by the interceptor, read by the servicers."""
+
+    tenant: str
+    # None while the server runs open (no keys).
+    key_id: str | None
+    admin: bool
+    # Model ids or aliases the key may use; None: all.
+    models: tuple[str, ...] | None
+    quotas: tuple[Quota, ...]
+
+    def may_use(self, names: list[str]) -> bool:
+        """Whether any of a model's names (id and aliases) is among the key's models."""
+        if self.models is None:
+            return True
+        allowed = {m.casefold() for m in self.models}
+        return any(name.casefold() in allowed for name in names)
+
+
+OPEN_PRINCIPAL = Principal(DEFAULT_TENANT, None, True, None, ())
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip().strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def open_mode_refusal(hosts: list[str], active_keys: int, allow_open: bool) -> str | None:
+    """Why the service must not start (keys missing on a non-loopback address), or None if it may."""
+    public = [h for h in hosts if not is_loopback(h)]
+    if active_keys or allow_open or not public:
+        return None
+    return (
+        f"refusing to listen on {', '.join(public)} without API keys: anyone who can reach it could use it. "
+        "Create a key first (python -m service.admin keys create --tenant NAME --name NAME --admin), bind to "
+        "127.0.0.1, or set allow_open (--allow-open true) to run open on purpose."
+    )
+
+
+def unauthenticated(message: str) -> errors.ApiError:
+    return errors.ApiError(grpc.StatusCode.UNAUTHENTICATED, message, "invalid_api_key")
+
+
+def permission_denied(message: str) -> errors.ApiError:
+    return errors.ApiError(grpc.StatusCode.PERMISSION_DENIED, message, "insufficient_permissions")
+
+
+def rate_limited(refusal: Refusal) -> errors.ApiError:
+    metadata = {
+        "scope": refusal.quota.scope,
+        "limit_type": refusal.kind,
+        "limit": str(refusal.limit),
+        "requested": str(refusal.requested),
+    }
+    if refusal.too_large:
+        # Waiting never helps: 400, which clients do not retry.
+        return errors.ApiError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            refusal.message,
+            "max_tokens_per_request",
+            metadata=metadata,
+            headers={"x-should-retry": "false"},
+        )
+    return errors.ApiError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        refusal.message,
+        "rate_limit_exceeded",
+        metadata=metadata,
+        headers=retry_headers(refusal.retry_after_s),
+    )
+
+
+def _principal(key: KeyRecord, tenant: TenantRecord | None, limits: Limits) -> Principal:
+    key_quota = Quota(
+        "key",
+        key.id,
+        limits.key_rpm if key.rpm is None else key.rpm,
+        limits.key_tpm if key.tpm is None else key.tpm,
+    )
+    tenant_rpm = tenant.rpm if tenant is not None and tenant.rpm is not None else limits.tenant_rpm
+    tenant_tpm = tenant.tpm if tenant is not None and tenant.tpm is not None else limits.tenant_tpm
+    tenant_quota = Quota("tenant", key.tenant, tenant_rpm, tenant_tpm)
+    return Principal(key.tenant, key.id, key.admin, key.models, (key_quota, tenant_quota))
+
+
+class AccessControl:
+    def __init__(
+        self,
+        store: AccessStore,
+        limits: Limits,
+        *,
+        open_allowed: bool,
+        limiter: RateLimiter | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.limits = limits
+        self.open_allowed = open_allowed
+        self.limiter = limiter or LocalRateLimiter()
+        self.meter = UsageMeter(store)
+        self._clock = clock
+        self._keys: dict[str, tuple[str, Principal]] = {}
+        self._tenants: dict[str, TenantRecord] = {}
+        self._active_keys = 0
+        self._task: asyncio.Task | None = None
+        self.refresh()
+
+    # --- keys
+
+    def refresh(self) -> None:
+        """Re-read keys and tenant limits (blocking: run it off the event loop once serving)."""
+        self._apply(self.store.snapshot())
+
+    def _apply(self, snapshot: KeySnapshot) -> None:
+        self._keys = {
+            key_id: (key.secret_hash, _principal(key, snapshot.tenants.get(key.tenant), self.limits))
+            for key_id, key in snapshot.keys.items()
+        }
+        self._tenants = snapshot.tenants
+        self._active_keys = snapshot.active_keys
+
+    @property
+    def running_open(self) -> bool:
+        return self._active_keys == 0 and self.open_allowed
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """The caller's principal, or 401 `invalid_api_key`. Never logs or echoes the key (only a mask)."""
+        if self._active_keys == 0:
+            if self.open_allowed:
+                return OPEN_PRINCIPAL
+            raise unauthenticated("This server has no active API keys and does not run open on this address.")
+        token = keys.bearer_token(authorization or "")
+        if token is None:
+            raise unauthenticated(
+                "You didn't provide an API key. You need to provide your API key in an Authorization header "
+                "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+            )
+        parts = keys.split(token)
+        entry = self._keys.get(parts[0]) if parts else None
+        secret = parts[1] if parts else token
+        if not keys.matches(secret, entry[0] if entry else None) or entry is None:
+            raise unauthenticated(f"Incorrect API key provided: {keys.mask(token)}. Ask your administrator for a key.")
+        return entry[1]
+
+    # --- limits
+
+    def charge_request(self, principal: Principal) -> None:
+        refusal = self.limiter.acquire(principal.quotas, "requests", 1, self._clock())
+        if refusal is not None:
+            raise rate_limited(refusal)
+
+    def charge_tokens(self, principal: Principal, tokens: int) -> None:
+        refusal = self.limiter.acquire(principal.quotas, "tokens", tokens, self._clock())
+        if refusal is not None:
+            raise rate_limited(refusal)
+
+    def headers(self, principal: Principal) -> dict[str, str]:
+        if not principal.quotas:
+            return {}
+        return rate_headers(self.limiter.state(principal.quotas, self._clock()))
+
+    def job_quotas(self, tenant: str, key_id: str | None) -> tuple[Quota, ...]:
+        """The buckets an async job of `tenant` (submitted with `key_id`) draws on; none while running open."""
+        entry = self._keys.get(key_id) if key_id else None
+        if entry is not None:
+            return entry[1].quotas
+        if self._active_keys == 0:
+            return ()
+        tenant_record = self._tenants.get(tenant)
+        rpm = tenant_record.rpm if tenant_record and tenant_record.rpm is not None else self.limits.tenant_rpm
+        tpm = tenant_record.tpm if tenant_record and tenant_record.tpm is not None else self.limits.tenant_tpm
+        return (Quota("tenant", tenant, rpm, tpm),)
+
+    async def admit_job_tokens(self, tenant: str, key_id: str | None, tokens: int, on_wait: Callable[[], None]) -> None:
+        """Wait until a job chunk's tokens fit above the interactive reserve, then charge them. Never fails."""
+        while True:
+            wait = self.limiter.acquire_background(
+                self.job_quotas(tenant, key_id), tokens, self.limits.job_reserve, self._clock()
+            )
+            if wait <= 0:
+                return
+            on_wait()
+            await asyncio.sleep(min(wait, JOB_WAIT_STEP_S))
+
+    # --- background upkeep
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._upkeep(), name="access-upkeep")
+
+    async def _upkeep(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_S)
+            try:
+                snapshot = await asyncio.to_thread(self.store.snapshot)
+                self._apply(snapshot)
+                await asyncio.to_thread(self.meter.flush)
+            except Exception:
+                log.exception("refreshing API keys or writing usage failed")
+
+    async def stop(self) -> None:
+        """Stop the upkeep and write the last usage."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await asyncio.to_thread(self.meter.flush)

@@ -1,0 +1,181 @@
+"""The one place where calls are authenticated: a gRPC server interceptor in front of every service.
+
+It checks the `authorization` metadata (REST clients' `Authorization: Bearer` header arrives as such through
+Envoy), refuses admin RPCs to non-admin keys, charges one request to the rate limits of inference calls, and runs
+the servicer with the caller's principal in a contextvar. It adds the `x-ratelimit-*` headers to whatever initial
+metadata the servicer sends (through Envoy: HTTP response headers), on success and on error, and meters usage once
+the call has succeeded. Health checks and reflection stay open.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from service import errors
+from service.access import scope
+from service.access.control import AccessControl, Principal, permission_denied
+
+log = logging.getLogger(__name__)
+
+OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+# Health and the public API description need no key.
+OPEN_METHODS = frozenset({"/embeddings.v1.RestService/CheckHealth", "/embeddings.v1.OpsService/GetOpenApiDocument"})
+# Operator-only: key management and usage, and the metrics (they name tenants and models).
+ADMIN_PREFIXES = ("/embeddings.v1.AdminService/", "/embeddings.v1.OpsService/GetMetrics")
+JOB_SUBMISSION = "/embeddings.v1.JobService/AsyncEmbed"
+# Calls that cost inference: each counts one request against the requests-per-minute limits.
+METERED_METHODS = frozenset(
+    {
+        "/embeddings.v1.EmbeddingService/Embed",
+        "/embeddings.v1.RestService/CreateEmbedding",
+        "/embeddings.v1.RestService/InferenceEmbed",
+        JOB_SUBMISSION,
+    }
+)
+
+
+def _metadata_value(metadata: Any, name: str) -> str | None:
+    for key, value in metadata or ():
+        if key == name:
+            return value if isinstance(value, str) else value.decode(errors="replace")
+    return None
+
+
+class _HeaderContext:
+    """The servicer's context, with the rate-limit headers added to the initial metadata however it is sent."""
+
+    def __init__(self, context: grpc.aio.ServicerContext, call: scope.Call) -> None:
+        self._context = context
+        self._call = call
+        self._sent = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    async def send_initial_metadata(self, metadata) -> None:
+        self._sent = True
+        await self._context.send_initial_metadata((*tuple(metadata), *self._call.headers().items()))
+
+    async def flush(self) -> None:
+        if not self._sent:
+            self._sent = True
+            headers = self._call.headers()
+            if headers:
+                await self._context.send_initial_metadata(tuple(headers.items()))
+
+    async def abort_with_status(self, status) -> None:
+        await self.flush()
+        await self._context.abort_with_status(status)
+
+    async def abort(self, code, details: str = "", trailing_metadata=()) -> None:
+        await self.flush()
+        await self._context.abort(code, details, trailing_metadata)
+
+
+def _record_usage(call: scope.Call) -> None:
+    meter, principal = call.control.meter, call.principal
+    for model, tokens in call.embedded:
+        meter.record(principal.tenant, principal.key_id, model, requests=1, tokens=tokens)
+    if call.method == JOB_SUBMISSION and call.model is not None:
+        meter.record(principal.tenant, principal.key_id, call.model, job_requests=1)
+
+
+def _guarded(handler: grpc.RpcMethodHandler, control: AccessControl, method: str) -> grpc.RpcMethodHandler:
+    """`handler`, authenticating and limiting each call before running it with its principal in the contextvar.
+
+    The checks run inside the call (not in `intercept_service`), so the handler holds no per-call state and other
+    interceptors may cache it.
+    """
+
+    async def admit(context: grpc.aio.ServicerContext) -> scope.Call:
+        principal: Principal | None = None
+        try:
+            principal = control.authenticate(_metadata_value(context.invocation_metadata(), "authorization"))
+            if method.startswith(ADMIN_PREFIXES) and not principal.admin:
+                raise permission_denied("This operation needs an admin API key.")
+            if method in METERED_METHODS:
+                control.charge_request(principal)
+        except errors.ApiError as err:
+            headers = {**control.headers(principal), **err.headers} if principal is not None else err.headers
+            if headers:
+                await context.send_initial_metadata(tuple(headers.items()))
+            await context.abort_with_status(err.to_status())
+        assert principal is not None
+        return scope.Call(principal, control, method)
+
+    def unary(behavior: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
+        async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            call = await admit(context)
+            token = scope.enter(call)
+            try:
+                wrapped = _HeaderContext(context, call)
+                response = await behavior(request, wrapped)
+                await wrapped.flush()
+                _record_usage(call)
+                return response
+            finally:
+                scope.leave(token)
+
+        return run
+
+    def streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
+        async def run(request: Any, context: grpc.aio.ServicerContext):
+            call = await admit(context)
+            token = scope.enter(call)
+            try:
+                wrapped = _HeaderContext(context, call)
+                async for item in behavior(request, wrapped):
+                    await wrapped.flush()
+                    yield item
+                _record_usage(call)
+            finally:
+                scope.leave(token)
+
+        return run
+
+    if handler.unary_unary is not None:
+        return _replace(handler, unary(handler.unary_unary), None)
+    if handler.unary_stream is not None:
+        return _replace(handler, None, streaming(handler.unary_stream))
+    if handler.stream_unary is not None:
+        return _replace(handler, unary(handler.stream_unary), None)
+    return _replace(handler, None, streaming(handler.stream_stream))
+
+
+def _replace(handler: grpc.RpcMethodHandler, unary: Any, streaming: Any) -> grpc.RpcMethodHandler:
+    """`handler` with its behavior swapped, keeping its shape and (de)serializers."""
+    serializers = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(unary, **serializers)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(streaming, **serializers)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(unary, **serializers)
+    return grpc.stream_stream_rpc_method_handler(streaming, **serializers)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, control: AccessControl) -> None:
+        self._control = control
+        self._guarded: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method in OPEN_METHODS or method.startswith(OPEN_PREFIXES):
+            return handler
+        guarded = self._guarded.get(method)
+        if guarded is None:
+            guarded = self._guarded[method] = _guarded(handler, self._control, method)
+        return guarded

@@ -1,0 +1,213 @@
+"""Rate limits: requests and tokens per minute, per key and per tenant, as token buckets.
+
+A bucket holds up to one minute's allowance and refills continuously (limit / 60 per second), so a client may
+burst up to its limit and then runs at the limit's pace. A call is checked against every bucket that applies (its
+key's and its tenant's) and charged to all of them only if all allow it: a refused call costs nothing. Async job
+chunks draw from the same buckets but only above a reserve, so interactive calls always find room.
+
+`RateLimiter` is the interface; `LocalRateLimiter` keeps buckets in this process (one replica). A shared
+implementation (Redis) can follow for several replicas.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+Kind = Literal["requests", "tokens"]
+KINDS: tuple[Kind, ...] = ("requests", "tokens")
+_ABBREVIATION = {"requests": "RPM", "tokens": "TPM"}
+# Floating-point slack: a bucket refilled for exactly the advertised wait must admit the retry.
+_EPSILON = 1e-6
+
+
+@dataclass(frozen=True)
+class Quota:
+    """One party's limits per minute; 0 means unlimited."""
+
+    scope: Literal["key", "tenant"]
+    name: str
+    rpm: int
+    tpm: int
+
+    def limit(self, kind: Kind) -> int:
+        return self.rpm if kind == "requests" else self.tpm
+
+    @property
+    def label(self) -> str:
+        return f"{self.scope} {self.name}"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a call may not run now: the limit that stopped it and how long until it would pass."""
+
+    quota: Quota
+    kind: Kind
+    limit: int
+    used: int
+    requested: int
+    retry_after_s: float
+    # The request alone exceeds the limit: waiting will never help.
+    too_large: bool = False
+
+    @property
+    def message(self) -> str:
+        what = f"{self.kind} per min ({_ABBREVIATION[self.kind]})"
+        if self.too_large:
+            return (
+                f"Request too large for {what} on {self.quota.label}: Limit {self.limit}, Requested {self.requested}. "
+                "Split the request into smaller ones, or ask for a higher limit."
+            )
+        return (
+            f"Rate limit reached for {what} on {self.quota.label}: Limit {self.limit}, Used {self.used}, "
+            f"Requested {self.requested}. Please try again in {format_duration(self.retry_after_s)}."
+        )
+
+
+@dataclass(frozen=True)
+class LimitState:
+    """What the `x-ratelimit-*` headers report for one kind: the tighter of the applicable buckets."""
+
+    kind: Kind
+    limit: int
+    remaining: int
+    reset_s: float
+
+
+class RateLimiter(Protocol):
+    def acquire(self, quotas: Sequence[Quota], kind: Kind, amount: int, now: float) -> Refusal | None:
+        """Charge `amount` to every quota's bucket of `kind`, or to none and say why not."""
+        ...
+
+    def acquire_background(self, quotas: Sequence[Quota], amount: int, reserve: float, now: float) -> float:
+        """Charge job tokens if every bucket stays above `reserve` (a fraction of its capacity): 0.0 when charged,
+        else the seconds to wait before trying again. Never refuses for good: a chunk larger than the room above
+        the reserve waits for that room, then is charged in full."""
+        ...
+
+    def state(self, quotas: Sequence[Quota], now: float) -> list[LimitState]: ...
+
+
+@dataclass
+class _Bucket:
+    capacity: int
+    level: float
+    updated: float
+
+    @property
+    def rate(self) -> float:
+        return self.capacity / 60.0
+
+    def refill(self, now: float) -> None:
+        if now > self.updated:
+            self.level = min(float(self.capacity), self.level + (now - self.updated) * self.rate)
+            self.updated = now
+
+    def wait_for(self, level: float) -> float:
+        missing = level - self.level
+        return 0.0 if missing <= _EPSILON else missing / self.rate
+
+
+class LocalRateLimiter:
+    """`RateLimiter` in this process's memory. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[tuple[str, str, Kind], _Bucket] = {}
+        self._lock = threading.Lock()
+
+    def _bucket(self, quota: Quota, kind: Kind, now: float) -> _Bucket | None:
+        limit = quota.limit(kind)
+        if limit <= 0:
+            return None
+        key = (quota.scope, quota.name, kind)
+        bucket = self._buckets.get(key)
+        if bucket is None or bucket.capacity != limit:
+            level = float(limit) if bucket is None else min(bucket.level, float(limit))
+            bucket = self._buckets[key] = _Bucket(limit, level, now)
+        bucket.refill(now)
+        return bucket
+
+    def acquire(self, quotas: Sequence[Quota], kind: Kind, amount: int, now: float) -> Refusal | None:
+        with self._lock:
+            charged: list[_Bucket] = []
+            refusals: list[Refusal] = []
+            for quota in quotas:
+                bucket = self._bucket(quota, kind, now)
+                if bucket is None:
+                    continue
+                used = max(0, math.ceil(bucket.capacity - bucket.level - _EPSILON))
+                if amount > bucket.capacity:
+                    return Refusal(quota, kind, bucket.capacity, used, amount, 0.0, too_large=True)
+                wait = bucket.wait_for(amount)
+                if wait > 0:
+                    refusals.append(Refusal(quota, kind, bucket.capacity, used, amount, wait))
+                charged.append(bucket)
+            if refusals:
+                return max(refusals, key=lambda r: r.retry_after_s)
+            for bucket in charged:
+                bucket.level -= amount
+            return None
+
+    def acquire_background(self, quotas: Sequence[Quota], amount: int, reserve: float, now: float) -> float:
+        with self._lock:
+            buckets = [b for q in quotas if (b := self._bucket(q, "tokens", now)) is not None]
+            wait = 0.0
+            for bucket in buckets:
+                kept = bucket.capacity * reserve
+                wait = max(wait, bucket.wait_for(kept + min(amount, bucket.capacity - kept)))
+            if wait > 0:
+                return wait
+            for bucket in buckets:
+                bucket.level -= amount
+            return 0.0
+
+    def state(self, quotas: Sequence[Quota], now: float) -> list[LimitState]:
+        with self._lock:
+            states = []
+            for kind in KINDS:
+                buckets = [b for q in quotas if (b := self._bucket(q, kind, now)) is not None]
+                if not buckets:
+                    continue
+                tightest = min(buckets, key=lambda b: b.level)
+                remaining = max(0, math.floor(tightest.level + _EPSILON))
+                states.append(LimitState(kind, tightest.capacity, remaining, tightest.wait_for(tightest.capacity)))
+            return states
+
+
+def format_duration(seconds: float) -> str:
+    """OpenAI's (Go's) duration format: `12ms`, `1s`, `1.5s`, `6m0s`, `1h0m0s`."""
+    millis = max(0, math.ceil(seconds * 1000 - _EPSILON))
+    if millis == 0:
+        return "0s"
+    if millis < 1000:
+        return f"{millis}ms"
+    hours, rest = divmod(millis, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs = f"{rest / 1000:.3f}".rstrip("0").rstrip(".")
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+def rate_headers(states: Sequence[LimitState]) -> dict[str, str]:
+    """`x-ratelimit-{limit,remaining,reset}-{requests,tokens}` for the limits that apply."""
+    headers = {}
+    for state in states:
+        headers[f"x-ratelimit-limit-{state.kind}"] = str(state.limit)
+        headers[f"x-ratelimit-remaining-{state.kind}"] = str(state.remaining)
+        headers[f"x-ratelimit-reset-{state.kind}"] = format_duration(state.reset_s)
+    return headers
+
+
+def retry_headers(wait_s: float) -> dict[str, str]:
+    """`retry-after` (whole seconds, rounded up) and `retry-after-ms`, which the openai SDKs obey."""
+    return {
+        "retry-after": str(max(1, math.ceil(wait_s - _EPSILON))),
+        "retry-after-ms": str(max(1, math.ceil(wait_s * 1000 - _EPSILON))),
+    }

@@ -1,0 +1,81 @@
+"""Usage metering: requests and tokens per (UTC day, tenant, key, model), what clients were told they used.
+
+Counts are added up in memory and written to the store about once a second (one small transaction, however busy
+the server is) and on shutdown; a process killed with SIGKILL loses at most the last second. Interactive calls
+count `requests` and `tokens` (the `usage.total_tokens` of their answers); async jobs count `job_requests` (one
+per accepted job) and `job_tokens` (the tokens of each embedded chunk, so a job's total equals its `usage`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+from service.access.store import AccessStore, UsageDelta
+
+log = logging.getLogger(__name__)
+
+OPEN_KEY_ID = "open"  # calls made while the server runs without keys
+
+
+def utc_day(now: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(now))
+
+
+@dataclass
+class _Counts:
+    requests: int = 0
+    tokens: int = 0
+    job_requests: int = 0
+    job_tokens: int = 0
+
+
+class UsageMeter:
+    """Aggregates usage in memory; `flush` writes it through the store. Thread-safe."""
+
+    def __init__(self, store: AccessStore) -> None:
+        self._store = store
+        self._pending: defaultdict[tuple[str, str, str, str], _Counts] = defaultdict(_Counts)
+        self._lock = threading.Lock()
+
+    def record(
+        self,
+        tenant: str,
+        key_id: str | None,
+        model: str,
+        *,
+        requests: int = 0,
+        tokens: int = 0,
+        job_requests: int = 0,
+        job_tokens: int = 0,
+        now: float | None = None,
+    ) -> None:
+        key = (utc_day(time.time() if now is None else now), tenant, key_id or OPEN_KEY_ID, model)
+        with self._lock:
+            counts = self._pending[key]
+            counts.requests += requests
+            counts.tokens += tokens
+            counts.job_requests += job_requests
+            counts.job_tokens += job_tokens
+
+    def flush(self) -> None:
+        """Write what was recorded since the last flush; on failure it is kept for the next one."""
+        with self._lock:
+            pending, self._pending = self._pending, defaultdict(_Counts)
+        if not pending:
+            return
+        deltas = [UsageDelta(*key, **vars(counts)) for key, counts in pending.items()]
+        try:
+            self._store.add_usage(deltas)
+        except Exception:
+            log.exception("writing usage failed; keeping it for the next flush")
+            with self._lock:
+                for key, counts in pending.items():
+                    again = self._pending[key]
+                    again.requests += counts.requests
+                    again.tokens += counts.tokens
+                    again.job_requests += counts.job_requests
+                    again.job_tokens += counts.job_tokens
