@@ -1,0 +1,157 @@
+"""`python -m service.admin`: manage API keys and tenant limits, and report usage, directly on the data directory.
+
+Works whether the server runs or not (SQLite WAL): a running server picks up key changes within a second. A new or
+rotated key is printed once, alone on stdout (messages go to stderr), and only its hash is stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+
+from service.access.store import KeyRecord, SqliteAccessStore, UsageRow
+
+USAGE_COLUMNS = ("day", "tenant", "key_id", "model", "requests", "tokens", "job_requests", "job_tokens")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 (unlimited) or more")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m service.admin", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("EMBED_DATA_DIR", "data"),
+        help="the server's data directory (default: $EMBED_DATA_DIR or data)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    key_commands = commands.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
+    create = key_commands.add_parser("create", help="create a key and print it (once)")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--name", required=True)
+    create.add_argument("--models", help="comma-separated model ids or aliases the key may use (default: all)")
+    create.add_argument("--rpm", type=_positive, help="requests per minute (default: the server's rate_limit_rpm)")
+    create.add_argument("--tpm", type=_positive, help="tokens per minute (default: the server's rate_limit_tpm)")
+    create.add_argument("--admin", action="store_true", help="the key may manage keys and read usage")
+    listing = key_commands.add_parser("list", help="list keys (never their secrets)")
+    listing.add_argument("--tenant")
+    key_commands.add_parser("revoke", help="revoke a key").add_argument("id")
+    key_commands.add_parser("rotate", help="give a key a new secret and print it (once)").add_argument("id")
+
+    tenant_commands = commands.add_parser("tenants", help="tenant limits").add_subparsers(dest="action", required=True)
+    tenant_set = tenant_commands.add_parser("set", help="set a tenant's limits (omitted: the server's defaults)")
+    tenant_set.add_argument("name")
+    tenant_set.add_argument("--rpm", type=_positive)
+    tenant_set.add_argument("--tpm", type=_positive)
+    tenant_commands.add_parser("list", help="list tenants with their own limits")
+
+    usage = commands.add_parser("usage", help="requests and tokens per day, tenant, key and model")
+    usage.add_argument("--tenant")
+    usage.add_argument("--since", help="first UTC day, YYYY-MM-DD")
+    usage.add_argument("--until", help="last UTC day, YYYY-MM-DD")
+    return parser
+
+
+def key_dict(key: KeyRecord) -> dict:
+    data = asdict(key)
+    data.pop("secret_hash")
+    data["models"] = list(key.models) if key.models is not None else None
+    return data
+
+
+def _limit(value: int | None) -> str:
+    return "default" if value is None else str(value)
+
+
+def _print_key_table(records: list[KeyRecord]) -> None:
+    print(f"{'id':<14}{'tenant':<16}{'name':<16}{'role':<7}{'status':<9}{'rpm':>8}{'tpm':>10}  models")
+    for k in records:
+        status = "revoked" if k.revoked_at else "active"
+        rpm, tpm = _limit(k.rpm), _limit(k.tpm)
+        models = ",".join(k.models) if k.models is not None else "all"
+        print(f"{k.id:<14}{k.tenant:<16}{k.name:<16}{k.role:<7}{status:<9}{rpm:>8}{tpm:>10}  {models}")
+
+
+def _print_usage(rows: list[UsageRow], as_json: bool) -> None:
+    totals = {c: sum(getattr(r, c) for r in rows) for c in USAGE_COLUMNS[4:]}
+    if as_json:
+        print(json.dumps({"data": [asdict(r) for r in rows], "totals": totals}, indent=2))
+        return
+    print(
+        f"{'day':<12}{'tenant':<16}{'key':<14}{'model':<28}{'requests':>10}{'tokens':>12}{'jobs':>6}{'job_tokens':>12}"
+    )
+    for r in rows:
+        print(
+            f"{r.day:<12}{r.tenant:<16}{r.key_id:<14}{r.model:<28}"
+            f"{r.requests:>10}{r.tokens:>12}{r.job_requests:>6}{r.job_tokens:>12}"
+        )
+    print(
+        f"{'total':<70}{totals['requests']:>10}{totals['tokens']:>12}{totals['job_requests']:>6}"
+        f"{totals['job_tokens']:>12}"
+    )
+
+
+def _announce_token(key: KeyRecord, token: str, verb: str, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"key": key_dict(key), "token": token}, indent=2))
+    else:
+        print(f"{verb} key {key.id} (tenant {key.tenant}, name {key.name}, role {key.role})", file=sys.stderr)
+        print(token)
+        print("Store it now: it is shown only once.", file=sys.stderr)
+
+
+def run(args: argparse.Namespace, store: SqliteAccessStore) -> int:
+    now = int(time.time())
+    if args.command == "keys" and args.action == "create":
+        models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else None
+        key, token = store.create_key(
+            args.tenant, args.name, admin=args.admin, models=models, rpm=args.rpm, tpm=args.tpm, now=now
+        )
+        _announce_token(key, token, "created", args.json)
+    elif args.command == "keys" and args.action == "list":
+        records = store.list_keys(args.tenant)
+        print(json.dumps([key_dict(k) for k in records], indent=2)) if args.json else _print_key_table(records)
+    elif args.command == "keys" and args.action == "revoke":
+        key = store.revoke_key(args.id, now)
+        if key is None:
+            print(f"no key with id {args.id}", file=sys.stderr)
+            return 1
+        print(f"revoked key {key.id} (tenant {key.tenant}, name {key.name})", file=sys.stderr)
+    elif args.command == "keys" and args.action == "rotate":
+        rotated = store.rotate_key(args.id, now)
+        if rotated is None:
+            print(f"no active key with id {args.id}", file=sys.stderr)
+            return 1
+        _announce_token(*rotated, "rotated", args.json)
+    elif args.command == "tenants" and args.action == "set":
+        tenant = store.set_tenant(args.name, args.rpm, args.tpm, now)
+        print(f"tenant {tenant.name}: rpm {_limit(tenant.rpm)}, tpm {_limit(tenant.tpm)}", file=sys.stderr)
+    elif args.command == "tenants":
+        for t in store.list_tenants():
+            print(f"{t.name}\trpm {_limit(t.rpm)}\ttpm {_limit(t.tpm)}")
+    elif args.command == "usage":
+        _print_usage(store.usage(args.tenant, args.since, args.until), args.json)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    store = SqliteAccessStore.in_data_dir(args.data_dir)
+    try:
+        return run(args, store)
+    finally:
+        store.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""AdminService: API keys, tenant limits and usage reports, for admin keys only (checked by the interceptor)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import grpc
+from embeddings.v1 import admin_pb2 as pb
+from embeddings.v1 import admin_pb2_grpc as pb_grpc
+
+from service import errors
+from service.access.control import AccessControl
+from service.access.store import KeyRecord, UsageRow
+from service.api.embeddings import rpc_errors
+from service.jobs.runner import now_s
+
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def key_message(key: KeyRecord) -> pb.ApiKey:
+    message = pb.ApiKey(
+        id=key.id,
+        object="api_key",
+        tenant=key.tenant,
+        name=key.name,
+        role=key.role,
+        models=list(key.models or ()),
+        created_at=key.created_at,
+    )
+    for name in ("rpm", "tpm", "rotated_at", "revoked_at"):
+        value = getattr(key, name)
+        if value is not None:
+            setattr(message, name, value)
+    return message
+
+
+def usage_response(rows: list[UsageRow]) -> pb.GetUsageResponse:
+    return pb.GetUsageResponse(
+        object="list",
+        data=[pb.UsageRecord(**vars(row)) for row in rows],
+        total_requests=sum(r.requests for r in rows),
+        total_tokens=sum(r.tokens for r in rows),
+        total_job_requests=sum(r.job_requests for r in rows),
+        total_job_tokens=sum(r.job_tokens for r in rows),
+    )
+
+
+def _key_not_found(key_id: str) -> errors.ApiError:
+    return errors.ApiError(
+        grpc.StatusCode.NOT_FOUND, f"No active API key with id '{key_id}'.", "api_key_not_found", field="id"
+    )
+
+
+def _optional(message, name: str) -> int | None:
+    return getattr(message, name) if message.HasField(name) else None
+
+
+class AdminServicer(pb_grpc.AdminServiceServicer):
+    def __init__(self, control: AccessControl) -> None:
+        self._control = control
+        self._store = control.store
+
+    async def _refresh(self) -> None:
+        """Apply a change to this server at once (other replicas and the CLI's changes: within a second)."""
+        await asyncio.to_thread(self._control.refresh)
+
+    @rpc_errors
+    async def CreateKey(self, request: pb.CreateKeyRequest, context) -> pb.CreateKeyResponse:
+        if not request.tenant.strip():
+            raise errors.invalid_input("'tenant' is required.", field="tenant")
+        record, token = await asyncio.to_thread(
+            lambda: self._store.create_key(
+                request.tenant.strip(),
+                request.name,
+                admin=request.admin,
+                models=tuple(request.models) or None,
+                rpm=_optional(request, "rpm"),
+                tpm=_optional(request, "tpm"),
+                now=now_s(),
+            )
+        )
+        await self._refresh()
+        return pb.CreateKeyResponse(key=key_message(record), token=token)
+
+    @rpc_errors
+    async def ListKeys(self, request: pb.ListKeysRequest, context) -> pb.ListKeysResponse:
+        records = await asyncio.to_thread(self._store.list_keys, request.tenant or None)
+        return pb.ListKeysResponse(object="list", data=[key_message(k) for k in records])
+
+    @rpc_errors
+    async def RevokeKey(self, request: pb.RevokeKeyRequest, context) -> pb.RevokeKeyResponse:
+        record = await asyncio.to_thread(self._store.revoke_key, request.id, now_s())
+        if record is None:
+            raise _key_not_found(request.id)
+        await self._refresh()
+        return pb.RevokeKeyResponse(key=key_message(record))
+
+    @rpc_errors
+    async def RotateKey(self, request: pb.RotateKeyRequest, context) -> pb.RotateKeyResponse:
+        rotated = await asyncio.to_thread(self._store.rotate_key, request.id, now_s())
+        if rotated is None:
+            raise _key_not_found(request.id)
+        await self._refresh()
+        return pb.RotateKeyResponse(key=key_message(rotated[0]), token=rotated[1])
+
+    @rpc_errors
+    async def SetTenantLimits(self, request: pb.SetTenantLimitsRequest, context) -> pb.SetTenantLimitsResponse:
+        if not request.name.strip():
+            raise errors.invalid_input("'name' is required.", field="name")
+        rpm, tpm = _optional(request, "rpm"), _optional(request, "tpm")
+        tenant = await asyncio.to_thread(self._store.set_tenant, request.name.strip(), rpm, tpm, now_s())
+        await self._refresh()
+        response = pb.SetTenantLimitsResponse(name=tenant.name)
+        if tenant.rpm is not None:
+            response.rpm = tenant.rpm
+        if tenant.tpm is not None:
+            response.tpm = tenant.tpm
+        return response
+
+    @rpc_errors
+    async def GetUsage(self, request: pb.GetUsageRequest, context) -> pb.GetUsageResponse:
+        for name in ("since", "until"):
+            value = getattr(request, name)
+            if value and not _DAY.match(value):
+                raise errors.invalid_input(f"'{name}' must be a UTC day, YYYY-MM-DD; got {value!r}.", field=name)
+        await asyncio.to_thread(self._control.meter.flush)  # include the last second's calls
+        rows = await asyncio.to_thread(
+            self._store.usage, request.tenant or None, request.since or None, request.until or None
+        )
+        return usage_response(rows)
+
+
+ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["AdminService"].full_name
+
+
+def add_admin_service(control: AccessControl, server: grpc.aio.Server) -> None:
+    pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(control), server)
