@@ -14,7 +14,9 @@ import sys
 import time
 
 from gateway.envoy import ROOT, GatewayPorts, envoy_command, validate, write_rendered
-from service.config import load_settings
+from service.access.control import open_mode_refusal
+from service.access.store import SqliteAccessStore
+from service.config import Settings, load_settings
 
 POLL_S = 0.2
 
@@ -27,6 +29,16 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--envoy-concurrency", type=int, default=1, help="Envoy worker threads")
     parser.add_argument("--envoy-log-level", default="warning")
     return parser.parse_known_args(argv)
+
+
+def open_refusal(http_host: str, settings: Settings) -> str | None:
+    """The server's rule, applied to Envoy's address too: no active API key -> loopback only, unless allow_open."""
+    store = SqliteAccessStore.in_data_dir(settings.data_dir)
+    try:
+        active_keys = store.active_key_count()
+    finally:
+        store.close()
+    return open_mode_refusal([http_host, settings.host], active_keys, settings.allow_open)
 
 
 def _stop(proc: subprocess.Popen, timeout: float) -> int:
@@ -43,6 +55,10 @@ def _stop(proc: subprocess.Popen, timeout: float) -> int:
 def main(argv: list[str] | None = None) -> int:
     args, server_args = parse(argv)
     settings = load_settings(server_args)
+    refusal = open_refusal(args.http_host, settings)
+    if refusal is not None:
+        print(f"gateway: {refusal}", file=sys.stderr)
+        return 2
     upstream_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "[::]") else settings.host
     ports = GatewayPorts(args.http_port, settings.port, args.admin_port, args.http_host, upstream_host)
     config = write_rendered(ports, ROOT / "build" / f"envoy-{args.http_port}.yaml")

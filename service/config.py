@@ -53,6 +53,15 @@ class Settings:
     webhook_retry_schedule: str = "5s,30s,2m,10m,30m,2h,5h"
     webhook_timeout_s: float = 10.0
     webhook_allow_private: bool = False
+    # Access control (service/access): with no active API key the server runs open, but only on a loopback address
+    # unless allow_open. Rate limits per minute, 0 = unlimited: per key (a key may override them) and per tenant (a
+    # tenant may override them); async jobs leave job_rate_limit_reserve of every token bucket to interactive calls.
+    allow_open: bool = False
+    rate_limit_rpm: int = 3000
+    rate_limit_tpm: int = 1_000_000
+    tenant_rate_limit_rpm: int = 0
+    tenant_rate_limit_tpm: int = 0
+    job_rate_limit_reserve: float = 0.5
     # Seconds in-flight calls get to finish on SIGTERM/SIGINT.
     shutdown_grace_s: float = 30.0
     log_level: str = "INFO"

@@ -21,6 +21,11 @@ from embeddings.v1 import (
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service.access.control import AccessControl, Limits, is_loopback, open_mode_refusal
+from service.access.interceptor import AuthInterceptor
+from service.access.scope import ScopedRegistry
+from service.access.store import SqliteAccessStore
+from service.api.admin import ADMIN_SERVICE, add_admin_service
 from service.api.embeddings import EmbeddingServicer
 from service.api.jobs import JobServicer
 from service.api.ops import OpsServicer
@@ -50,22 +55,25 @@ class EmbeddingServer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.access = access_control(settings)  # first: refuses to start open on a public address, at once
         self.registry = ModelRegistry(settings)
+        # What servicers see of the models: only the caller's key's, with its token limits charged.
+        scoped = ScopedRegistry(self.registry)
         self.health = health.aio.HealthServicer()
         self.serving = False
         self.metrics = Metrics()
         self.tracing = Tracing(settings.otlp_endpoint) if settings.otlp_endpoint else None
         self._server = grpc.aio.server(
-            interceptors=[TelemetryInterceptor(self.metrics, self.tracing)],
+            interceptors=[TelemetryInterceptor(self.metrics, self.tracing), AuthInterceptor(self.access)],
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 ("grpc.so_reuseport", 0),
             ],
         )
-        embeddings_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(self.registry), self._server)
+        embeddings_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(scoped), self._server)
         self._decoder = TokenIdDecoder(self.registry.tokenize_executor)
-        rest = RestServicer(self.registry, self._decoder, lambda: self.serving)
+        rest = RestServicer(scoped, self._decoder, lambda: self.serving)
         rest_pb2_grpc.add_RestServiceServicer_to_server(rest, self._server)
         self.job_settings = JobSettings(
             chunk_size=settings.job_chunk_size,
@@ -83,7 +91,7 @@ class EmbeddingServer:
         )
         jobs = JobServicer(
             self.store,
-            self.registry,
+            scoped,
             self._decoder,
             chunk_size=settings.job_chunk_size,
             max_inputs_per_job=settings.max_inputs_per_job,
@@ -91,11 +99,20 @@ class EmbeddingServer:
             on_new_job=lambda: self.workers.notify() if self.workers else None,
         )
         jobs_pb2_grpc.add_JobServiceServicer_to_server(jobs, self._server)
+        add_admin_service(self.access, self._server)
         ops = OpsServicer(self.metrics, self.store.count_jobs_by_status, OPENAPI_DOCUMENT)
         ops_pb2_grpc.add_OpsServiceServicer_to_server(ops, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
-            [EMBEDDING_SERVICE, REST_SERVICE, JOB_SERVICE, OPS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME],
+            [
+                EMBEDDING_SERVICE,
+                REST_SERVICE,
+                JOB_SERVICE,
+                ADMIN_SERVICE,
+                OPS_SERVICE,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ],
             self._server,
         )
         self.port = 0
@@ -117,13 +134,16 @@ class EmbeddingServer:
         self.registry.start()
         self._watch_engine()
         self.workers = JobWorkers(
-            self.store, self.registry, self.job_settings, self.registry.inference_workers, self.metrics
+            self.store, self.registry, self.job_settings, self.registry.inference_workers, self.metrics, self.access
         )
         self.workers.start()
+        self.access.start()
         await self._set_health(SERVING)
         self._warm_decoder = asyncio.create_task(self._decoder.load())  # LangChain's token ids: no slow first call
         names = ", ".join(m.id for m in self.registry.models())
         log.info("ready: serving %s on %s:%d", names, self.settings.host, self.port)
+        if self.access.running_open:
+            log.warning("running open (no API keys): every caller has full access, admin included")
 
     def _watch_engine(self) -> None:
         """Per-batch metrics from every model's batcher; queue depth read at scrape time."""
@@ -139,11 +159,31 @@ class EmbeddingServer:
         await self._server.stop(self.settings.shutdown_grace_s)
         if self.workers is not None:
             await self.workers.stop()  # a chunk cut short is leased again later: nothing is lost
+        await self.access.stop()  # writes the last usage
         await self.registry.close()
         self.store.close()
+        self.access.store.close()
         if self.tracing is not None:
             await asyncio.to_thread(self.tracing.shutdown)  # export the last spans
         log.info("stopped")
+
+
+def access_control(settings: Settings) -> AccessControl:
+    """Keys, limits and metering on the job store's database; ValueError when it must not start: no active key and
+    a non-loopback address, unless `allow_open`."""
+    store = SqliteAccessStore.in_data_dir(settings.data_dir)
+    refusal = open_mode_refusal([settings.host], store.active_key_count(), settings.allow_open)
+    if refusal is not None:
+        store.close()
+        raise ValueError(refusal)
+    limits = Limits(
+        key_rpm=settings.rate_limit_rpm,
+        key_tpm=settings.rate_limit_tpm,
+        tenant_rpm=settings.tenant_rate_limit_rpm,
+        tenant_tpm=settings.tenant_rate_limit_tpm,
+        job_reserve=settings.job_rate_limit_reserve,
+    )
+    return AccessControl(store, limits, open_allowed=settings.allow_open or is_loopback(settings.host))
 
 
 async def serve(settings: Settings) -> int:

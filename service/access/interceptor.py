@@ -25,7 +25,8 @@ OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 # Health and the public API description need no key.
 OPEN_METHODS = frozenset({"/embeddings.v1.RestService/CheckHealth", "/embeddings.v1.OpsService/GetOpenApiDocument"})
 # Operator-only: key management and usage, and the metrics (they name tenants and models).
-ADMIN_PREFIXES = ("/embeddings.v1.AdminService/", "/embeddings.v1.OpsService/GetMetrics")
+ADMIN_SERVICE_PREFIX = "/embeddings.v1.AdminService/"
+ADMIN_PREFIXES = (ADMIN_SERVICE_PREFIX, "/embeddings.v1.OpsService/GetMetrics")
 JOB_SUBMISSION = "/embeddings.v1.JobService/AsyncEmbed"
 # Calls that cost inference: each counts one request against the requests-per-minute limits.
 METERED_METHODS = frozenset(
@@ -97,6 +98,12 @@ def _guarded(handler: grpc.RpcMethodHandler, control: AccessControl, method: str
             principal = control.authenticate(_metadata_value(context.invocation_metadata(), "authorization"))
             if method.startswith(ADMIN_PREFIXES) and not principal.admin:
                 raise permission_denied("This operation needs an admin API key.")
+            if method.startswith(ADMIN_SERVICE_PREFIX) and principal.key_id is None:
+                # Running open, anyone local may call anything else; keys themselves are managed with a key.
+                raise permission_denied(
+                    "Key management needs an admin API key: create the first one with "
+                    "python -m service.admin keys create --tenant NAME --name NAME --admin"
+                )
             if method in METERED_METHODS:
                 control.charge_request(principal)
         except errors.ApiError as err:

@@ -18,14 +18,14 @@ from embeddings.v1 import jobs_pb2_grpc as pb_grpc
 from google.api import httpbody_pb2
 
 from service import errors
+from service.access.scope import current_key_id, current_tenant
 from service.api.embeddings import rpc_errors
 from service.api.rest import TokenIdDecoder, as_rest_error, parse_request
 from service.jobs import webhooks
-from service.jobs.runner import now_s
+from service.jobs.runner import KEY_ID_OPTION, now_s
 from service.jobs.store import InvalidCursor, Job, NotFound, ResultsNotReady, ResultsRemoved, SqliteJobStore
 from service.registry import ModelRegistry
 
-TENANT = "default"  # one tenant until API keys arrive
 DEFAULT_PAGE, MAX_PAGE = 1000, 10000
 
 
@@ -109,6 +109,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
             except errors.ApiError as err:
                 raise as_rest_error(err) from None
         stored = {"encoding_format": parsed.encoding_format, **dataclasses.asdict(parsed.options)}
+        stored[KEY_ID_OPTION] = current_key_id()  # its chunks are metered, and rate-limited, as this key's
         return parsed.model.id, parsed.texts, stored
 
     @rpc_errors
@@ -119,7 +120,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
         try:
             job = await asyncio.to_thread(
                 self._store.create_job,
-                TENANT,
+                current_tenant(),
                 model_id,
                 options,
                 metadata,
@@ -137,7 +138,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
 
     @rpc_errors
     async def GetJob(self, request: pb.GetJobRequest, context) -> pb.Job:
-        job = await asyncio.to_thread(self._store.get_job, TENANT, request.id)
+        job = await asyncio.to_thread(self._store.get_job, current_tenant(), request.id)
         if job is None:
             raise _not_found("job", request.id)
         return job_message(job)
@@ -148,7 +149,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
         if not 1 <= limit <= 100:
             raise errors.invalid_input("'limit' must be between 1 and 100.", field="limit")
         try:
-            page = await asyncio.to_thread(self._store.list_jobs, TENANT, limit, request.after or None)
+            page = await asyncio.to_thread(self._store.list_jobs, current_tenant(), limit, request.after or None)
         except InvalidCursor:
             raise errors.invalid_input(f"'after' names no job: '{request.after}'.", field="after") from None
         return pb.ListJobsResponse(
@@ -161,7 +162,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
 
     @rpc_errors
     async def CancelJob(self, request: pb.CancelJobRequest, context) -> pb.Job:
-        job = await asyncio.to_thread(self._store.cancel_job, TENANT, request.id, now_s())
+        job = await asyncio.to_thread(self._store.cancel_job, current_tenant(), request.id, now_s())
         if job is None:
             raise _not_found("job", request.id)
         self._on_new_job()  # deliver the cancellation event promptly
@@ -172,12 +173,12 @@ class JobServicer(pb_grpc.JobServiceServicer):
         limit = request.limit or DEFAULT_PAGE
         if not 1 <= limit <= MAX_PAGE or request.offset < 0:
             raise errors.invalid_input(f"'limit' must be 1..{MAX_PAGE} and 'offset' at least 0.", field="limit")
-        job = await asyncio.to_thread(self._store.get_job, TENANT, request.id)
+        job = await asyncio.to_thread(self._store.get_job, current_tenant(), request.id)
         if job is None:
             raise _not_found("job", request.id)
         try:
             vectors, counts, has_more = await asyncio.to_thread(
-                self._store.results, TENANT, request.id, request.offset, limit
+                self._store.results, current_tenant(), request.id, request.offset, limit
             )
         except ResultsRemoved:
             raise errors.ApiError(
@@ -204,19 +205,21 @@ class JobServicer(pb_grpc.JobServiceServicer):
         except ValueError as exc:
             raise errors.invalid_input(str(exc), field="url") from None
         secret = webhooks.generate_secret()
-        hook = await asyncio.to_thread(self._store.create_webhook, TENANT, url, request.description, secret, now_s())
+        hook = await asyncio.to_thread(
+            self._store.create_webhook, current_tenant(), url, request.description, secret, now_s()
+        )
         message = _webhook_message(hook)
         message.secret = secret
         return message
 
     @rpc_errors
     async def ListWebhooks(self, request: pb.ListWebhooksRequest, context) -> pb.ListWebhooksResponse:
-        hooks = await asyncio.to_thread(self._store.list_webhooks, TENANT)
+        hooks = await asyncio.to_thread(self._store.list_webhooks, current_tenant())
         return pb.ListWebhooksResponse(object="list", data=[_webhook_message(h) for h in hooks])
 
     @rpc_errors
     async def DeleteWebhook(self, request: pb.DeleteWebhookRequest, context) -> pb.DeleteWebhookResponse:
-        if not await asyncio.to_thread(self._store.delete_webhook, TENANT, request.id, now_s()):
+        if not await asyncio.to_thread(self._store.delete_webhook, current_tenant(), request.id, now_s()):
             raise _not_found("webhook", request.id)
         return pb.DeleteWebhookResponse(id=request.id, object="webhook", deleted=True)
 
@@ -227,8 +230,8 @@ class JobServicer(pb_grpc.JobServiceServicer):
         limit = request.limit or 50
         if not 1 <= limit <= 500:
             raise errors.invalid_input("'limit' must be between 1 and 500.", field="limit")
-        attempts = await asyncio.to_thread(self._store.list_attempts, TENANT, request.id, limit)
-        if not attempts and await asyncio.to_thread(self._store.get_webhook, TENANT, request.id) is None:
+        attempts = await asyncio.to_thread(self._store.list_attempts, current_tenant(), request.id, limit)
+        if not attempts and await asyncio.to_thread(self._store.get_webhook, current_tenant(), request.id) is None:
             raise _not_found("webhook", request.id)
         data = []
         for a in attempts:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -140,14 +140,22 @@ class ServedModel:
                     raise errors.context_length_exceeded(start + offset, length, limit, self.id)
 
     async def embed(
-        self, texts: Sequence[str], options: EmbedOptions, deadline: float | None = None, background: bool = False
+        self,
+        texts: Sequence[str],
+        options: EmbedOptions,
+        deadline: float | None = None,
+        background: bool = False,
+        admit: Callable[[int], Awaitable[None]] | None = None,
     ) -> EmbedResult:
         """Vectors for `texts` in order. `deadline` is in the event loop's clock; `background` is for async jobs,
-        which yield to interactive calls."""
+        which yield to interactive calls. `admit` gets the token count once known, before inference: it may wait
+        or raise (rate limits), so a refused call costs no inference."""
         self.validate(texts, options)
         tokenize_started = time.perf_counter()
         tokens = await self.tokenize(self._with_prefix(texts, options.input_type), options.truncate)
         tokenize_s = time.perf_counter() - tokenize_started
+        if admit is not None:
+            await admit(sum(item.length for item in tokens))
         batch_timings = CallTimings()
         try:
             pooled = await self.batcher.embed(tokens, deadline, background=background, timings=batch_timings)

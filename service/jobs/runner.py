@@ -14,12 +14,14 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from service import errors
+from service.access.control import AccessControl
 from service.engine.model import EmbedOptions
 from service.jobs import webhooks
 from service.jobs.store import Chunk, Delivery, Job, SqliteJobStore
@@ -27,6 +29,9 @@ from service.observability.metrics import Metrics
 from service.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
+
+# Where the API servicer keeps the submitting key's id among a job's options.
+KEY_ID_OPTION = "key_id"
 
 EVENT_TYPES = {
     "completed": "embedding.job.completed",
@@ -94,10 +99,13 @@ class JobWorkers:
         settings: JobSettings,
         workers: int,
         metrics: Metrics | None = None,
+        access: AccessControl | None = None,
     ) -> None:
         self._store = store
         self._metrics = metrics or Metrics()
         self._registry = registry
+        # Rate limits and usage metering of chunks (None: neither).
+        self._access = access
         self._settings = settings
         self._workers = workers
         self._owner = f"worker-{secrets.token_hex(6)}"
@@ -152,7 +160,9 @@ class JobWorkers:
             return
         try:
             model = self._registry.resolve(chunk.model)
-            result = await model.embed(chunk.inputs, embed_options(chunk.options), background=True)
+            result = await model.embed(
+                chunk.inputs, embed_options(chunk.options), background=True, admit=self._admission(chunk)
+            )
         except errors.ApiError as err:
             if err.reason in ("unavailable", "queue_full"):
                 return  # the lease expires and the chunk is retried
@@ -172,8 +182,33 @@ class JobWorkers:
             result.token_counts,
             now_s(),
         )
+        self._meter(chunk, result.model, result.prompt_tokens)
         self._metrics.record_chunk(result.model, chunk.tenant, chunk.count, result.prompt_tokens)
         self.notify()
+
+    def _admission(self, chunk: Chunk) -> Callable[[int], Awaitable[None]] | None:
+        """Charge a chunk's tokens to its tenant's (and key's) rate limits, waiting above the interactive reserve;
+        the lease is renewed while it waits, so a slow-paced job never loses its chunk."""
+        access = self._access
+        if access is None:
+            return None
+        key_id = chunk.options.get(KEY_ID_OPTION)
+        renewed = time.monotonic()
+
+        def keep_lease() -> None:
+            nonlocal renewed
+            if time.monotonic() - renewed > self._settings.lease_s / 3:
+                renewed = time.monotonic()
+                self._store.renew_lease(chunk.job_id, chunk.idx, self._owner, now_s(), self._settings.lease_s)
+
+        async def admit(tokens: int) -> None:
+            await access.admit_job_tokens(chunk.tenant, key_id, tokens, keep_lease)
+
+        return admit
+
+    def _meter(self, chunk: Chunk, model: str, tokens: int) -> None:
+        if self._access is not None:
+            self._access.meter.record(chunk.tenant, chunk.options.get(KEY_ID_OPTION), model, job_tokens=tokens)
 
     # --- webhooks ---------------------------------------------------------------------------------------------
 
