@@ -1,0 +1,1 @@
+"""Command-line client of the embeddings service (`python -m client`, console script `embeddings`)."""

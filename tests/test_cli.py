@@ -1,0 +1,153 @@
+"""The command-line client end to end, as a real process against the session's real server: a small file embedded
+synchronously, a large one through an async job, JSONL and .npy, models and jobs commands, and Ctrl-C mid-job."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from embeddings.v1 import embeddings_pb2 as pb
+from embeddings.v1 import jobs_pb2, jobs_pb2_grpc
+from google.protobuf import struct_pb2
+
+ROOT = Path(__file__).resolve().parent.parent
+FP32 = "all-minilm-l6-v2"
+TEXTS = [f"sentence number {i} about {topic}" for i, topic in enumerate(["cats", "dogs", "the sea", "trains"] * 5)]
+
+
+def cli(server, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "client", "--address", server.address, *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def server_vectors(stub, texts) -> np.ndarray:
+    response = stub.Embed(pb.EmbedRequest(model=FP32, inputs=texts), timeout=60)
+    return np.array([list(e.values) for e in response.embeddings], dtype=np.float32)
+
+
+def _strings(texts) -> struct_pb2.Value:
+    return struct_pb2.Value(list_value=struct_pb2.ListValue(values=[struct_pb2.Value(string_value=t) for t in texts]))
+
+
+@pytest.fixture(scope="module")
+def jobs_stub(server):
+    with grpc.insecure_channel(server.address) as channel:
+        yield jobs_pb2_grpc.JobServiceStub(channel)
+
+
+def test_small_text_file_is_embedded_synchronously_to_npy(server, stub, tmp_path):
+    source = tmp_path / "texts.txt"
+    source.write_text("\n".join(TEXTS) + "\n\n")  # blank lines are skipped
+    out = tmp_path / "vectors.npy"
+    done = cli(server, "embed", str(source), "--model", FP32, "--output", str(out), "--batch-size", "8")
+    assert done.returncode == 0, done.stderr
+    assert "submitted async job" not in done.stderr and f"wrote {len(TEXTS)} vectors" in done.stderr
+    vectors = np.load(out)
+    assert vectors.shape == (len(TEXTS), 384)
+    assert np.allclose(vectors, server_vectors(stub, TEXTS), atol=1e-6)
+
+
+def test_jsonl_in_jsonl_out(server, stub, tmp_path):
+    source = tmp_path / "docs.jsonl"
+    source.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(TEXTS[:5])))
+    out = tmp_path / "vectors.jsonl"
+    done = cli(server, "embed", str(source), "--model", FP32, "--output", str(out))
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["index"] for r in rows] == list(range(5))
+    assert np.allclose(np.array([r["embedding"] for r in rows]), server_vectors(stub, TEXTS[:5]), atol=1e-6)
+
+
+def test_bad_input_and_unknown_model_are_clear_errors(server, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"no_text": 1}\n')
+    done = cli(server, "embed", str(bad), "--output", str(tmp_path / "x.npy"))
+    assert done.returncode == 2 and "bad.jsonl:2" in done.stderr
+    source = tmp_path / "ok.txt"
+    source.write_text("hello\n")
+    done = cli(server, "embed", str(source), "--model", "no-such-model", "--output", str(tmp_path / "x.npy"))
+    assert done.returncode == 1 and "NOT_FOUND" in done.stderr
+    done = cli(server, "embed", str(source), "--output", str(tmp_path / "x.csv"))
+    assert done.returncode == 2 and ".npy or .jsonl" in done.stderr
+
+
+def test_large_file_goes_through_an_async_job(server, stub, jobs_stub, tmp_path):
+    source = tmp_path / "corpus.txt"
+    source.write_text("\n".join(TEXTS) + "\n")
+    out = tmp_path / "vectors.npy"
+    args = ("--model", FP32, "--output", str(out), "--async-threshold", "10", "--page-size", "7")
+    done = cli(server, "embed", str(source), *args, "--poll-interval", "0.1")
+    assert done.returncode == 0, done.stderr
+    assert "submitted async job job_" in done.stderr
+    job_id = done.stderr.split("submitted async job ")[1].split()[0]
+    assert jobs_stub.GetJob(jobs_pb2.GetJobRequest(id=job_id), timeout=10).status == "completed"
+    # Jobs run in small background batches: equal to float tolerance, not bit for bit.
+    assert np.allclose(np.load(out), server_vectors(stub, TEXTS), atol=1e-5)
+    # The same results again, as JSONL, with `jobs results`.
+    again = tmp_path / "again.jsonl"
+    done = cli(server, "jobs", "results", job_id, "--output", str(again))
+    assert done.returncode == 0, done.stderr
+    rows = np.array([json.loads(line)["embedding"] for line in again.read_text().splitlines()], dtype=np.float32)
+    assert np.array_equal(rows, np.load(out))
+
+
+def test_models_and_jobs_commands(server, jobs_stub):
+    done = cli(server, "models")
+    assert done.returncode == 0 and FP32 in done.stdout and "384" in done.stdout
+    inputs = [f"to be cancelled {i}" for i in range(3000)]
+    job = jobs_stub.AsyncEmbed(jobs_pb2.AsyncEmbedRequest(model=FP32, input=_strings(inputs)), timeout=60)
+    done = cli(server, "jobs", "cancel", job.id)
+    assert done.returncode == 0 and f"job {job.id}:" in done.stdout
+    assert jobs_stub.GetJob(jobs_pb2.GetJobRequest(id=job.id), timeout=10).status in ("cancelled", "completed")
+    done = cli(server, "jobs", "list", "--limit", "100")
+    assert done.returncode == 0 and job.id in done.stdout
+    done = cli(server, "jobs", "show", job.id)
+    assert done.returncode == 0 and json.loads(done.stdout)["id"] == job.id
+    done = cli(server, "jobs", "show", "job_missing")
+    assert done.returncode == 1 and "NOT_FOUND" in done.stderr
+
+
+def test_ctrl_c_mid_job_leaves_the_job_running(server, jobs_stub, tmp_path):
+    source = tmp_path / "big.txt"
+    source.write_text("\n".join(f"line {i} of a corpus that takes a few seconds to embed" for i in range(4000)))
+    out = tmp_path / "big.npy"
+    command = [sys.executable, "-m", "client", "--address", server.address, "embed", str(source), "--output", str(out)]
+    proc = subprocess.Popen(
+        [*command, "--model", FP32, "--async-threshold", "100", "--poll-interval", "0.1"],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    submitted = threading.Event()
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in proc.stderr:
+            lines.append(line)
+            if "submitted async job" in line:
+                submitted.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    assert submitted.wait(120), "".join(lines)
+    job_id = "".join(lines).split("submitted async job ")[1].split()[0]
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(30) == 130
+    time.sleep(0.2)  # the reader drains the last lines
+    stderr = "".join(lines)
+    assert f"embeddings jobs results {job_id} --output {out}" in stderr
+    assert not out.exists()
+    end = time.monotonic() + 180
+    while (job := jobs_stub.GetJob(jobs_pb2.GetJobRequest(id=job_id), timeout=10)).status != "completed":
+        assert job.status in ("queued", "in_progress") and time.monotonic() < end, job.status
+        time.sleep(0.2)
+    done = cli(server, "jobs", "results", job_id, "--output", str(out))
+    assert done.returncode == 0, done.stderr
+    assert np.load(out).shape == (4000, 384)
