@@ -45,6 +45,7 @@ KEYS = {
     "shared-1": ("--tenant", "shared"),
     "shared-2": ("--tenant", "shared"),
     "metered": ("--tenant", "metered"),
+    "paced": ("--tenant", "paced", "--tpm", "120"),
 }
 
 
@@ -279,6 +280,23 @@ def test_tenant_limit_applies_across_its_keys(stack):
     for name in ("shared-2", "shared-1"):
         status, _, body = embed(stack, keys[name])
         assert status == 429 and "on tenant shared" in body["error"]["message"]
+
+
+def test_a_job_draws_on_the_token_budget_but_leaves_the_reserve_to_interactive_calls(stack):
+    key = stack[2]["paced"]  # 120 tokens per minute; jobs leave half of that to interactive calls
+    status, _, job = rest(stack, "POST", "/v1/async/embeddings", key, {"model": FP32, "input": ["hello world"] * 20})
+    assert status == 200  # 80 tokens in chunks of 2 inputs (8 tokens): more than the 60 above the reserve
+    progress = wait_for(
+        lambda: (j := rest(stack, "GET", f"/v1/async/jobs/{job['id']}", key)[2])["progress"]["completed"] >= 14 and j
+    )
+    assert progress["status"] == "in_progress"  # paced by the budget, not failed
+    status, headers, _ = embed(stack, key, text="hello world")
+    assert status == 200 and int(headers["x-ratelimit-remaining-tokens"]) >= 50  # the reserve was there
+    done = wait_for(
+        lambda: (j := rest(stack, "GET", f"/v1/async/jobs/{job['id']}", key)[2])["status"] != "in_progress" and j,
+        timeout=60,
+    )
+    assert done["status"] == "completed" and done["usage"]["total_tokens"] == 80
 
 
 # --- usage ------------------------------------------------------------------------------------------------------
