@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -34,14 +35,71 @@ class GatewayPorts:
     upstream_host: str = "127.0.0.1"
 
 
-def _filters(config: dict) -> list[dict]:
+def _manager(config: dict) -> dict:
     listener = config["static_resources"]["listeners"][0]
-    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    return manager["http_filters"]
+    return listener["filter_chains"][0]["filters"][0]["typed_config"]
 
 
-def render(ports: GatewayPorts, source: Path = CONFIG) -> dict:
-    """The configuration with `ports` and absolute file paths."""
+def _filters(config: dict) -> list[dict]:
+    return _manager(config)["http_filters"]
+
+
+TRACE_CLUSTER = "opentelemetry_collector"
+
+
+def add_tracing(config: dict, otlp_endpoint: str) -> None:
+    """Envoy's OpenTelemetry tracer, exporting over OTLP/gRPC to `otlp_endpoint` (http://host:port): every request
+    gets a span, continues the caller's W3C traceparent, and passes its own to the server as gRPC metadata."""
+    parts = urlsplit(otlp_endpoint if "://" in otlp_endpoint else f"http://{otlp_endpoint}")
+    if not parts.hostname:
+        raise ValueError(f"otlp_endpoint {otlp_endpoint!r} must look like http://host:4317")
+    _manager(config)["tracing"] = {
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                "grpc_service": {"envoy_grpc": {"cluster_name": TRACE_CLUSTER}, "timeout": "2s"},
+                "service_name": "embeddings-gateway",
+            },
+        }
+    }
+    config["static_resources"]["clusters"].append(
+        {
+            "name": TRACE_CLUSTER,
+            "type": "STRICT_DNS",
+            "connect_timeout": "1s",
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}},
+                }
+            },
+            "load_assignment": {
+                "cluster_name": TRACE_CLUSTER,
+                "endpoints": [
+                    {
+                        "lb_endpoints": [
+                            {
+                                "endpoint": {
+                                    "address": {
+                                        "socket_address": {"address": parts.hostname, "port_value": parts.port or 4317}
+                                    }
+                                }
+                            }
+                        ]
+                    }
+                ],
+            },
+        }
+    )
+    # Export every second instead of every five (Envoy's default), so a trace is complete soon after a request.
+    config["layered_runtime"] = {
+        "layers": [{"name": "tracing", "static_layer": {"tracing.opentelemetry.flush_interval_ms": 1000}}]
+    }
+
+
+def render(ports: GatewayPorts, source: Path = CONFIG, otlp_endpoint: str = "") -> dict:
+    """The configuration with `ports` and absolute file paths; with `otlp_endpoint`, OpenTelemetry tracing on."""
     config = yaml.safe_load(source.read_text())
     listener = config["static_resources"]["listeners"][0]
     listener["address"]["socket_address"].update(address=ports.host, port_value=ports.http)
@@ -60,12 +118,14 @@ def render(ports: GatewayPorts, source: Path = CONFIG) -> dict:
         source_code = typed.get("default_source_code", {})
         if "filename" in source_code:
             source_code["filename"] = str(ROOT / source_code["filename"])
+    if otlp_endpoint:
+        add_tracing(config, otlp_endpoint)
     return config
 
 
-def write_rendered(ports: GatewayPorts, dest: Path) -> Path:
+def write_rendered(ports: GatewayPorts, dest: Path, otlp_endpoint: str = "") -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(yaml.safe_dump(render(ports), sort_keys=False))
+    dest.write_text(yaml.safe_dump(render(ports, otlp_endpoint=otlp_endpoint), sort_keys=False))
     return dest
 
 

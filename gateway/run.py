@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     upstream_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "[::]") else settings.host
     ports = GatewayPorts(args.http_port, settings.port, args.admin_port, args.http_host, upstream_host)
-    config = write_rendered(ports, ROOT / "build" / f"envoy-{args.http_port}.yaml")
+    # The server's otlp_endpoint turns tracing on in Envoy too: one trace from the HTTP request to inference.
+    config = write_rendered(ports, ROOT / "build" / f"envoy-{args.http_port}.yaml", settings.otlp_endpoint)
     checked = validate(config)
     if checked.returncode != 0:
         print(f"invalid Envoy configuration:\n{checked.stdout}{checked.stderr}", file=sys.stderr)

@@ -62,6 +62,7 @@ class EmbeddingServer:
         self.health = health.aio.HealthServicer()
         self.serving = False
         self.metrics = Metrics()
+        self.access.on_refusal = self.metrics.record_rate_limited
         self.tracing = Tracing(settings.otlp_endpoint) if settings.otlp_endpoint else None
         self._server = grpc.aio.server(
             interceptors=[TelemetryInterceptor(self.metrics, self.tracing), AuthInterceptor(self.access)],

@@ -137,9 +137,11 @@ def free_port() -> int:
 class EnvoyProcess:
     """The real Envoy with the shipped envoy.yaml, rendered for an ephemeral port and a given upstream."""
 
-    def __init__(self, upstream_port: int, tmp_dir: Path) -> None:
+    def __init__(self, upstream_port: int, tmp_dir: Path, otlp_endpoint: str = "", admin_port: int = 0) -> None:
         self.port = free_port()
-        self.config = write_rendered(GatewayPorts(self.port, upstream_port, admin=0), tmp_dir / "envoy.yaml")
+        self.admin_port = admin_port
+        ports = GatewayPorts(self.port, upstream_port, admin=admin_port)
+        self.config = write_rendered(ports, tmp_dir / "envoy.yaml", otlp_endpoint)
         self.proc: subprocess.Popen | None = None
         self.log_path = tmp_dir / "envoy.log"
 

@@ -17,16 +17,21 @@ FP32 = "all-minilm-l6-v2"
 TIMING_HEADERS = ("x-total-time", "x-tokenization-time", "x-queue-time", "x-inference-time")
 
 
-def scrape(gateway) -> dict[tuple[str, frozenset], float]:
-    """Every sample of GET /metrics through Envoy, keyed by (name, labels)."""
-    status, headers, body = http(gateway, "GET", "/metrics")
-    assert status == 200, body
-    assert headers["content-type"].startswith("text/plain; version=0.0.4")
+def parse_metrics(body: bytes) -> dict[tuple[str, frozenset], float]:
+    """Every sample of a Prometheus text exposition, keyed by (name, labels)."""
     return {
         (sample.name, frozenset(sample.labels.items())): sample.value
         for family in text_string_to_metric_families(body.decode())
         for sample in family.samples
     }
+
+
+def scrape(gateway, headers: dict | None = None) -> dict[tuple[str, frozenset], float]:
+    """GET /metrics through Envoy."""
+    status, response_headers, body = http(gateway, "GET", "/metrics", headers=headers)
+    assert status == 200, body
+    assert response_headers["content-type"].startswith("text/plain; version=0.0.4")
+    return parse_metrics(body)
 
 
 def value(samples: dict, name: str, **labels: str) -> float:

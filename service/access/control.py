@@ -148,6 +148,8 @@ class AccessControl:
         self.limiter = limiter or LocalRateLimiter()
         self.meter = UsageMeter(store)
         self._clock = clock
+        # Told (tenant, "requests" or "tokens") of every call a limit refuses: the rate-limit metrics hang here.
+        self.on_refusal: Callable[[str, str], None] | None = None
         self._keys: dict[str, tuple[str, Principal]] = {}
         self._tenants: dict[str, TenantRecord] = {}
         self._active_keys = 0
@@ -196,12 +198,18 @@ class AccessControl:
     def charge_request(self, principal: Principal) -> None:
         refusal = self.limiter.acquire(principal.quotas, "requests", 1, self._clock())
         if refusal is not None:
+            self._refused(principal, refusal)
             raise rate_limited(refusal)
 
     def charge_tokens(self, principal: Principal, tokens: int) -> None:
         refusal = self.limiter.acquire(principal.quotas, "tokens", tokens, self._clock())
         if refusal is not None:
+            self._refused(principal, refusal)
             raise rate_limited(refusal)
+
+    def _refused(self, principal: Principal, refusal: Refusal) -> None:
+        if self.on_refusal is not None:
+            self.on_refusal(principal.tenant, refusal.kind)
 
     def headers(self, principal: Principal) -> dict[str, str]:
         if not principal.quotas:

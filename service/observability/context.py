@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from service.engine.model import EmbedResult, EmbedTimings
 
+from service.access.scope import current_tenant
+
 DEFAULT_TENANT = "default"
 
 
@@ -57,17 +59,12 @@ def note_model(model_id: str) -> None:
         info.model = model_id
 
 
-def note_tenant(tenant: str) -> None:
-    info = _current.get()
-    if info is not None:
-        info.tenant = tenant
-
-
 def note_result(result: EmbedResult) -> None:
     """What the engine did for this call: model, tokens and timings, for metrics, headers and spans."""
     info = _current.get()
     if info is not None:
         info.model = result.model
+        info.tenant = current_tenant()  # the authenticated caller's (access control runs inside this call)
         info.tokens = result.prompt_tokens
         info.inputs = len(result.token_counts)
         info.timings = result.timings

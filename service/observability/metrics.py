@@ -54,7 +54,7 @@ class Metrics:
         self.job_chunks = counter("job_chunks", "Async job chunks embedded.", "model")
         self.job_inputs = counter("job_inputs", "Async job inputs embedded.", "model")
         self.webhook_deliveries = counter("webhook_deliveries", "Webhook delivery attempts, by outcome.", "outcome")
-        self.rate_limited = counter("rate_limited", "Calls refused by a rate limit.", "tenant")
+        self.rate_limited = counter("rate_limited", "Calls refused by a rate limit.", "tenant", "limit")
         self._children: dict[tuple, object] = {}
 
     def _counter(self, name: str, doc: str, *labels: str) -> Counter:
@@ -114,8 +114,8 @@ class Metrics:
     def record_delivery(self, outcome: str) -> None:
         self._child(self.webhook_deliveries, outcome).inc()
 
-    def record_rate_limited(self, tenant: str) -> None:
-        self._child(self.rate_limited, tenant).inc()
+    def record_rate_limited(self, tenant: str, limit: str) -> None:
+        self._child(self.rate_limited, tenant, limit).inc()
 
     def set_job_counts(self, counts: Mapping[str, int]) -> None:
         for status in JOB_STATUSES:

@@ -37,7 +37,8 @@ class Tracing:
         host, port = endpoint_address(endpoint)
         self._provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
         exporter = OTLPSpanExporter(endpoint=f"{host}:{port}", insecure=True)
-        self._provider.add_span_processor(BatchSpanProcessor(exporter))
+        # Exported every second (the SDK's default is five), off the serving threads.
+        self._provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=1000))
         self._tracer = self._provider.get_tracer("service.observability")
         self._propagator = TraceContextTextMapPropagator()
 
