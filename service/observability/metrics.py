@@ -1,18 +1,23 @@
 """Prometheus metrics of one server, in its own `CollectorRegistry` (no process-global state).
 
 Exposed as `GET /metrics` through Envoy (OpsService.GetMetrics returns the text exposition as an HttpBody).
-Hot-path cost: a handful of counter increments and histogram observations per call, with labelled children
-cached in plain dicts (no `.labels()` lookup, no per-input work); batch metrics are recorded once per batch,
-queue depth and job counts are read only when scraped.
+Every value is recorded on the server's event loop thread (servicers, the batcher's completion callbacks, the job
+workers) and read there when scraped, so the series here are plain Python numbers without locks: a counter
+increment is a dict update, a histogram observation a bisect and two additions (prometheus_client's own metric
+types take a lock per update, ~4x the cost on this path). `prometheus_client` turns them into the text format at
+scrape time. Queue depth and job counts are read only when scraped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
 
 from service.observability.context import CallInfo
 
@@ -25,102 +30,166 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 BATCH_TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 
+Labels = tuple[str, ...]
+
 
 @dataclass
-class Metrics:
+class CounterSeries:
+    name: str
+    doc: str
+    labels: Labels
+    values: dict[Labels, float] = field(default_factory=dict)
+
+    def inc(self, key: Labels, amount: float = 1.0) -> None:
+        self.values[key] = self.values.get(key, 0.0) + amount
+
+    def family(self) -> Metric:
+        family = CounterMetricFamily(self.name, self.doc, labels=self.labels)
+        for key, value in self.values.items():
+            family.add_metric(key, value)
+        return family
+
+
+@dataclass
+class GaugeSeries:
+    name: str
+    doc: str
+    labels: Labels
+    values: dict[Labels, float] = field(default_factory=dict)
+    # Read at scrape time instead of a stored value.
+    functions: dict[Labels, Callable[[], float]] = field(default_factory=dict)
+
+    def family(self) -> Metric:
+        family = GaugeMetricFamily(self.name, self.doc, labels=self.labels)
+        for key, value in self.values.items():
+            family.add_metric(key, value)
+        for key, read in self.functions.items():
+            family.add_metric(key, float(read()))
+        return family
+
+
+@dataclass(slots=True)
+class _Buckets:
+    counts: list[int]
+    total: float = 0.0
+
+
+@dataclass
+class HistogramSeries:
+    name: str
+    doc: str
+    labels: Labels
+    bounds: tuple[float, ...] = LATENCY_BUCKETS
+    series: dict[Labels, _Buckets] = field(default_factory=dict)
+
+    def observe(self, key: Labels, value: float) -> None:
+        buckets = self.series.get(key)
+        if buckets is None:
+            buckets = self.series[key] = _Buckets([0] * (len(self.bounds) + 1))
+        buckets.counts[bisect_left(self.bounds, value)] += 1  # the first bound >= value: Prometheus' `le`
+        buckets.total += value
+
+    def family(self) -> Metric:
+        family = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
+        for key, buckets in self.series.items():
+            cumulative, running = [], 0
+            for bound, count in zip((*map(_bound, self.bounds), "+Inf"), buckets.counts, strict=True):
+                running += count
+                cumulative.append((bound, running))
+            family.add_metric(key, cumulative, buckets.total)
+        return family
+
+
+def _bound(value: float) -> str:
+    return str(float(value))
+
+
+class Metrics(Collector):
     """Every metric the service exports. Pass it to whatever records; `registry` is what gets scraped."""
 
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
-
-    def __post_init__(self) -> None:
-        counter, gauge, histogram = self._counter, self._gauge, self._histogram
-        self.requests = counter(
-            "requests", "Calls answered, by RPC, model and gRPC status code.", "rpc", "model", "code"
+    def __init__(self) -> None:
+        self.requests = CounterSeries(
+            PREFIX + "requests", "Calls answered, by RPC, model and gRPC status code.", ("rpc", "model", "code")
         )
-        self.request_seconds = histogram("request_duration_seconds", "End-to-end time of a call in the server.", "rpc")
-        self.tokenize_seconds = histogram("tokenize_duration_seconds", "Time a call spent tokenizing.", "model")
-        self.queue_seconds = histogram("queue_wait_seconds", "Time a call waited for its first batch.", "model")
-        self.inference_seconds = histogram("inference_duration_seconds", "Time one inference batch ran.", "model")
-        self.batch_size = histogram("batch_size", "Inputs per inference batch.", "model", buckets=BATCH_SIZE_BUCKETS)
-        self.batch_tokens = histogram(
-            "batch_tokens",
-            "Padded tokens (longest x inputs) per inference batch.",
-            "model",
-            buckets=BATCH_TOKEN_BUCKETS,
+        self.request_seconds = HistogramSeries(
+            PREFIX + "request_duration_seconds", "End-to-end time of a call in the server.", ("rpc",)
         )
-        self.queue_depth = gauge("queue_depth", "Interactive inputs waiting for inference.", "model")
-        self.tokens = counter("tokens", "Tokens embedded (calls and async jobs).", "model", "tenant")
-        self.jobs = gauge("jobs", "Async jobs in the store, by status.", "status")
-        self.job_chunks = counter("job_chunks", "Async job chunks embedded.", "model")
-        self.job_inputs = counter("job_inputs", "Async job inputs embedded.", "model")
-        self.webhook_deliveries = counter("webhook_deliveries", "Webhook delivery attempts, by outcome.", "outcome")
-        self.rate_limited = counter("rate_limited", "Calls refused by a rate limit.", "tenant", "limit")
-        self._children: dict[tuple, object] = {}
+        self.tokenize_seconds = HistogramSeries(
+            PREFIX + "tokenize_duration_seconds", "Time a call spent tokenizing.", ("model",)
+        )
+        self.queue_seconds = HistogramSeries(
+            PREFIX + "queue_wait_seconds", "Time a call waited for its first batch.", ("model",)
+        )
+        self.inference_seconds = HistogramSeries(
+            PREFIX + "inference_duration_seconds", "Time one inference batch ran.", ("model",)
+        )
+        self.batch_size = HistogramSeries(
+            PREFIX + "batch_size", "Inputs per inference batch.", ("model",), BATCH_SIZE_BUCKETS
+        )
+        self.batch_tokens = HistogramSeries(
+            PREFIX + "batch_tokens", "Padded tokens (longest x inputs) per batch.", ("model",), BATCH_TOKEN_BUCKETS
+        )
+        self.queue_depth = GaugeSeries(PREFIX + "queue_depth", "Interactive inputs waiting for inference.", ("model",))
+        self.tokens = CounterSeries(PREFIX + "tokens", "Tokens embedded (calls and async jobs).", ("model", "tenant"))
+        self.jobs = GaugeSeries(PREFIX + "jobs", "Async jobs in the store, by status.", ("status",))
+        self.job_chunks = CounterSeries(PREFIX + "job_chunks", "Async job chunks embedded.", ("model",))
+        self.job_inputs = CounterSeries(PREFIX + "job_inputs", "Async job inputs embedded.", ("model",))
+        self.webhook_deliveries = CounterSeries(
+            PREFIX + "webhook_deliveries", "Webhook delivery attempts, by outcome.", ("outcome",)
+        )
+        self.rate_limited = CounterSeries(
+            PREFIX + "rate_limited", "Calls refused by a rate limit.", ("tenant", "limit")
+        )
+        self.registry = CollectorRegistry()
+        self.registry.register(self)
 
-    def _counter(self, name: str, doc: str, *labels: str) -> Counter:
-        return Counter(PREFIX + name, doc, labels, registry=self.registry)
+    def collect(self) -> Iterator[Metric]:
+        for series in vars(self).values():
+            if isinstance(series, CounterSeries | GaugeSeries | HistogramSeries):
+                yield series.family()
 
-    def _gauge(self, name: str, doc: str, *labels: str) -> Gauge:
-        return Gauge(PREFIX + name, doc, labels, registry=self.registry)
-
-    def _histogram(self, name: str, doc: str, *labels: str, buckets: tuple = LATENCY_BUCKETS) -> Histogram:
-        return Histogram(PREFIX + name, doc, labels, buckets=buckets, registry=self.registry)
-
-    def _child(self, metric, *labels: str):
-        """The labelled child, cached: `.labels()` takes a lock and builds a tuple on every call."""
-        key = (id(metric), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
-
-    # --- recording ---------------------------------------------------------------------------------------------
+    # --- recording (event loop thread only) ---------------------------------------------------------------------
 
     def record_call(self, info: CallInfo, code: str, seconds: float) -> None:
-        self._child(self.requests, info.rpc, info.model, code).inc()
-        self._child(self.request_seconds, info.rpc).observe(seconds)
+        self.requests.inc((info.rpc, info.model, code))
+        self.request_seconds.observe((info.rpc,), seconds)
         timings = info.timings
         if timings is not None:
-            self._child(self.tokenize_seconds, info.model).observe(timings.tokenize_s)
-            self._child(self.queue_seconds, info.model).observe(timings.queue_s)
-            self.record_tokens(info.model, info.tenant, info.tokens)
-
-    def record_tokens(self, model: str, tenant: str, tokens: int) -> None:
-        self._child(self.tokens, model, tenant).inc(tokens)
+            model = (info.model,)
+            self.tokenize_seconds.observe(model, timings.tokenize_s)
+            self.queue_seconds.observe(model, timings.queue_s)
+            self.tokens.inc((info.model, info.tenant), info.tokens)
 
     def batch_observer(self, model: str) -> Callable[[int, int, float], None]:
-        """The batcher's per-batch hook for `model`."""
-        size, tokens, seconds = (
-            self.batch_size.labels(model),
-            self.batch_tokens.labels(model),
-            self.inference_seconds.labels(model),
-        )
+        """The batcher's per-batch hook for `model` (called on the event loop when a batch finishes)."""
+        key = (model,)
+        size, tokens, seconds = self.batch_size, self.batch_tokens, self.inference_seconds
 
         def observe(inputs: int, padded_tokens: int, run_s: float) -> None:
-            size.observe(inputs)
-            tokens.observe(padded_tokens)
-            seconds.observe(run_s)
+            size.observe(key, inputs)
+            tokens.observe(key, padded_tokens)
+            seconds.observe(key, run_s)
 
         return observe
 
     def watch_queue(self, model: str, depth: Callable[[], float]) -> None:
-        self.queue_depth.labels(model).set_function(depth)
+        self.queue_depth.functions[(model,)] = depth
 
     def record_chunk(self, model: str, tenant: str, inputs: int, tokens: int) -> None:
-        self._child(self.job_chunks, model).inc()
-        self._child(self.job_inputs, model).inc(inputs)
-        self.record_tokens(model, tenant, tokens)
+        self.job_chunks.inc((model,))
+        self.job_inputs.inc((model,), inputs)
+        self.tokens.inc((model, tenant), tokens)
 
     def record_delivery(self, outcome: str) -> None:
-        self._child(self.webhook_deliveries, outcome).inc()
+        self.webhook_deliveries.inc((outcome,))
 
     def record_rate_limited(self, tenant: str, limit: str) -> None:
-        self._child(self.rate_limited, tenant, limit).inc()
+        self.rate_limited.inc((tenant, limit))
 
     def set_job_counts(self, counts: Mapping[str, int]) -> None:
         for status in JOB_STATUSES:
-            self.jobs.labels(status).set(counts.get(status, 0))
+            self.jobs.values[(status,)] = counts.get(status, 0)
 
     def exposition(self) -> bytes:
-        """The Prometheus text format of everything registered."""
+        """The Prometheus text format of everything registered (call it on the event loop)."""
         return generate_latest(self.registry)
