@@ -84,6 +84,20 @@ def test_every_http_rule_and_field_is_documented(document):
             assert documented_fields == {f.name for f in method.output_type.fields}
 
 
+def test_open_routes_match_the_auth_interceptor(document):
+    from service.access.interceptor import OPEN_METHODS
+
+    assert {m.lstrip("/").replace("/", ".") for m in OPEN_METHODS} == openapi.OPEN_METHODS
+    unauthenticated = {
+        operation["operationId"]
+        for item in document["paths"].values()
+        for operation in item.values()
+        if operation.get("security") == []
+    }
+    assert unauthenticated == {"RestService_CheckHealth", "OpsService_GetOpenApiDocument"}
+    assert document["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
+
+
 def test_input_accepts_openai_shapes(document):
     body = document["paths"]["/v1/embeddings"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     shapes = body["properties"]["input"]["anyOf"]

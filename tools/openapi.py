@@ -177,6 +177,9 @@ ERROR_ENVELOPE = {
         }
     },
 }
+# Methods callable without an API key (the auth interceptor's OPEN_METHODS; a test keeps the two equal).
+OPEN_METHODS = frozenset({"embeddings.v1.RestService.CheckHealth", "embeddings.v1.OpsService.GetOpenApiDocument"})
+BEARER = "apiKey"
 _ERROR_RESPONSE = {
     "description": "An error in OpenAI's envelope.",
     "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Error"}}},
@@ -347,6 +350,8 @@ def _operation(route: Route, builder: SchemaBuilder, operation_id: str) -> dict[
             "content": {_JSON: {"schema": builder.ref(route.method.output_type)}},
         }
     operation["responses"] = {"200": success, "4XX": _ERROR_RESPONSE, "5XX": _ERROR_RESPONSE}
+    if route.full_method in OPEN_METHODS:
+        operation["security"] = []
     return operation
 
 
@@ -372,7 +377,19 @@ def build_document(files: list[descriptor_pb2.FileDescriptorProto]) -> dict[str,
         },
         "servers": [{"url": "http://127.0.0.1:8080"}],
         "paths": dict(sorted(paths.items())),
-        "components": {"schemas": dict(sorted(builder.schemas.items()))},
+        "components": {
+            "schemas": dict(sorted(builder.schemas.items())),
+            "securitySchemes": {
+                BEARER: {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key (sk-...), as `Authorization: Bearer`. Not needed while the server "
+                    "runs open (no keys, loopback).",
+                }
+            },
+        },
+        # A key, or none while the server runs open.
+        "security": [{BEARER: []}, {}],
     }
 
 
