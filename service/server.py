@@ -172,6 +172,8 @@ class EmbeddingServer:
 def access_control(settings: Settings) -> AccessControl:
     """Keys, limits and metering on the job store's database; ValueError when it must not start: no active key and
     a non-loopback address, unless `allow_open`."""
+    if not 0 <= settings.job_rate_limit_reserve < 1:
+        raise ValueError(f"job_rate_limit_reserve must be in [0, 1), got {settings.job_rate_limit_reserve}")
     store = SqliteAccessStore.in_data_dir(settings.data_dir)
     refusal = open_mode_refusal([settings.host], store.active_key_count(), settings.allow_open)
     if refusal is not None:

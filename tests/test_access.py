@@ -365,6 +365,11 @@ def test_admin_api_creates_rotates_and_revokes_keys(stack):
     assert status == 200 and rotated["token"] != token
     assert embed(stack, token)[0] == 401 and embed(stack, rotated["token"])[0] == 200
 
+    status, _, tenant = rest(stack, "PUT", "/v1/admin/tenants/api", keys["admin"], {"rpm": 5})
+    assert status == 200 and tenant == {"name": "api", "rpm": 5}
+    status, headers, _ = embed(stack, rotated["token"])
+    assert status == 200 and headers["x-ratelimit-limit-requests"] == "5"  # the tenant's limit is now the tighter
+
     status, _, revoked = rest(stack, "POST", f"/v1/admin/keys/{created['key']['id']}/revoke", keys["admin"])
     assert status == 200 and revoked["key"]["revoked_at"] > 0
     assert embed(stack, rotated["token"])[0] == 401
