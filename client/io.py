@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
+import orjson
 
 OUTPUT_SUFFIXES = (".npy", ".jsonl")
 
@@ -48,7 +49,7 @@ class VectorWriter:
         self.total = total
         self.written = 0
         self._array: np.ndarray | None = None
-        self._jsonl: IO[str] | None = None
+        self._jsonl: IO[bytes] | None = None
 
     def write(self, rows: np.ndarray) -> None:
         if self.path.suffix == ".npy":
@@ -59,9 +60,11 @@ class VectorWriter:
             self._array[self.written : self.written + len(rows)] = rows
         else:
             if self._jsonl is None:
-                self._jsonl = self.path.open("w", encoding="utf-8")
-            for offset, row in enumerate(rows.tolist()):
-                self._jsonl.write(json.dumps({"index": self.written + offset, "embedding": row}) + "\n")
+                self._jsonl = self.path.open("wb")
+            for offset, row in enumerate(rows.astype(np.float32, copy=False)):
+                # float32 in shortest form, as the REST API writes it.
+                item = {"index": self.written + offset, "embedding": row}
+                self._jsonl.write(orjson.dumps(item, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
         self.written += len(rows)
 
     def close(self) -> None:

@@ -55,7 +55,11 @@ def request_id_of(metadata) -> str:
     return os.urandom(8).hex()
 
 
+_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+
+
 def _code_name(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
+    """The call's status: what the handler aborted with, CANCELLED, or OK when it returned."""
     if isinstance(error, asyncio.CancelledError):
         return "CANCELLED"
     code = context.code()
@@ -63,7 +67,7 @@ def _code_name(context: grpc.aio.ServicerContext, error: BaseException | None) -
         return "OK" if error is None else "UNKNOWN"
     if isinstance(code, grpc.StatusCode):
         return code.name
-    return grpc.StatusCode(code).name if isinstance(code, tuple) else str(code)
+    return _CODE_NAMES.get(code, "UNKNOWN") if isinstance(code, int) else str(code)
 
 
 def undecodable(request: _Undecodable) -> errors.ApiError:
