@@ -202,3 +202,16 @@ def test_envoy_stats_are_scrapable_on_its_loopback_admin_port(stack):
     with urllib.request.urlopen(f"http://127.0.0.1:{envoy.admin_port}/stats/prometheus", timeout=10) as response:
         samples = parse_metrics(response.read())
     assert any(name == "envoy_http_downstream_rq_total" for name, _ in samples)
+
+
+def test_webhook_delivery_outcomes_are_counted(stack):
+    _, envoy, keys = stack
+    admin = bearer(keys["admin"])
+    before = value(scrape(envoy, admin), "embeddings_webhook_deliveries_total", outcome="retry")
+    # Nothing listens on port 9: the first attempt fails and is scheduled again.
+    hook = {"url": "http://127.0.0.1:9/unreachable", "description": "metrics"}
+    status, _, body = http(envoy, "POST", "/v1/webhooks", hook, bearer(keys["acme"]))
+    assert status == 200
+    job = {"model": FP32, "input": ["notify me"], "metadata": {"webhook_id": json.loads(body)["id"]}}
+    assert http(envoy, "POST", "/v1/async/embeddings", job, bearer(keys["acme"]))[0] == 200
+    wait_for(lambda: value(scrape(envoy, admin), "embeddings_webhook_deliveries_total", outcome="retry") > before)
