@@ -1,8 +1,8 @@
 """What the observability layer knows about the call being served, carried in a contextvar.
 
 The gRPC interceptor opens a `CallInfo` per call; servicers add what only they know (the resolved model, the
-engine's timings, the tenant); log lines, metrics, timing headers and spans read it. Outside a call (job workers,
-start-up) there is none and every helper is a no-op.
+engine's timings; the tenant comes from access control's own contextvar); log lines, metrics, timing headers and
+spans read it. Outside a call (job workers, start-up) there is none and every helper is a no-op.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from service.access.scope import current_tenant
+
 if TYPE_CHECKING:
     from service.engine.model import EmbedResult, EmbedTimings
-
-from service.access.scope import current_tenant
 
 DEFAULT_TENANT = "default"
 
