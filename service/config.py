@@ -26,10 +26,12 @@ class Settings:
     aliases: tuple[str, ...] = ()
     max_inputs_per_request: int = 2048
     # Padded tokens (longest input x inputs) in one inference batch, and inputs in one batch.
-    max_batch_tokens: int = 16384
+    max_batch_tokens: int = 2048
     max_batch_size: int = 128
     # Padded tokens / real tokens at which a batch is cut (inputs of similar length share a batch).
     max_padding_ratio: float = 1.05
+    # Padded tokens any batch may waste beyond that ratio (about one batch's fixed cost: small batches coalesce).
+    padding_slack_tokens: int = 0
     # Batches run at once; 0: one per core on the CPU, 1 on a GPU.
     inference_workers: int = 0
     # Inputs waiting for inference across all requests of a model; beyond it calls fail fast.

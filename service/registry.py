@@ -7,12 +7,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from service import errors
 from service.config import Settings
 from service.engine.batcher import Batcher, BatchLimits
 from service.engine.model import ServedModel
-from service.engine.runtime import OnnxEncoder, RuntimeOptions, choose_providers, plan_parallelism
-from service.engine.tokenize import TextTokenizer
+from service.engine.runtime import (
+    CPU,
+    OnnxEncoder,
+    RuntimeOptions,
+    choose_providers,
+    plan_parallelism,
+    share_cpu_arena,
+)
+from service.engine.tokenize import TextTokenizer, TokenizedInput
 from service.manifest import MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE, ManifestError, ModelManifest
 
 log = logging.getLogger(__name__)
@@ -42,16 +51,33 @@ def discover(repo: Path, wanted: tuple[str, ...] = ()) -> list[Path]:
     return dirs
 
 
-def _load_model(model_dir: Path, options: RuntimeOptions) -> _Loaded:
+def _load_model(model_dir: Path, options: RuntimeOptions, limits: BatchLimits) -> _Loaded:
     manifest = ModelManifest.load(model_dir)
     for required in (MODEL_FILE, TOKENIZER_FILE):
         if not (model_dir / required).is_file():
             raise ManifestError(f"{model_dir} lacks {required}")
     encoder = OnnxEncoder(model_dir / MODEL_FILE, manifest.pooling, options)
     tokenizer = TextTokenizer(model_dir / TOKENIZER_FILE, manifest.max_input_tokens)
-    for solo in (False, True):  # first runs allocate; keep that out of the first calls
-        encoder.embed(tokenizer.encode(["warm-up"]), solo=solo)
+    _warm_up(encoder, tokenizer, limits)
     return _Loaded(manifest, tokenizer, encoder)
+
+
+def _warm_up(encoder: OnnxEncoder, tokenizer: TextTokenizer, limits: BatchLimits) -> None:
+    """Run the largest batches the batcher can form, as many at once as will ever run, before serving.
+
+    ONNX Runtime's memory arena grows to the largest working set it has served and keeps it. The longest inputs
+    make the largest one (attention grows with length squared); reaching it at start-up keeps allocation out of
+    the first long calls and the service's memory flat under any load that follows (the token budget,
+    `max_batch_tokens`, bounds it).
+    """
+    sample = tokenizer.encode(["warm-up"])[0]
+    for solo in (False, True):
+        encoder.embed([sample], solo=solo)
+    length = max(1, min(tokenizer.max_tokens, limits.max_batch_tokens))
+    count = max(1, min(limits.max_batch_size, limits.max_batch_tokens // length))
+    longest = TokenizedInput(np.resize(sample.ids, length), np.resize(sample.type_ids, length), length)
+    with ThreadPoolExecutor(max_workers=limits.concurrent_batches) as pool:
+        list(pool.map(encoder.embed, [[longest] * count] * limits.concurrent_batches))
 
 
 class ModelRegistry:
@@ -67,10 +93,23 @@ class ModelRegistry:
         self._workers, intra_op_threads, solo_threads = plan_parallelism(
             providers, settings.inference_workers, settings.intra_op_threads
         )
-        self._runtime = RuntimeOptions(providers, intra_op_threads, settings.inter_op_threads, solo_threads)
+        on_cpu = providers[0] == CPU
+        if on_cpu:
+            share_cpu_arena()
+        self._runtime = RuntimeOptions(
+            providers, intra_op_threads, settings.inter_op_threads, solo_threads, shared_arena=on_cpu
+        )
         # One thread per batch in flight, shared by all models: they compete for the same cores.
         self._inference = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="inference")
         self._tokenize = ThreadPoolExecutor(max_workers=max(1, settings.tokenizer_threads), thread_name_prefix="tok")
+        self._limits = BatchLimits(
+            max_batch_tokens=settings.max_batch_tokens,
+            max_batch_size=settings.max_batch_size,
+            max_queued_inputs=settings.max_queued_inputs,
+            max_padding_ratio=settings.max_padding_ratio,
+            padding_slack_tokens=settings.padding_slack_tokens,
+            concurrent_batches=self._workers,
+        )
         self._loaded: list[_Loaded] = []
         self._models: list[ServedModel] = []
         self._names: dict[str, ServedModel] = {}
@@ -92,7 +131,7 @@ class ModelRegistry:
 
     def load(self) -> None:
         repo = Path(self._settings.model_repo)
-        self._loaded = [_load_model(d, self._runtime) for d in discover(repo, self._settings.models)]
+        self._loaded = [_load_model(d, self._runtime, self._limits) for d in discover(repo, self._settings.models)]
         log.info(
             "inference: %d batch(es) at once, %s thread(s) each (%s for a lone batch), on %s",
             self._workers,
@@ -102,13 +141,7 @@ class ModelRegistry:
         )
 
     def start(self) -> None:
-        limits = BatchLimits(
-            max_batch_tokens=self._settings.max_batch_tokens,
-            max_batch_size=self._settings.max_batch_size,
-            max_queued_inputs=self._settings.max_queued_inputs,
-            max_padding_ratio=self._settings.max_padding_ratio,
-            concurrent_batches=self._workers,
-        )
+        limits = self._limits
         models = []
         for loaded in self._loaded:
             batcher = Batcher(loaded.manifest.id, loaded.encoder, self._inference, limits)

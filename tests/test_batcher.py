@@ -110,6 +110,22 @@ async def test_padding_ratio_cuts_batches(executor):
     await batcher.close()
 
 
+async def test_padding_slack_merges_small_batches(executor):
+    backend = RecordingBackend()
+    # Ratio 1.05 alone would run every input alone; 8 tokens of slack let 8, 9 and 10 share a batch (padded 30,
+    # real 27). Adding 12 would waste 9 tokens, and 40 or 60 far more: those run alone.
+    batcher = make(backend, executor, max_batch_size=100, max_padding_ratio=1.05, padding_slack_tokens=8)
+    lengths = [8, 9, 10, 12, 40, 60]
+    await batcher.embed([tokens(n, i) for i, n in enumerate(lengths)])
+    groups = sorted(sorted(n for _, n in batch) for batch in backend.batches)
+    assert groups == [[8, 9, 10], [12], [40], [60]]
+    for batch in backend.batches:
+        real = sum(n for _, n in batch)
+        padded = max(n for _, n in batch) * len(batch)
+        assert padded <= max(1.05 * real, real + 8)
+    await batcher.close()
+
+
 async def test_concurrent_batches_run_in_parallel(executor):
     class Overlap(RecordingBackend):
         def __init__(self) -> None:

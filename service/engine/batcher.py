@@ -3,11 +3,11 @@
 One batcher per model. Its loop starts a batch as soon as one of its `concurrent_batches` slots is free, so a
 lone request is served at once and, under load, whatever arrived meanwhile is coalesced into the next batch.
 Batches hold at most `max_batch_size` inputs and `max_batch_tokens` padded tokens (longest x count), and padded
-tokens stay within `max_padding_ratio` of the real ones: on a CPU, padding is pure waste while a bigger batch
-buys almost nothing. The oldest queued input is always in the next batch (no starvation); the others are
-picked from a window of queued inputs sorted by length, so inputs of similar length share a batch. A large
-request is split across batches and reassembled in order. Inputs of calls that were cancelled or whose
-deadline passed are dropped before they cost compute.
+tokens stay within `max_padding_ratio` of the real ones (or `padding_slack_tokens` above them): on a CPU, padding
+is pure waste while a bigger batch buys little. The oldest queued input is always in the next batch (no
+starvation); the others are picked from a window of queued inputs sorted by length, so inputs of similar length
+share a batch. A large request is split across batches and reassembled in order. Inputs of calls that were
+cancelled or whose deadline passed are dropped before they cost compute.
 """
 
 from __future__ import annotations
@@ -48,11 +48,13 @@ class BatchFailed(Exception):
 
 @dataclass(frozen=True)
 class BatchLimits:
-    max_batch_tokens: int = 16384
+    max_batch_tokens: int = 2048
     max_batch_size: int = 128
     max_queued_inputs: int = 32768
     # Padded tokens / real tokens a batch may reach before it is cut (a lone input always forms a batch).
     max_padding_ratio: float = 1.05
+    # Padded tokens a batch may waste whatever its ratio: about one batch's fixed cost, so tiny requests coalesce.
+    padding_slack_tokens: int = 0
     # Batches in flight at once (one per inference thread); background batches use at most all but one slot.
     concurrent_batches: int = 1
     # Inputs in one background (async job) batch.
@@ -250,13 +252,14 @@ class Batcher:
         chosen: list[_Item] = []
         real_tokens = 0
         found_oldest = False
+        slack = limits.padding_slack_tokens
         for item in sorted(window, key=lambda it: it.tokens.length):
             length = item.tokens.length
             padded = length * (len(chosen) + 1)  # sorted ascending: this input is the longest so far
             full = (
                 padded > limits.max_batch_tokens
                 or len(chosen) >= max_size
-                or padded > limits.max_padding_ratio * (real_tokens + length)
+                or padded > max(limits.max_padding_ratio * (real_tokens + length), real_tokens + length + slack)
             )
             if chosen and full:
                 if found_oldest:

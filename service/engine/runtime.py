@@ -32,6 +32,8 @@ class RuntimeOptions:
     inter_op_threads: int = 1
     # Threads of a second session for a batch that runs alone (nothing else queued or running); 0: no such session.
     solo_threads: int = 0
+    # Use the process's shared CPU arena (see share_cpu_arena) rather than one per session.
+    shared_arena: bool = False
 
 
 def plan_parallelism(providers: Sequence[str], workers: int, intra_op_threads: int) -> tuple[int, int, int]:
@@ -100,8 +102,21 @@ def choose_providers(requested: str) -> list[str]:
     return providers
 
 
+def share_cpu_arena() -> None:
+    """Give every session of the process one CPU memory arena instead of one each.
+
+    An arena keeps the largest working set it has served. With one per session (two per model, each run by
+    several threads) the service would hold that peak many times over; batches of all sessions together are
+    bounded by the inference threads, so one shared arena holds only what can run at once.
+    """
+    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
+
+
 def _session(model_path: Path, options: RuntimeOptions, intra_op_threads: int) -> ort.InferenceSession:
     session_options = ort.SessionOptions()
+    if options.shared_arena:
+        session_options.add_session_config_entry("session.use_env_allocators", "1")
     session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session_options.intra_op_num_threads = intra_op_threads
     session_options.inter_op_num_threads = options.inter_op_threads
