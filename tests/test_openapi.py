@@ -127,7 +127,7 @@ session = requests.Session()
 
 
 @schema.parametrize()
-@settings(max_examples=15, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=15, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
 def test_generated_requests_get_no_5xx_and_openai_errors(case, fuzzed_gateway):
     response = case.call(base_url=fuzzed_gateway.base_url, session=session, timeout=120)
     assert response.status_code < 500, f"{case.method} {case.formatted_path}: {response.status_code} {response.text}"
