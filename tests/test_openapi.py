@@ -135,3 +135,12 @@ def test_generated_requests_get_no_5xx_and_openai_errors(case, fuzzed_gateway):
         error = response.json()["error"]
         assert set(error) == {"message", "type", "param", "code"}, response.text
         assert isinstance(error["message"], str) and error["message"]
+
+
+def test_body_the_transcoder_cannot_encode_is_a_400_not_a_500(gateway):
+    """Found by the property test: an object as a map value reaches the server as corrupt protobuf."""
+    body = {"model": "all-minilm-l6-v2", "input": "x", "metadata": {"key": {}}}
+    status, _, raw = http(gateway, "POST", "/v1/async/embeddings", body)
+    assert status == 400, raw
+    error = json.loads(raw)["error"]
+    assert error["code"] == "invalid_request" and error["type"] == "invalid_request_error"
