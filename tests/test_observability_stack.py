@@ -10,7 +10,10 @@ at DEBUG, OpenTelemetry tracing to an in-test OTLP collector (a real gRPC server
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -22,7 +25,7 @@ from embeddings.v1 import embeddings_pb2 as pb
 from embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from tests.serving import EnvoyProcess, ServerProcess, free_port, http
+from tests.serving import ROOT, EnvoyProcess, ServerProcess, free_port, http
 from tests.test_access import create_key
 from tests.test_observability import parse_metrics, scrape, value
 
@@ -215,3 +218,14 @@ def test_webhook_delivery_outcomes_are_counted(stack):
     job = {"model": FP32, "input": ["notify me"], "metadata": {"webhook_id": json.loads(body)["id"]}}
     assert http(envoy, "POST", "/v1/async/embeddings", job, bearer(keys["acme"]))[0] == 200
     wait_for(lambda: value(scrape(envoy, admin), "embeddings_webhook_deliveries_total", outcome="retry") > before)
+
+
+def test_cli_sends_the_api_key(stack):
+    server, _, keys = stack
+    command = [sys.executable, "-m", "client", "--address", server.address, "models"]
+    refused = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
+    env = {**os.environ, "EMBEDDINGS_API_KEY": keys["acme"]}
+    listed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    assert listed.returncode == 0 and FP32 in listed.stdout
+    assert keys["acme"] not in listed.stdout + listed.stderr
