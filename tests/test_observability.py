@@ -11,6 +11,7 @@ import pytest
 from embeddings.v1 import embeddings_pb2 as pb
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.envoy import TRACE_CLUSTER, GatewayPorts, render, validate, write_rendered
 from tests.serving import http
 
 FP32 = "all-minilm-l6-v2"
@@ -118,3 +119,17 @@ def test_async_job_metrics(gateway):
     assert value(after, "embeddings_jobs", status="completed") >= 1
     for status in ("queued", "in_progress", "failed", "cancelled"):
         assert ("embeddings_jobs", frozenset({("status", status)})) in after
+
+
+def test_gateway_renders_a_valid_tracing_configuration(tmp_path):
+    """What `make run ARGS="--otlp-endpoint ..."` gives Envoy: its OpenTelemetry tracer and a collector cluster."""
+    config = render(GatewayPorts(), otlp_endpoint="http://collector.internal:4317")
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert manager["tracing"]["provider"]["name"] == "envoy.tracers.opentelemetry"
+    [cluster] = [c for c in config["static_resources"]["clusters"] if c["name"] == TRACE_CLUSTER]
+    endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert endpoint == {"address": "collector.internal", "port_value": 4317}
+    untraced = render(GatewayPorts())["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    assert "tracing" not in untraced["typed_config"]
+    checked = validate(write_rendered(GatewayPorts(), tmp_path / "envoy.yaml", "http://collector.internal:4317"))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
