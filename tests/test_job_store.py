@@ -1,7 +1,9 @@
-"""The async-job store on real SQLite files: jobs, chunk leases, results, retention, webhooks and deliveries.
+"""The async-job store on real SQLite files and on real PostgreSQL: jobs, chunk leases, results, retention, webhooks
+and deliveries.
 
-Time is whatever the test says it is (`now`); durability is checked by reopening the file, including after a
-process that was killed with SIGKILL halfway through a job.
+Every contract test runs against both implementations (`backend`): the PostgreSQL store (several replicas on one
+database) must behave exactly as the SQLite one. Time is whatever the test says it is (`now`); durability is checked
+by reopening the store, including after a process that was killed with SIGKILL halfway through a job (SQLite).
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,6 +34,7 @@ from service.jobs.store import (
     ResultsRemoved,
     SqliteJobStore,
 )
+from tests.shared_stores import temp_schema
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_700_000_000
@@ -37,14 +43,61 @@ DIMS = 4
 LEASE_S = 60
 
 
+@dataclass
+class Backend:
+    """One database, SQLite file or PostgreSQL schema: `open` gives a store on it (another replica when called
+    again), `query` reads it with the driver, beside the store."""
+
+    name: str
+    open: Callable[..., SqliteJobStore]
+    query: Callable[[str, tuple], list[tuple]]
+
+
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     return tmp_path / "jobs.db"
 
 
+def _sqlite_query(db: Path, sql: str, params: tuple) -> list[tuple]:
+    with sqlite3.connect(db) as raw:
+        return [tuple(row) for row in raw.execute(sql, params).fetchall()]
+
+
+def _postgres_query(url: str, sql: str, params: tuple) -> list[tuple]:
+    import psycopg
+
+    from service.stores.postgres import translate
+
+    with psycopg.connect(url, autocommit=True) as raw:
+        return [tuple(row) for row in raw.execute(translate(sql), params).fetchall()]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, db: Path) -> Iterator[Backend]:
+    if request.param == "sqlite":
+        yield Backend(
+            "sqlite",
+            lambda **kwargs: SqliteJobStore(db, **{"retention_s": RETENTION_S, **kwargs}),
+            lambda sql, params=(): _sqlite_query(db, sql, params),
+        )
+        return
+    from service.stores.postgres import PostgresJobStore
+
+    with temp_schema() as url:
+        opened: list[SqliteJobStore] = []
+
+        def open_store(**kwargs: Any) -> SqliteJobStore:
+            opened.append(PostgresJobStore(url, **{"retention_s": RETENTION_S, **kwargs}))
+            return opened[-1]
+
+        yield Backend("postgres", open_store, lambda sql, params=(): _postgres_query(url, sql, params))
+        for each in opened:
+            each.close()
+
+
 @pytest.fixture
-def store(db: Path):
-    with SqliteJobStore(db, retention_s=RETENTION_S) as opened:
+def store(backend: Backend):
+    with backend.open() as opened:
         yield opened
 
 
@@ -165,8 +218,8 @@ def test_expired_lease_is_reclaimed_by_another_owner(store):
     assert complete(store, again, owner="w2").status == "completed"
 
 
-def test_concurrent_claims_from_two_stores_never_share_a_chunk(db):
-    stores = [SqliteJobStore(db), SqliteJobStore(db)]  # two replicas on one file
+def test_concurrent_claims_from_two_stores_never_share_a_chunk(backend):
+    stores = [backend.open(), backend.open()]  # two replicas on one database
     job = make_job(stores[0], n=200, chunk_size=2)
     claimed: list[tuple[str, int]] = []
 
@@ -229,7 +282,7 @@ def test_claims_round_robin_across_jobs(store):
 # --- completion ---------------------------------------------------------------------------------------------------
 
 
-def test_complete_counts_once_and_finishes_the_job(store, db):
+def test_complete_counts_once_and_finishes_the_job(store, backend):
     job = make_job(store, n=10, chunk_size=3)
     chunks = [store.claim_chunk("w1", T0, LEASE_S) for _ in range(4)]
     progress = complete(store, chunks[0], now=T0 + 10)
@@ -247,8 +300,10 @@ def test_complete_counts_once_and_finishes_the_job(store, db):
     assert (done.completed_at, done.expires_at) == (T0 + 30, T0 + 30 + RETENTION_S)
     assert complete(store, chunks[3], now=T0 + 40) == done
     # A done chunk keeps its vectors, not its inputs.
-    with sqlite3.connect(db) as raw:
-        rows = raw.execute("SELECT inputs IS NULL, length(vectors) FROM chunks WHERE job_id = ?", (job.id,)).fetchall()
+    rows = backend.query(
+        "SELECT CASE WHEN inputs IS NULL THEN 1 ELSE 0 END, length(vectors) FROM chunks WHERE job_id = ? ORDER BY idx",
+        (job.id,),
+    )
     assert rows == [(1, 3 * DIMS * 4), (1, 3 * DIMS * 4), (1, 3 * DIMS * 4), (1, DIMS * 4)]
 
 
@@ -328,7 +383,7 @@ def test_a_page_of_1000_reads_only_its_chunks(store):
     assert np.array_equal(page.vectors, expected[10_100:11_100]) and page.has_more
 
 
-def test_expired_results_are_removed_but_the_job_stays(store, db):
+def test_expired_results_are_removed_but_the_job_stays(store, backend):
     job = make_job(store, n=10, chunk_size=3)
     done = run_all(store, now=T0 + 10)
     running = make_job(store, n=3)
@@ -340,29 +395,30 @@ def test_expired_results_are_removed_but_the_job_stays(store, db):
     assert removed.results_removed and removed.status == "completed" and removed.completed_inputs == 10
     with pytest.raises(ResultsRemoved, match="expired"):
         store.results("default", job.id, 0, 10)
-    with sqlite3.connect(db) as raw:
-        assert raw.execute("SELECT COUNT(*) FROM chunks WHERE job_id = ?", (job.id,)).fetchone() == (0,)
-        assert raw.execute("PRAGMA freelist_count").fetchone() == (0,)  # freed pages went back to the file system
+    assert backend.query("SELECT COUNT(*) FROM chunks WHERE job_id = ?", (job.id,)) == [(0,)]
+    if backend.name == "sqlite":
+        assert backend.query("PRAGMA freelist_count", ()) == [(0,)]  # freed pages went back to the file system
     assert store.claim_chunk("w1", T0 + 20, LEASE_S).job_id == running.id
 
 
 # --- durability ---------------------------------------------------------------------------------------------------
 
 
-def test_reopening_keeps_everything(db):
-    with SqliteJobStore(db, retention_s=RETENTION_S) as store:
+def test_reopening_keeps_everything(backend):
+    with backend.open() as store:
         hook = store.create_webhook("default", "https://example.com/hook", "d", "whsec_x", T0)
         job = make_job(store, n=10, chunk_size=3, webhook_id=hook.id)
         complete(store, store.claim_chunk("w1", T0, LEASE_S))
         leased = store.claim_chunk("w1", T0, LEASE_S)
         before = store.get_job("default", job.id)
-    with SqliteJobStore(db, retention_s=RETENTION_S) as store:
+    with backend.open() as store:
         assert store.get_job("default", job.id) == before
         assert store.get_webhook("default", hook.id) == hook
         assert store.results("default", job.id, 0, 3).vectors.shape == (3, DIMS)
         assert store.claim_chunk("w2", T0, LEASE_S).idx == 2
         assert store.renew_lease(job.id, leased.idx, "w1", T0 + 1, LEASE_S)
-        assert [tuple(row) for row in store._writer.execute("SELECT version FROM schema_version")] == [(1,)]
+    table = "schema_version" if backend.name == "sqlite" else "schema_migrations"
+    assert backend.query(f"SELECT version FROM {table}", ()) == [(1,)]  # migrated once, not again on reopening
 
 
 def test_sigkill_mid_job_loses_no_committed_work(db):
@@ -439,11 +495,11 @@ def test_events_enqueue_one_delivery_exactly_once(store):
     assert store.due_deliveries(T0 + 34, 10, "s2", 30) == []  # the only delivery is leased until T0 + 35
 
 
-def test_announce_records_the_final_event_with_the_transition(db):
+def test_announce_records_the_final_event_with_the_transition(backend):
     def announce(job: Job, now: int) -> tuple[str, str]:
         return f"batch.{job.status}", json.dumps({"id": job.id, "status": job.status})
 
-    with SqliteJobStore(db, announce=announce) as store:
+    with backend.open(announce=announce) as store:
         hook = store.create_webhook("default", "https://example.com/hook", "", "whsec_x", T0)
         make_job(store, n=4, webhook_id=hook.id)
         done = run_all(store)
@@ -484,12 +540,11 @@ def test_deliveries_are_leased_retried_and_recorded(store):
     assert len(store.list_attempts("default", hook.id, limit=1)) == 1
 
 
-def test_disabling_a_webhook_stops_its_pending_deliveries(store):
+def test_disabling_a_webhook_stops_its_pending_deliveries(store, backend):
     hook = store.create_webhook("default", "https://example.com/hook", "", "whsec_x", T0)
     jobs = [make_job(store, n=1, webhook_id=hook.id) for _ in range(2)]
     store.add_event(jobs[0], "batch.completed", "{}", T0)
     store.disable_webhook(hook.id, "410 Gone", T0 + 1)
     store.add_event(jobs[1], "batch.completed", "{}", T0 + 2)
     assert store.due_deliveries(T0 + 10, 10, "s1", 30) == []
-    with sqlite3.connect(store.path) as raw:
-        assert raw.execute("SELECT state FROM deliveries").fetchall() == [("disabled",), ("disabled",)]
+    assert backend.query("SELECT state FROM deliveries", ()) == [("disabled",), ("disabled",)]

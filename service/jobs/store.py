@@ -2,9 +2,9 @@
 
 Nothing may be lost when the process is killed, so every state change is one SQL transaction and the server keeps
 nothing of a job in memory that it cannot rebuild from here. `JobStore` is the interface the server codes against;
-`SqliteJobStore` implements it on one SQLite file in WAL mode. A PostgreSQL implementation will follow, so the SQL
-stays portable where it is cheap to (no SQLite-only functions; partial indexes, `ON CONFLICT` and `RETURNING`-free
-statements exist in both) and nothing outside this module touches the database.
+`SqliteJobStore` implements it on one SQLite file in WAL mode; `service.stores.postgres.PostgresJobStore` runs the
+same SQL on PostgreSQL for several replicas (see there for what differs). So the SQL stays portable where it is
+cheap to (no SQLite-only functions; partial indexes, `ON CONFLICT` and `RETURNING`-free statements exist in both).
 
 Conventions:
 - Ids are a prefix (`job_`, `wh_`, `evt_`, `dlv_`) and 24 random url-safe characters.
@@ -543,6 +543,11 @@ class SqliteJobStore:
     earlier job, not for the whole of it.
     """
 
+    # Row-locking suffixes for read-then-write statements: empty here (a SQLite write transaction holds the whole
+    # database), " FOR UPDATE" and " FOR UPDATE SKIP LOCKED" in the PostgreSQL store, where writers run concurrently.
+    _FOR_UPDATE = ""
+    _SKIP_LOCKED = ""
+
     def __init__(
         self,
         path: Path,
@@ -749,13 +754,20 @@ class SqliteJobStore:
 
     # --- chunks
 
+    @staticmethod
+    def _next_claim(conn: Any, now: int) -> tuple[str, int] | None:
+        """(job id, chunk index) to lease next, in claim order."""
+        job = conn.execute(_NEXT_JOB_SQL, {"now": now}).fetchone()
+        if job is None:
+            return None
+        return job[0], conn.execute(_NEXT_CHUNK_SQL, {"job": job[0], "now": now}).fetchone()[0]
+
     def claim_chunk(self, owner: str, now: int, lease_s: int) -> Chunk | None:
         with self._write() as conn:
-            job = conn.execute(_NEXT_JOB_SQL, {"now": now}).fetchone()
-            if job is None:
+            claim = self._next_claim(conn, now)
+            if claim is None:
                 return None
-            job_id = job[0]
-            idx = conn.execute(_NEXT_CHUNK_SQL, {"job": job_id, "now": now}).fetchone()[0]
+            job_id, idx = claim
             conn.execute(
                 "UPDATE chunks SET status = 'leased', lease_owner = ?, lease_expires_at = ?, attempts = attempts + 1"
                 " WHERE job_id = ? AND idx = ?",
@@ -815,7 +827,7 @@ class SqliteJobStore:
         with self._write() as conn:
             row = conn.execute(
                 "SELECT c.count, c.status, c.lease_owner, j.status AS job_status"
-                " FROM chunks c JOIN jobs j ON j.id = c.job_id WHERE c.job_id = ? AND c.idx = ?",
+                " FROM chunks c JOIN jobs j ON j.id = c.job_id WHERE c.job_id = ? AND c.idx = ?" + self._FOR_UPDATE,
                 (job_id, idx),
             ).fetchone()
             if row is None:
@@ -900,7 +912,7 @@ class SqliteJobStore:
                 row[0]
                 for row in conn.execute(
                     "SELECT id FROM jobs WHERE results_removed = 0 AND expires_at IS NOT NULL AND expires_at <= ?"
-                    " ORDER BY expires_at LIMIT ?",
+                    " ORDER BY expires_at LIMIT ?" + self._SKIP_LOCKED,
                     (now, limit),
                 )
             ]
@@ -908,11 +920,14 @@ class SqliteJobStore:
                 conn.execute("DELETE FROM chunks WHERE job_id = ?", (job_id,))
                 conn.execute("UPDATE jobs SET results_removed = 1 WHERE id = ?", (job_id,))
         if expired:
-            with self._write_lock:
-                # Give the freed pages back to the file system (auto_vacuum = INCREMENTAL); SQLite-only. Through
-                # executescript: `execute` steps the pragma once, which frees a single page.
-                self._writer.executescript("PRAGMA incremental_vacuum;")
+            self._reclaim_space()
         return expired
+
+    def _reclaim_space(self) -> None:
+        with self._write_lock:
+            # Give the freed pages back to the file system (auto_vacuum = INCREMENTAL); SQLite-only. Through
+            # executescript: `execute` steps the pragma once, which frees a single page.
+            self._writer.executescript("PRAGMA incremental_vacuum;")
 
     # --- webhooks
 
@@ -1013,7 +1028,8 @@ class SqliteJobStore:
                 row[0]
                 for row in conn.execute(
                     "SELECT id FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ?"
-                    " AND (lease_expires_at IS NULL OR lease_expires_at <= ?) ORDER BY next_attempt_at, seq LIMIT ?",
+                    " AND (lease_expires_at IS NULL OR lease_expires_at <= ?) ORDER BY next_attempt_at, seq LIMIT ?"
+                    + self._SKIP_LOCKED,
                     (now, now, limit),
                 )
             ]
