@@ -15,8 +15,8 @@ import time
 
 from gateway.envoy import ROOT, GatewayPorts, envoy_command, validate, write_rendered
 from service.access.control import open_mode_refusal
-from service.access.store import SqliteAccessStore
 from service.config import Settings, load_settings
+from service.stores import open_access_store
 
 POLL_S = 0.2
 
@@ -33,7 +33,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 def open_refusal(http_host: str, settings: Settings) -> str | None:
     """The server's rule, applied to Envoy's address too: no active API key -> loopback only, unless allow_open."""
-    store = SqliteAccessStore.in_data_dir(settings.data_dir)
+    store = open_access_store(settings)
     try:
         active_keys = store.active_key_count()
     finally:

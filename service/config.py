@@ -64,6 +64,13 @@ class Settings:
     tenant_rate_limit_rpm: int = 0
     tenant_rate_limit_tpm: int = 0
     job_rate_limit_reserve: float = 0.5
+    # Shared mode, for several replicas (service/stores): empty keeps jobs, keys and usage in SQLite under data_dir;
+    # a postgresql:// URL keeps them in that database, and rate limits in Redis at redis_url (empty: per replica).
+    # rate_limit_redis_failure: "open" (allow, with a warning) or "closed" (refuse, 429) while Redis is unreachable.
+    store_url: str = ""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_key_prefix: str = "embeddings:rl:"
+    rate_limit_redis_failure: str = "open"
     # Seconds in-flight calls get to finish on SIGTERM/SIGINT.
     shutdown_grace_s: float = 30.0
     log_level: str = "INFO"

@@ -24,7 +24,6 @@ from grpc_reflection.v1alpha import reflection
 from service.access.control import AccessControl, Limits, is_loopback, open_mode_refusal
 from service.access.interceptor import AuthInterceptor
 from service.access.scope import ScopedRegistry
-from service.access.store import SqliteAccessStore
 from service.api.admin import ADMIN_SERVICE, add_admin_service
 from service.api.embeddings import EmbeddingServicer
 from service.api.jobs import JobServicer
@@ -33,11 +32,11 @@ from service.api.rest import RestServicer, TokenIdDecoder
 from service.config import Settings
 from service.jobs import webhooks
 from service.jobs.runner import JobSettings, JobWorkers, announce
-from service.jobs.store import SqliteJobStore
 from service.observability.interceptor import TelemetryInterceptor
 from service.observability.metrics import Metrics
 from service.observability.tracing import Tracing
 from service.registry import ModelRegistry
+from service.stores import open_access_store, open_job_store, open_rate_limiter
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +86,8 @@ class EmbeddingServer:
         )
         self.workers: JobWorkers | None = None
         Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-        self.store = SqliteJobStore(
-            Path(settings.data_dir) / "jobs.sqlite3", retention_s=settings.results_retention_s, announce=announce
-        )
+        # SQLite under data_dir, or PostgreSQL shared with other replicas (store_url).
+        self.store = open_job_store(settings, announce)
         jobs = JobServicer(
             self.store,
             scoped,
@@ -174,7 +172,7 @@ def access_control(settings: Settings) -> AccessControl:
     a non-loopback address, unless `allow_open`."""
     if not 0 <= settings.job_rate_limit_reserve < 1:
         raise ValueError(f"job_rate_limit_reserve must be in [0, 1), got {settings.job_rate_limit_reserve}")
-    store = SqliteAccessStore.in_data_dir(settings.data_dir)
+    store = open_access_store(settings)
     refusal = open_mode_refusal([settings.host], store.active_key_count(), settings.allow_open)
     if refusal is not None:
         store.close()
@@ -186,7 +184,12 @@ def access_control(settings: Settings) -> AccessControl:
         tenant_tpm=settings.tenant_rate_limit_tpm,
         job_reserve=settings.job_rate_limit_reserve,
     )
-    return AccessControl(store, limits, open_allowed=settings.allow_open or is_loopback(settings.host))
+    return AccessControl(
+        store,
+        limits,
+        open_allowed=settings.allow_open or is_loopback(settings.host),
+        limiter=open_rate_limiter(settings),
+    )
 
 
 async def serve(settings: Settings) -> int:

@@ -23,7 +23,7 @@ from service.api.embeddings import rpc_errors
 from service.api.rest import TokenIdDecoder, as_rest_error, parse_request
 from service.jobs import webhooks
 from service.jobs.runner import KEY_ID_OPTION, now_s
-from service.jobs.store import InvalidCursor, Job, NotFound, ResultsNotReady, ResultsRemoved, SqliteJobStore
+from service.jobs.store import InvalidCursor, Job, JobStore, NotFound, ResultsNotReady, ResultsRemoved
 from service.registry import ModelRegistry
 
 DEFAULT_PAGE, MAX_PAGE = 1000, 10000
@@ -84,7 +84,7 @@ def results_body(job: Job, vectors, token_counts: list[int], offset: int, has_mo
 class JobServicer(pb_grpc.JobServiceServicer):
     def __init__(
         self,
-        store: SqliteJobStore,
+        store: JobStore,
         registry: ModelRegistry,
         decoder: TokenIdDecoder,
         *,

@@ -24,7 +24,7 @@ from service import errors
 from service.access.control import AccessControl
 from service.engine.model import EmbedOptions
 from service.jobs import webhooks
-from service.jobs.store import Chunk, Delivery, Job, SqliteJobStore
+from service.jobs.store import Chunk, Delivery, Job, JobStore
 from service.observability.metrics import Metrics
 from service.registry import ModelRegistry
 
@@ -94,7 +94,7 @@ class JobWorkers:
 
     def __init__(
         self,
-        store: SqliteJobStore,
+        store: JobStore,
         registry: ModelRegistry,
         settings: JobSettings,
         workers: int,
