@@ -2,12 +2,15 @@
 
 `envoy.yaml` at the repository root is the real configuration, with the default ports and paths relative to the
 root. `render` writes a copy with other ports and absolute paths, so the gateway can run beside other instances
-(tests, a second stack) and from any working directory.
+(tests, a second stack) and from any working directory. Given several replicas (a list of addresses, or a DNS name
+whose records are the replicas), `add_replicas` turns the single upstream into a balanced, health-checked cluster
+that retries idempotent calls on another replica (see there).
 """
 
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -98,8 +101,128 @@ def add_tracing(config: dict, otlp_endpoint: str) -> None:
     }
 
 
-def render(ports: GatewayPorts, source: Path = CONFIG, otlp_endpoint: str = "") -> dict:
-    """The configuration with `ports` and absolute file paths; with `otlp_endpoint`, OpenTelemetry tracing on."""
+# Calls a replica may run twice without harm (embeddings, reads): retried on another replica even after they reached
+# one (reset, UNAVAILABLE). Anything else (job submission, key creation, cancellation, ...) is retried only when it
+# never reached a replica (connect failure, refused stream). Matched on the gRPC path: transcoded REST calls are
+# routed as /<package>.<Service>/<Method>. (grpc.health.v1 is not routed: health is per replica, Envoy checks it.)
+IDEMPOTENT_SERVICES = ("embeddings.v1.EmbeddingService", "embeddings.v1.RestService", "embeddings.v1.OpsService")
+IDEMPOTENT_METHODS = (
+    *(f"/embeddings.v1.JobService/{m}" for m in ("GetJob", "ListJobs", "GetJobResults", "ListWebhooks")),
+    "/embeddings.v1.JobService/ListWebhookDeliveries",
+    "/embeddings.v1.AdminService/ListKeys",
+    "/embeddings.v1.AdminService/GetUsage",
+)
+# The largest body a retry can replay (the buffer filter's cap on sync requests).
+RETRY_BUFFER_BYTES = 16 * 1024 * 1024
+
+
+def parse_address(text: str, default_port: int = 50051) -> tuple[str, int]:
+    """`host:port` (or `host`, or `[v6]:port`) -> (host, port)."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or "]" in port:
+        host, port = text.strip(), str(default_port)
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        raise ValueError(f"upstream {text!r} must look like host:port")
+    return host, int(port)
+
+
+def _retry_policy(retry_on: str) -> dict:
+    return {
+        "retry_on": retry_on,
+        "num_retries": 2,
+        # Each retry goes to a replica that has not failed this request yet.
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                },
+            }
+        ],
+        "host_selection_retry_max_attempts": 3,
+        "retry_back_off": {"base_interval": "0.05s", "max_interval": "0.5s"},
+    }
+
+
+def add_replicas(config: dict, upstreams: Sequence[tuple[str, int]], dns: bool = False) -> None:
+    """Balance over several replicas: `upstreams` are their addresses (STATIC), or with `dns` one name:port whose
+    A records are the replicas, re-resolved as they come and go (STRICT_DNS: a Kubernetes headless Service).
+
+    - least-request balancing (a replica busy with a long batch gets fewer new calls);
+    - active gRPC health checks (grpc.health.v1, every second): a replica that is loading models or draining
+      (NOT_SERVING) or gone gets no new calls;
+    - outlier detection: a replica whose connections fail or that answers 5xx is ejected at once, for 10 s and more;
+    - retries (2, each to another replica) of idempotent calls on reset, connect failure, refused stream and gRPC
+      UNAVAILABLE, so the calls in flight on a replica that dies are answered by another; other calls only when they
+      never reached a replica. A retry budget keeps retries from amplifying an overload: at most half as many
+      retries in flight as requests (at least 10), enough to replay everything a dead replica of two had in flight.
+    """
+    cluster = config["static_resources"]["clusters"][0]
+    cluster["type"] = "STRICT_DNS" if dns else "STATIC"
+    if dns:
+        cluster["dns_lookup_family"] = "V4_ONLY"
+    cluster["lb_policy"] = "LEAST_REQUEST"
+    cluster["load_assignment"]["endpoints"] = [
+        {
+            "lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
+                for host, port in upstreams
+            ]
+        }
+    ]
+    cluster["health_checks"] = [
+        {
+            "timeout": "1s",
+            "interval": "1s",
+            "unhealthy_threshold": 1,
+            "healthy_threshold": 1,
+            "no_traffic_interval": "1s",
+            "grpc_health_check": {},
+        }
+    ]
+    cluster["outlier_detection"] = {
+        "consecutive_5xx": 5,
+        "consecutive_gateway_failure": 1,
+        "consecutive_local_origin_failure": 1,
+        "split_external_local_origin_errors": True,
+        "interval": "1s",
+        "base_ejection_time": "10s",
+        "max_ejection_percent": 50,
+    }
+    cluster["circuit_breakers"] = {
+        "thresholds": [{"retry_budget": {"budget_percent": {"value": 50.0}, "min_retry_concurrency": 10}}]
+    }
+    routes = _manager(config)["route_config"]["virtual_hosts"][0]["routes"]
+    catch_all = routes[-1]
+    matches = [{"prefix": f"/{service}/"} for service in IDEMPOTENT_SERVICES] + [
+        {"path": path} for path in IDEMPOTENT_METHODS
+    ]
+    idempotent = [
+        {
+            "match": match,
+            "route": {
+                **catch_all["route"],
+                "retry_policy": _retry_policy("reset,connect-failure,refused-stream,unavailable"),
+            },
+            "request_body_buffer_limit": RETRY_BUFFER_BYTES,
+        }
+        for match in matches
+    ]
+    for route in routes:
+        route["route"]["retry_policy"] = _retry_policy("connect-failure,refused-stream")
+    routes[-1:-1] = idempotent
+
+
+def render(
+    ports: GatewayPorts,
+    source: Path = CONFIG,
+    otlp_endpoint: str = "",
+    upstreams: Sequence[tuple[str, int]] = (),
+    dns: bool = False,
+) -> dict:
+    """The configuration with `ports` and absolute file paths; with `otlp_endpoint`, OpenTelemetry tracing on;
+    with `upstreams` (several replicas, or one DNS name with `dns`), balanced over them (`add_replicas`)."""
     config = yaml.safe_load(source.read_text())
     listener = config["static_resources"]["listeners"][0]
     listener["address"]["socket_address"].update(address=ports.host, port_value=ports.http)
@@ -118,14 +241,23 @@ def render(ports: GatewayPorts, source: Path = CONFIG, otlp_endpoint: str = "") 
         source_code = typed.get("default_source_code", {})
         if "filename" in source_code:
             source_code["filename"] = str(ROOT / source_code["filename"])
+    if upstreams:
+        add_replicas(config, upstreams, dns)
     if otlp_endpoint:
         add_tracing(config, otlp_endpoint)
     return config
 
 
-def write_rendered(ports: GatewayPorts, dest: Path, otlp_endpoint: str = "") -> Path:
+def write_rendered(
+    ports: GatewayPorts,
+    dest: Path,
+    otlp_endpoint: str = "",
+    upstreams: Sequence[tuple[str, int]] = (),
+    dns: bool = False,
+) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(yaml.safe_dump(render(ports, otlp_endpoint=otlp_endpoint), sort_keys=False))
+    config = render(ports, otlp_endpoint=otlp_endpoint, upstreams=upstreams, dns=dns)
+    dest.write_text(yaml.safe_dump(config, sort_keys=False))
     return dest
 
 

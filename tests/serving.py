@@ -137,11 +137,19 @@ def free_port() -> int:
 class EnvoyProcess:
     """The real Envoy with the shipped envoy.yaml, rendered for an ephemeral port and a given upstream."""
 
-    def __init__(self, upstream_port: int, tmp_dir: Path, otlp_endpoint: str = "", admin_port: int = 0) -> None:
+    def __init__(
+        self,
+        upstream_port: int,
+        tmp_dir: Path,
+        otlp_endpoint: str = "",
+        admin_port: int = 0,
+        upstreams: Sequence[tuple[str, int]] = (),
+    ) -> None:
+        """`upstreams`: several replicas to balance over (gateway.envoy.add_replicas) instead of `upstream_port`."""
         self.port = free_port()
         self.admin_port = admin_port
         ports = GatewayPorts(self.port, upstream_port, admin=admin_port)
-        self.config = write_rendered(ports, tmp_dir / "envoy.yaml", otlp_endpoint)
+        self.config = write_rendered(ports, tmp_dir / "envoy.yaml", otlp_endpoint, upstreams=upstreams)
         self.proc: subprocess.Popen | None = None
         self.log_path = tmp_dir / "envoy.log"
 

@@ -1,0 +1,115 @@
+"""`python -m gateway.cluster`: a local cluster, N gRPC replicas on shared stores behind one Envoy (`make cluster`).
+
+    python -m gateway.cluster --replicas 2 --store-url postgresql://root@127.0.0.1/test
+
+Replica i listens on 127.0.0.1:<grpc-port-base + i>; Envoy serves REST and gRPC on --http-port and balances over
+them (gateway.envoy.add_replicas: least request, gRPC health checks, outlier detection, retries). All replicas share
+the store named by store_url (required: PostgreSQL) and the Redis rate limits at redis_url. A replica that dies is
+reported and not restarted (Envoy routes around it; its job chunks are claimed again by the others when their lease
+expires); the command exits when Envoy dies or no replica is left. Ctrl-C or SIGTERM drains the replicas, then stops
+Envoy. Flags it does not know are passed to every `python -m service` (and EMBED_* variables apply as usual).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import time
+
+from gateway.envoy import ROOT, GatewayPorts, envoy_command, validate, write_rendered
+from gateway.run import POLL_S, _stop, open_refusal
+from service.config import load_settings
+from service.stores import shared
+
+
+def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(prog="python -m gateway.cluster", description=__doc__.splitlines()[0])
+    parser.add_argument("--replicas", type=int, default=2, help="gRPC server processes (default 2)")
+    parser.add_argument("--grpc-port-base", type=int, default=50060, help="replica i listens on base + i")
+    parser.add_argument("--http-host", default="127.0.0.1", help="where Envoy listens (default 127.0.0.1)")
+    parser.add_argument("--http-port", type=int, default=8080)
+    parser.add_argument("--admin-port", type=int, default=9901, help="Envoy admin on 127.0.0.1; 0 turns it off")
+    parser.add_argument("--envoy-concurrency", type=int, default=1, help="Envoy worker threads")
+    parser.add_argument("--envoy-log-level", default="warning")
+    return parser.parse_known_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, server_args = parse(argv)
+    settings = load_settings(server_args)
+    if args.replicas < 1:
+        print("cluster: --replicas must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        if not shared(settings):
+            print("cluster: replicas need shared stores: pass --store-url postgresql://...", file=sys.stderr)
+            return 2
+    except ValueError as exc:
+        print(f"cluster: {exc}", file=sys.stderr)
+        return 2
+    refusal = open_refusal(args.http_host, settings)
+    if refusal is not None:
+        print(f"cluster: {refusal}", file=sys.stderr)
+        return 2
+    upstream_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "[::]") else settings.host
+    ports = [args.grpc_port_base + i for i in range(1, args.replicas + 1)]
+    gateway = GatewayPorts(args.http_port, ports[0], args.admin_port, args.http_host, upstream_host)
+    config = write_rendered(
+        gateway,
+        ROOT / "build" / f"envoy-cluster-{args.http_port}.yaml",
+        settings.otlp_endpoint,
+        upstreams=[(upstream_host, port) for port in ports],
+    )
+    checked = validate(config)
+    if checked.returncode != 0:
+        print(f"invalid Envoy configuration:\n{checked.stdout}{checked.stderr}", file=sys.stderr)
+        return 2
+
+    stopping = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    # The last --port wins: each replica gets its own.
+    replicas = [
+        subprocess.Popen(
+            [sys.executable, "-m", "service", *server_args, "--port", str(port)], cwd=ROOT, start_new_session=True
+        )
+        for port in ports
+    ]
+    envoy = subprocess.Popen(
+        envoy_command(config, args.envoy_concurrency, args.envoy_log_level), cwd=ROOT, start_new_session=True
+    )
+    print(
+        f"cluster: REST on http://{args.http_host}:{args.http_port}/v1 -> {args.replicas} replicas on gRPC ports "
+        f"{', '.join(map(str, ports))}",
+        file=sys.stderr,
+    )
+    reported: set[int] = set()
+    while not stopping and envoy.poll() is None:
+        for port, replica in zip(ports, replicas, strict=True):
+            if replica.poll() is not None and port not in reported:
+                reported.add(port)
+                print(f"cluster: replica on port {port} exited with {replica.returncode}", file=sys.stderr)
+        if len(reported) == len(replicas):
+            break
+        time.sleep(POLL_S)
+
+    for replica in replicas:  # SIGTERM to all first: they drain in parallel
+        if replica.poll() is None:
+            replica.send_signal(signal.SIGTERM)
+    codes = [_stop(replica, settings.shutdown_grace_s + 10) for replica in replicas]
+    _stop(envoy, 10)
+    if stopping:
+        return 0 if all(code == 0 for code in codes) else 1
+    print("cluster: " + ("envoy exited" if envoy.poll() is not None else "no replica left"), file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""Scale-out end to end: two real replicas on one PostgreSQL schema and one Redis prefix, behind a real Envoy.
+
+What a client must not notice: a key created through one replica works on the other; a per-key limit holds across
+both combined; an async job whose replica is SIGKILLed completes on the other with every vector exactly once and
+one webhook delivery; and under concurrent load, SIGKILL of a replica fails no request (Envoy retries the killed
+replica's in-flight calls on the other and stops routing to it). One cluster for the module; a killed replica is
+started again on the same port for the next test.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from embeddings.v1 import admin_pb2, admin_pb2_grpc, embeddings_pb2, embeddings_pb2_grpc
+
+from tests.serving import EnvoyProcess, ServerProcess, free_port, http
+from tests.shared_stores import temp_redis_prefix, temp_schema
+from tests.stsb import load_pairs
+from tests.test_async_jobs import Receiver, wait_for
+
+FP32 = "all-minilm-l6-v2"
+LEASE_S = 3
+
+
+class Cluster:
+    """Two replicas (fixed ports, so one can be killed and started again where Envoy expects it) and Envoy."""
+
+    def __init__(self, model_repo: Path, tmp: Path, store_url: str, redis_prefix: str) -> None:
+        self.model_repo = model_repo
+        self.store_url = store_url
+        self.args = (
+            *("--store-url", store_url, "--redis-key-prefix", redis_prefix, "--models", FP32),
+            *("--inference-workers", "1", "--job-lease-s", str(LEASE_S), "--job-chunk-size", "16"),
+            *("--webhook-allow-private", "true", "--webhook-retry-schedule", "1s,1s"),
+        )
+        self.ports = [free_port(), free_port()]
+        self.replicas: list[ServerProcess] = [self._replica(port) for port in self.ports]
+        self.envoy = EnvoyProcess(
+            self.ports[0], tmp, admin_port=free_port(), upstreams=[("127.0.0.1", port) for port in self.ports]
+        )
+
+    def _replica(self, port: int) -> ServerProcess:
+        return ServerProcess(self.model_repo, *self.args, "--port", str(port))
+
+    def start(self) -> Cluster:
+        for replica in self.replicas:
+            replica.start(wait_ready=False)
+        for replica in self.replicas:
+            replica.wait_serving(120)
+        self.envoy.start()
+        return self
+
+    def kill(self, i: int) -> None:
+        self.replicas[i].signal(signal.SIGKILL)
+        self.replicas[i].wait(30)
+
+    def restart(self, i: int) -> None:
+        self.replicas[i].stop()
+        self.replicas[i] = self._replica(self.ports[i]).start(timeout=120)
+
+    def host_requests(self) -> dict[int, int]:
+        """Requests Envoy sent to each replica (its admin /clusters)."""
+        url = f"http://127.0.0.1:{self.envoy.admin_port}/clusters"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            lines = response.read().decode().splitlines()
+        counts = {}
+        for port in self.ports:
+            [line] = [line for line in lines if line.startswith(f"embeddings_grpc::127.0.0.1:{port}::rq_total::")]
+            counts[port] = int(line.rsplit("::", 1)[1])
+        return counts
+
+    def envoy_stats(self, pattern: str) -> str:
+        url = f"http://127.0.0.1:{self.envoy.admin_port}/stats?filter={pattern}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.read().decode()
+
+    def stop(self) -> None:
+        self.envoy.stop()
+        for replica in self.replicas:
+            replica.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    from service.stores.postgres import PostgresAccessStore
+
+    with temp_schema() as url, temp_redis_prefix() as prefix:
+        bootstrap = PostgresAccessStore(url)  # the admin key, as `python -m service.admin keys create` makes it
+        _, admin_token = bootstrap.create_key("ops", "bootstrap", admin=True, now=int(time.time()))
+        bootstrap.close()
+        running = Cluster(model_repo, tmp_path_factory.mktemp("scaleout"), url, prefix)
+        running.admin_token = admin_token  # type: ignore[attr-defined]
+        try:
+            yield running.start()
+        finally:
+            running.stop()
+
+
+def auth(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def create_key(replica: ServerProcess, admin_token: str, tenant: str, **fields: object) -> str:
+    with grpc.insecure_channel(replica.address) as channel:
+        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        request = admin_pb2.CreateKeyRequest(tenant=tenant, name="scaleout", **fields)
+        return stub.CreateKey(request, metadata=auth(admin_token), timeout=30).token
+
+
+def knows_key(replica: ServerProcess, token: str) -> bool:
+    """Whether the replica accepts the key yet (it re-reads keys every second); ListModels charges no limit."""
+    with grpc.insecure_channel(replica.address) as channel:
+        try:
+            embeddings_pb2_grpc.EmbeddingServiceStub(channel).ListModels(
+                embeddings_pb2.ListModelsRequest(), metadata=auth(token), timeout=10
+            )
+            return True
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.UNAUTHENTICATED, err
+            return False
+
+
+def embed(replica: ServerProcess, token: str, inputs: list[str]) -> np.ndarray:
+    with grpc.insecure_channel(replica.address) as channel:
+        reply = embeddings_pb2_grpc.EmbeddingServiceStub(channel).Embed(
+            embeddings_pb2.EmbedRequest(model=FP32, inputs=inputs), metadata=auth(token), timeout=60
+        )
+    return np.array([list(e.values) for e in reply.embeddings], dtype=np.float32)
+
+
+def rest(cluster: Cluster, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    status, _, raw = http(cluster.envoy, method, path, body, {"authorization": f"Bearer {cluster.admin_token}"})
+    return status, json.loads(raw) if raw else {}
+
+
+def test_a_key_created_through_one_replica_works_on_the_other(cluster: Cluster) -> None:
+    token = create_key(cluster.replicas[0], cluster.admin_token, "acme")
+    assert not knows_key(cluster.replicas[1], token + "x")  # keys are enforced: a wrong one is refused
+    wait_for(lambda: knows_key(cluster.replicas[1], token), timeout=30)
+    assert embed(cluster.replicas[1], token, ["shared keys"]).shape == (1, 384)
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{cluster.envoy.base_url}/v1", api_key=token, max_retries=0)
+    assert len(client.embeddings.create(model=FP32, input=["through envoy"]).data[0].embedding) == 384
+
+
+def test_a_per_key_limit_holds_across_both_replicas_combined(cluster: Cluster) -> None:
+    from openai import OpenAI, RateLimitError
+
+    limit = 6
+    token = create_key(cluster.replicas[0], cluster.admin_token, "limited", rpm=limit)
+    for replica in cluster.replicas:
+        wait_for(lambda replica=replica: knows_key(replica, token), timeout=30)
+    for i in range(limit):  # alternately on each replica: 3 + 3 = the key's 6 a minute
+        embed(cluster.replicas[i % 2], token, [f"call {i}"])
+    for replica in cluster.replicas:
+        with pytest.raises(grpc.RpcError) as refused:
+            embed(replica, token, ["one too many"])
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"Limit {limit}" in refused.value.details()
+    client = OpenAI(base_url=f"{cluster.envoy.base_url}/v1", api_key=token, max_retries=0)
+    with pytest.raises(RateLimitError) as limited:
+        client.embeddings.create(model=FP32, input=["through envoy"])
+    assert limited.value.status_code == 429 and limited.value.body["code"] == "rate_limit_exceeded"
+
+
+def test_a_job_whose_replica_is_killed_completes_on_the_other_exactly_once(cluster: Cluster) -> None:
+    import psycopg
+
+    receiver = Receiver()
+    try:
+        status, hook = rest(cluster, "POST", "/v1/webhooks", {"url": receiver.url(), "description": "scaleout"})
+        assert status == 200, hook
+        texts = load_pairs().sentences[:1600]
+        status, job = rest(
+            cluster,
+            "POST",
+            "/v1/async/embeddings",
+            {"model": FP32, "input": texts, "metadata": {"webhook_id": hook["id"]}},
+        )
+        assert status == 200, job
+
+        def progress() -> int:
+            return rest(cluster, "GET", f"/v1/async/jobs/{job['id']}")[1]["progress"]["completed"]
+
+        def lease_holders() -> int:
+            with psycopg.connect(cluster.store_url, autocommit=True) as db:
+                sql = "SELECT COUNT(DISTINCT lease_owner) FROM chunks WHERE job_id = %s AND status = 'leased'"
+                return db.execute(sql, (job["id"],)).fetchone()[0]
+
+        wait_for(lambda: lease_holders() == 2, timeout=120, interval=0.01)  # each replica's worker holds a chunk
+        cluster.kill(0)  # mid-way
+        assert progress() < len(texts), "the job finished before the replica could be killed"
+        done = wait_for(
+            lambda: (j := rest(cluster, "GET", f"/v1/async/jobs/{job['id']}")[1])["status"] == "completed" and j,
+            timeout=180,
+        )
+        assert done["progress"] == {"completed": len(texts), "total": len(texts)}
+
+        results, offset = [], 0
+        while True:
+            status, page = rest(cluster, "GET", f"/v1/async/jobs/{job['id']}/results?offset={offset}&limit=500")
+            assert status == 200, page
+            results += page["data"]
+            if not page["has_more"]:
+                break
+            offset = page["next_offset"]
+        assert [r["index"] for r in results] == list(range(len(texts)))  # none lost, none twice
+        got = np.array([r["embedding"] for r in results], dtype=np.float32)
+        expected = np.concatenate(
+            [embed(cluster.replicas[1], cluster.admin_token, texts[i : i + 256]) for i in range(0, len(texts), 256)]
+        )
+        assert np.allclose(got, expected, atol=1e-5)
+
+        with psycopg.connect(cluster.store_url, autocommit=True) as db:
+            attempts = db.execute("SELECT MAX(attempts) FROM chunks WHERE job_id = %s", (job["id"],)).fetchone()[0]
+        assert attempts >= 2  # the killed replica's chunk was leased again by the other one
+
+        [event] = wait_for(lambda: receiver.events(), timeout=60)
+        assert event["type"] == "embedding.job.completed" and event["data"]["id"] == job["id"]
+        time.sleep(3)  # a second delivery, from either replica, would arrive by now (retry schedule 1s)
+        assert [r["headers"]["webhook-id"] for r in receiver.requests] == [event["id"]]
+        status, deliveries = rest(cluster, "GET", f"/v1/webhooks/{hook['id']}/deliveries")
+        assert status == 200 and len(deliveries["data"]) == 1, deliveries
+    finally:
+        receiver.close()
+        cluster.restart(0)
+
+
+def test_sigkill_of_a_replica_under_concurrent_load_fails_no_request(cluster: Cluster) -> None:
+    from openai import OpenAI
+
+    sentences = load_pairs().sentences[:400]
+    ok: list[int] = []
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def client_loop(n: int) -> None:
+        client = OpenAI(base_url=f"{cluster.envoy.base_url}/v1", api_key=cluster.admin_token, max_retries=0)
+        i = n
+        while not stop.is_set():
+            batch = [sentences[(i + j) % len(sentences)] for j in range(4)]
+            try:
+                reply = client.embeddings.create(model=FP32, input=batch, timeout=60)
+                assert len(reply.data) == 4
+                ok.append(n)
+            except BaseException as exc:
+                failures.append(exc)
+            i += 7
+
+    threads = [threading.Thread(target=client_loop, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: len(ok) >= 60, timeout=120)
+        before = cluster.host_requests()
+        assert all(count > 0 for count in before.values()), before  # both replicas were serving
+        cluster.kill(1)
+        at_kill = len(ok)
+        wait_for(lambda: len(ok) >= at_kill + 120 or failures, timeout=180)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(90)
+    stats = cluster.envoy_stats("retry|rq_reset|outlier|health_check|cx_connect_fail")
+    assert failures == [], f"{len(failures)} failed requests, first: {failures[:1]!r}\n{stats}"
+    assert len(ok) >= at_kill + 120
