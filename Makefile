@@ -7,7 +7,7 @@ MODEL_REPO ?= models
 NPM_TOOLS := build/npm/.installed
 BUF    := build/npm/node_modules/.bin/buf
 
-.PHONY: all setup proto models run run-grpc test lint bench clean
+.PHONY: all setup proto models run run-grpc cluster test lint bench clean
 
 all: setup proto models
 
@@ -42,6 +42,12 @@ models: $(VENV)/.installed
 # gRPC server (127.0.0.1:50051) and Envoy (REST on 127.0.0.1:8080) in the foreground; extra flags: ARGS=...
 run: proto models
 	$(PY) -m gateway.run --model-repo $(MODEL_REPO) $(ARGS)
+
+# A local cluster: REPLICAS gRPC servers sharing STORE_URL (PostgreSQL) and Redis, behind one Envoy on 8080.
+STORE_URL ?= postgresql://root@127.0.0.1:5432/test
+REPLICAS  ?= 2
+cluster: proto models
+	$(PY) -m gateway.cluster --replicas $(REPLICAS) --model-repo $(MODEL_REPO) --store-url $(STORE_URL) $(ARGS)
 
 # The gRPC server alone.
 run-grpc: proto models

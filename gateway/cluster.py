@@ -36,6 +36,15 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     return parser.parse_known_args(argv)
 
 
+def _reap(proc: subprocess.Popen, timeout: float) -> int:
+    """Wait for a process already told to stop (a second SIGTERM could cut its shutdown short); kill it if late."""
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     args, server_args = parse(argv)
     settings = load_settings(server_args)
@@ -103,10 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     for replica in replicas:  # SIGTERM to all first: they drain in parallel
         if replica.poll() is None:
             replica.send_signal(signal.SIGTERM)
-    codes = [_stop(replica, settings.shutdown_grace_s + 10) for replica in replicas]
+    codes = [_reap(replica, settings.shutdown_grace_s + 10) for replica in replicas]
     _stop(envoy, 10)
     if stopping:
-        return 0 if all(code == 0 for code in codes) else 1
+        if any(codes):
+            print(f"cluster: replicas exited with {codes}", file=sys.stderr)
+        return 0 if not any(codes) else 1
     print("cluster: " + ("envoy exited" if envoy.poll() is not None else "no replica left"), file=sys.stderr)
     return 1
 

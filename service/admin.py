@@ -1,6 +1,7 @@
 """`python -m service.admin`: manage API keys and tenant limits, and report usage, directly on the data directory.
 
-Works whether the server runs or not (SQLite WAL): a running server picks up key changes within a second. A new or
+Works whether the server runs or not (SQLite WAL): a running server picks up key changes within a second. With
+`--store-url postgresql://...` (or $EMBED_STORE_URL) it works on the shared store of several replicas instead. A new or
 rotated key is printed once, alone on stdout (messages go to stderr), and only its hash is stored.
 """
 
@@ -13,7 +14,9 @@ import sys
 import time
 from dataclasses import asdict
 
-from service.access.store import KeyRecord, SqliteAccessStore, UsageRow
+from service.access.store import AccessStore, KeyRecord, UsageRow
+from service.config import Settings
+from service.stores import open_access_store
 
 USAGE_COLUMNS = ("day", "tenant", "key_id", "model", "requests", "tokens", "job_requests", "job_tokens")
 
@@ -31,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir",
         default=os.environ.get("EMBED_DATA_DIR", "data"),
         help="the server's data directory (default: $EMBED_DATA_DIR or data)",
+    )
+    parser.add_argument(
+        "--store-url",
+        default=os.environ.get("EMBED_STORE_URL", ""),
+        help="the replicas' shared PostgreSQL store instead of the data directory (default: $EMBED_STORE_URL)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -110,7 +118,7 @@ def _announce_token(key: KeyRecord, token: str, verb: str, as_json: bool) -> Non
         print("Store it now: it is shown only once.", file=sys.stderr)
 
 
-def run(args: argparse.Namespace, store: SqliteAccessStore) -> int:
+def run(args: argparse.Namespace, store: AccessStore) -> int:
     now = int(time.time())
     if args.command == "keys" and args.action == "create":
         models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else None
@@ -146,7 +154,7 @@ def run(args: argparse.Namespace, store: SqliteAccessStore) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    store = SqliteAccessStore.in_data_dir(args.data_dir)
+    store = open_access_store(Settings(data_dir=args.data_dir, store_url=args.store_url))
     try:
         return run(args, store)
     finally:

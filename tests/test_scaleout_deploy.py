@@ -1,0 +1,124 @@
+"""What can be checked here of the scale-out deployment (Docker and Kubernetes are not available on this machine):
+every Envoy variant passes `envoy --mode validate`, the Kubernetes manifests parse and say what the README says, the
+committed Envoy ConfigMap is what the renderer makes, and the Dockerfile only refers to files that exist."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway.envoy import ROOT, GatewayPorts, render, validate, write_rendered
+
+K8S = ROOT / "deploy" / "k8s"
+
+
+def _routes(config: dict) -> list[dict]:
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    return manager["route_config"]["virtual_hosts"][0]["routes"]
+
+
+@pytest.mark.parametrize(
+    "upstreams, dns",
+    [((), False), ((("127.0.0.1", 50061), ("127.0.0.1", 50062)), False), ((("embeddings-grpc", 50051),), True)],
+    ids=["single", "static-replicas", "strict-dns"],
+)
+def test_every_envoy_variant_validates(tmp_path: Path, upstreams, dns) -> None:
+    config = write_rendered(GatewayPorts(18080, 50051, 0), tmp_path / "envoy.yaml", upstreams=upstreams, dns=dns)
+    checked = validate(config)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "Deprecated" not in checked.stdout + checked.stderr
+
+
+def test_the_single_upstream_default_is_unchanged() -> None:
+    config = render(GatewayPorts())
+    shipped = yaml.safe_load((ROOT / "envoy.yaml").read_text())
+    assert config["static_resources"]["clusters"] == shipped["static_resources"]["clusters"]
+    assert all("retry_policy" not in route["route"] for route in _routes(config))
+
+
+def test_replicas_get_balancing_health_checks_and_retries_only_where_safe() -> None:
+    config = render(GatewayPorts(), upstreams=[("127.0.0.1", 50061), ("127.0.0.1", 50062)])
+    cluster = config["static_resources"]["clusters"][0]
+    assert cluster["lb_policy"] == "LEAST_REQUEST" and cluster["health_checks"][0]["grpc_health_check"] == {}
+    assert "outlier_detection" in cluster and "retry_budget" in cluster["circuit_breakers"]["thresholds"][0]
+    hosts = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert [h["endpoint"]["address"]["socket_address"]["port_value"] for h in hosts] == [50061, 50062]
+    policies = {
+        route["match"].get("path") or route["match"].get("prefix"): route["route"]["retry_policy"]["retry_on"]
+        for route in _routes(config)
+    }
+    assert (
+        "reset" in policies["/embeddings.v1.RestService/"] and "unavailable" in policies["/embeddings.v1.RestService/"]
+    )
+    assert "reset" in policies["/embeddings.v1.EmbeddingService/"]
+    # Not idempotent: retried only when the call never reached a replica.
+    assert policies["/"] == "connect-failure,refused-stream"
+    assert policies["/v1/async/embeddings"] == "connect-failure,refused-stream"
+
+
+def _manifests() -> dict[str, dict]:
+    documents = {}
+    for path in sorted(K8S.glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            if document and "kind" in document:
+                documents[f"{document['kind']}/{document['metadata']['name']}"] = document
+    return documents
+
+
+def test_kubernetes_manifests_parse_and_wire_up() -> None:
+    documents = _manifests()
+    expected = {
+        "ConfigMap/embeddings-config",
+        "ConfigMap/embeddings-envoy",
+        "Secret/embeddings-stores",
+        "Deployment/embeddings",
+        "Deployment/embeddings-envoy",
+        "Service/embeddings-grpc",
+        "Service/embeddings",
+        "HorizontalPodAutoscaler/embeddings",
+        "Job/embeddings-bootstrap",
+    }
+    assert expected <= set(documents)
+    server = documents["Deployment/embeddings"]["spec"]["template"]["spec"]["containers"][0]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert server[probe]["grpc"] == {"port": 50051}
+    assert {"embeddings-config", "embeddings-stores"} == {
+        (source.get("configMapRef") or source.get("secretRef"))["name"] for source in server["envFrom"]
+    }
+    assert documents["Service/embeddings-grpc"]["spec"]["clusterIP"] == "None"  # headless: DNS lists every pod
+    assert set(documents["Secret/embeddings-stores"]["stringData"]) == {"EMBED_STORE_URL", "EMBED_REDIS_URL"}
+    assert documents["HorizontalPodAutoscaler/embeddings"]["spec"]["scaleTargetRef"]["name"] == "embeddings"
+    kustomized = yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
+    assert all((K8S / name).is_file() for name in kustomized)
+    from service.config import Settings
+
+    for key in documents["ConfigMap/embeddings-config"]["data"]:
+        assert key.removeprefix("EMBED_").lower() in Settings.__dataclass_fields__, key
+
+
+def test_the_envoy_configmap_is_the_rendered_config_and_validates(tmp_path: Path) -> None:
+    from tools.k8s_envoy import IMAGE_ROOT, configmap
+
+    committed = (K8S / "envoy-config.yaml").read_text()
+    assert committed == configmap(), "deploy/k8s/envoy-config.yaml is stale: python -m tools.k8s_envoy > it"
+    envoy_yaml = yaml.safe_load(committed)["data"]["envoy.yaml"]
+    assert "STRICT_DNS" in envoy_yaml and "embeddings-grpc" in envoy_yaml
+    local = tmp_path / "envoy.yaml"
+    local.write_text(envoy_yaml.replace(IMAGE_ROOT, str(ROOT)))  # the image's paths, here
+    checked = validate(local)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_dockerfile_refers_to_files_that_exist() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert text.count("\nFROM ") == 2 and "AS build" in text and "AS runtime" in text
+    assert "USER 10001" in text and "EMBED_HOST=0.0.0.0" in text
+    for line in re.findall(r"^COPY (?!--from)(.+)$", text, flags=re.MULTILINE):
+        *sources, _ = line.split()
+        for source in sources:
+            assert (ROOT / source).exists(), source
+    for module in re.findall(r"python -m ([\w.]+)", text):
+        assert (ROOT / (module.replace(".", "/") + ".py")).is_file() or (ROOT / module.replace(".", "/")).is_dir()
