@@ -240,6 +240,54 @@ def test_concurrent_claims_from_two_stores_never_share_a_chunk(backend):
         store.close()
 
 
+def test_replicas_starting_together_migrate_once(backend):
+    opened: list[SqliteJobStore] = []
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            opened.append(backend.open())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and len(opened) == 4
+    table = "schema_version" if backend.name == "sqlite" else "schema_migrations"
+    assert backend.query(f"SELECT version FROM {table}", ()) == [(1,)]
+    job = make_job(opened[0])
+    assert all(store.get_job("default", job.id) == job for store in opened)
+    for store in opened:
+        store.close()
+
+
+def test_concurrent_senders_never_lease_the_same_delivery(backend):
+    stores = [backend.open(), backend.open()]  # two replicas' delivery loops
+    hook = stores[0].create_webhook("default", "https://example.com/hook", "", "whsec_x", T0)
+    for _ in range(40):
+        stores[0].add_event(make_job(stores[0], n=1, webhook_id=hook.id), "batch.completed", "{}", T0)
+    leased: list[str] = []
+
+    def sender(store: SqliteJobStore, owner: str) -> None:
+        while due := store.due_deliveries(T0, 3, owner, 30):
+            leased.extend(d.id for d in due)
+            for delivery in due:
+                assert store.record_attempt(delivery.id, owner, 200, None, 1, T0, final_state="succeeded")
+
+    threads = [threading.Thread(target=sender, args=(stores[i % 2], f"s{i}")) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(leased) == 40 and len(set(leased)) == 40  # each delivery sent once, by one sender
+    assert backend.query("SELECT COUNT(*) FROM delivery_attempts", ()) == [(40,)]
+    for store in stores:
+        store.close()
+
+
 def test_reads_from_many_threads_run_beside_writes(store):
     job = make_job(store, n=400, chunk_size=2)
     seen: list[int] = []

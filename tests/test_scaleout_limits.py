@@ -118,3 +118,15 @@ def test_the_local_limiter_is_what_the_default_mode_uses():
     assert isinstance(open_rate_limiter(Settings()), LocalRateLimiter)
     with pytest.raises(ValueError, match="postgresql"):
         open_rate_limiter(Settings(store_url="mysql://x"))
+
+
+def test_an_unreachable_postgresql_is_a_clear_start_up_error_without_the_password() -> None:
+    import subprocess
+    import sys
+
+    from tests.serving import ROOT
+
+    command = [sys.executable, "-m", "service", "--store-url", "postgresql://root:sekrit@127.0.0.1:1/test"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "cannot connect to the PostgreSQL store" in done.stderr and "sekrit" not in done.stdout + done.stderr

@@ -241,11 +241,16 @@ class Database:
 
     def connection(self) -> Connection:
         conn = getattr(self._local, "conn", None)
-        if conn is None or conn.raw.closed:
+        if conn is None or conn.raw.closed or conn.raw.broken:  # broken: the server went away; connect again
             with self._lock:
                 if self._closed:
                     raise JobStoreError("the store is closed")
-                raw = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+                try:
+                    raw = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+                except psycopg.OperationalError as exc:
+                    # An OSError, so start-up reports it as a configuration error. psycopg's message names the
+                    # host, port and user, never the password.
+                    raise ConnectionError(f"cannot connect to the PostgreSQL store: {exc}") from exc
                 self._all.append(raw)
             conn = self._local.conn = Connection(raw)
         return conn
