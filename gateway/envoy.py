@@ -130,7 +130,9 @@ def parse_address(text: str, default_port: int = 50051) -> tuple[str, int]:
 def _retry_policy(retry_on: str) -> dict:
     return {
         "retry_on": retry_on,
-        "num_retries": 2,
+        # Enough tries, spaced by the back-off, to outlast the second or so before a dead replica is ejected (least
+        # request favours it meanwhile: it has no requests in flight).
+        "num_retries": 4,
         # Each retry goes to a replica that has not failed this request yet.
         "retry_host_predicate": [
             {
@@ -140,8 +142,8 @@ def _retry_policy(retry_on: str) -> dict:
                 },
             }
         ],
-        "host_selection_retry_max_attempts": 3,
-        "retry_back_off": {"base_interval": "0.05s", "max_interval": "0.5s"},
+        "host_selection_retry_max_attempts": 5,
+        "retry_back_off": {"base_interval": "0.05s", "max_interval": "1s"},
     }
 
 
@@ -153,10 +155,11 @@ def add_replicas(config: dict, upstreams: Sequence[tuple[str, int]], dns: bool =
     - active gRPC health checks (grpc.health.v1, every second): a replica that is loading models or draining
       (NOT_SERVING) or gone gets no new calls;
     - outlier detection: a replica whose connections fail or that answers 5xx is ejected at once, for 10 s and more;
-    - retries (2, each to another replica) of idempotent calls on reset, connect failure, refused stream and gRPC
-      UNAVAILABLE, so the calls in flight on a replica that dies are answered by another; other calls only when they
-      never reached a replica. A retry budget keeps retries from amplifying an overload: at most half as many
-      retries in flight as requests (at least 10), enough to replay everything a dead replica of two had in flight.
+    - retries (4, each to another replica, with back-off) of idempotent calls on reset, connect failure, refused
+      stream and gRPC UNAVAILABLE, so the calls in flight on a replica that dies are answered by another; other
+      calls only when they never reached a replica. A retry budget keeps retries from amplifying an overload: at
+      most half as many retries in flight as requests (at least 10), enough to replay what a dead replica of two
+      had in flight.
     """
     cluster = config["static_resources"]["clusters"][0]
     cluster["type"] = "STRICT_DNS" if dns else "STATIC"

@@ -66,12 +66,20 @@ class Cluster:
     def restart(self, i: int) -> None:
         self.replicas[i].stop()
         self.replicas[i] = self._replica(self.ports[i]).start(timeout=120)
+        wait_for(self.all_healthy_in_envoy, timeout=60)  # health-checked and no longer ejected
+
+    def all_healthy_in_envoy(self) -> bool:
+        flags = [line for line in self._clusters() if "::health_flags::" in line]
+        return len(flags) == len(self.ports) and all(line.endswith("::healthy") for line in flags)
+
+    def _clusters(self) -> list[str]:
+        url = f"http://127.0.0.1:{self.envoy.admin_port}/clusters"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.read().decode().splitlines()
 
     def host_requests(self) -> dict[int, int]:
         """Requests Envoy sent to each replica (its admin /clusters)."""
-        url = f"http://127.0.0.1:{self.envoy.admin_port}/clusters"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            lines = response.read().decode().splitlines()
+        lines = self._clusters()
         counts = {}
         for port in self.ports:
             [line] = [line for line in lines if line.startswith(f"embeddings_grpc::127.0.0.1:{port}::rq_total::")]
@@ -257,6 +265,7 @@ def test_sigkill_of_a_replica_under_concurrent_load_fails_no_request(cluster: Cl
                 failures.append(exc)
             i += 7
 
+    wait_for(cluster.all_healthy_in_envoy, timeout=60)
     threads = [threading.Thread(target=client_loop, args=(n,)) for n in range(6)]
     for thread in threads:
         thread.start()
