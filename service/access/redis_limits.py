@@ -29,6 +29,9 @@ FAILURE_MODES = ("open", "closed")
 WARN_EVERY_S = 10.0
 CLOSED_RETRY_S = 1.0
 SOCKET_TIMEOUT_S = 0.5
+# After a failure, Redis is not tried again for this long: calls are checked on the event loop, and waiting out a
+# connect timeout on every call would stall the server.
+RETRY_AFTER_FAILURE_S = 2.0
 
 # KEYS: buckets. ARGV: mode ("acquire" | "background" | "state"), amount, reserve, epsilon, then one capacity per key.
 # acquire -> {0} charged | {1, i, used, wait} refused by bucket i (1-based) | {2, i, used} too large for bucket i.
@@ -120,6 +123,7 @@ class RedisRateLimiter:
         )
         self._script = self._client.register_script(_SCRIPT)
         self._warned_at = -math.inf
+        self._down_until = -math.inf
 
     def _buckets(self, quotas: Sequence[Quota], kind: Kind) -> list[tuple[Quota, str, int]]:
         return [
@@ -129,10 +133,13 @@ class RedisRateLimiter:
         ]
 
     def _run(self, buckets: list[tuple[Quota, str, int]], *args: object) -> list | None:
-        """The script's answer, or None when Redis failed (after logging per the failure mode)."""
+        """The script's answer, or None when Redis failed or failed recently (after logging per the failure mode)."""
+        if time.monotonic() < self._down_until:
+            return None
         try:
             return self._script(keys=[key for _, key, _ in buckets], args=[*args, *(cap for _, _, cap in buckets)])
         except redis.RedisError as exc:
+            self._down_until = time.monotonic() + RETRY_AFTER_FAILURE_S
             if time.monotonic() - self._warned_at >= WARN_EVERY_S:
                 self._warned_at = time.monotonic()
                 verdict = "allowing calls unchecked" if self.on_failure == "open" else "refusing calls"
