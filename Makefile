@@ -7,7 +7,7 @@ MODEL_REPO ?= models
 NPM_TOOLS := build/npm/.installed
 BUF    := build/npm/node_modules/.bin/buf
 
-.PHONY: all setup proto models run run-grpc cluster test lint bench clean
+.PHONY: all setup proto models run run-grpc cluster test lint bench bench-quick bench-throughput clean
 
 all: setup proto models
 
@@ -61,7 +61,16 @@ lint: proto $(NPM_TOOLS)
 test: setup lint models
 	EMBED_MODEL_REPO=$(abspath $(MODEL_REPO)) $(PY) -m pytest -q
 
+# The benchmark suite (~20 min): in-process limit, sentence-transformers, gRPC and REST load grid, int8, long texts,
+# memory soak. Writes bench/results/suite.{md,png,json}. Not part of `make test`.
 bench: proto models
+	$(PY) -m bench.suite --model-repo $(MODEL_REPO) $(ARGS)
+
+bench-quick: proto models
+	$(PY) -m bench.suite --quick --model-repo $(MODEL_REPO) --out build/bench-quick $(ARGS)
+
+# Only 32-sentence requests over gRPC and REST against the in-process limit (bench/results/throughput.md).
+bench-throughput: proto models
 	$(PY) -m bench.throughput --model-repo $(MODEL_REPO)
 
 clean:
