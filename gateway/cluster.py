@@ -18,8 +18,17 @@ import subprocess
 import sys
 import time
 
-from gateway.envoy import ROOT, GatewayPorts, envoy_command, validate, write_rendered
-from gateway.run import POLL_S, _stop, open_refusal
+from gateway.envoy import ROOT, GatewayPorts
+from gateway.run import (
+    POLL_S,
+    StopSignals,
+    _stop,
+    add_envoy_flags,
+    checked_config,
+    open_refusal,
+    start_envoy,
+    upstream_host,
+)
 from service.config import load_settings
 from service.stores import shared
 
@@ -28,11 +37,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="python -m gateway.cluster", description=__doc__.splitlines()[0])
     parser.add_argument("--replicas", type=int, default=2, help="gRPC server processes (default 2)")
     parser.add_argument("--grpc-port-base", type=int, default=50060, help="replica i listens on base + i")
-    parser.add_argument("--http-host", default="127.0.0.1", help="where Envoy listens (default 127.0.0.1)")
-    parser.add_argument("--http-port", type=int, default=8080)
-    parser.add_argument("--admin-port", type=int, default=9901, help="Envoy admin on 127.0.0.1; 0 turns it off")
-    parser.add_argument("--envoy-concurrency", type=int, default=1, help="Envoy worker threads")
-    parser.add_argument("--envoy-log-level", default="warning")
+    add_envoy_flags(parser)
     return parser.parse_known_args(argv)
 
 
@@ -62,28 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     if refusal is not None:
         print(f"cluster: {refusal}", file=sys.stderr)
         return 2
-    upstream_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "[::]") else settings.host
     ports = [args.grpc_port_base + i for i in range(1, args.replicas + 1)]
-    gateway = GatewayPorts(args.http_port, ports[0], args.admin_port, args.http_host, upstream_host)
-    config = write_rendered(
-        gateway,
-        ROOT / "build" / f"envoy-cluster-{args.http_port}.yaml",
-        settings.otlp_endpoint,
-        upstreams=[(upstream_host, port) for port in ports],
-    )
-    checked = validate(config)
-    if checked.returncode != 0:
-        print(f"invalid Envoy configuration:\n{checked.stdout}{checked.stderr}", file=sys.stderr)
+    host = upstream_host(settings)
+    gateway = GatewayPorts(args.http_port, ports[0], args.admin_port, args.http_host, host)
+    upstreams = [(host, port) for port in ports]
+    config = checked_config(gateway, f"envoy-cluster-{args.http_port}.yaml", settings, upstreams)
+    if config is None:
         return 2
-
-    stopping = False
-
-    def request_stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    stop = StopSignals()
     # The last --port wins: each replica gets its own.
     replicas = [
         subprocess.Popen(
@@ -91,16 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         for port in ports
     ]
-    envoy = subprocess.Popen(
-        envoy_command(config, args.envoy_concurrency, args.envoy_log_level), cwd=ROOT, start_new_session=True
-    )
+    envoy = start_envoy(config, args)
     print(
         f"cluster: REST on http://{args.http_host}:{args.http_port}/v1 -> {args.replicas} replicas on gRPC ports "
         f"{', '.join(map(str, ports))}",
         file=sys.stderr,
     )
     reported: set[int] = set()
-    while not stopping and envoy.poll() is None:
+    while not stop.requested and envoy.poll() is None:
         for port, replica in zip(ports, replicas, strict=True):
             if replica.poll() is not None and port not in reported:
                 reported.add(port)
@@ -114,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             replica.send_signal(signal.SIGTERM)
     codes = [_reap(replica, settings.shutdown_grace_s + 10) for replica in replicas]
     _stop(envoy, 10)
-    if stopping:
+    if stop.requested:
         if any(codes):
             print(f"cluster: replicas exited with {codes}", file=sys.stderr)
         return 0 if not any(codes) else 1

@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from pathlib import Path
 
 from gateway.envoy import ROOT, GatewayPorts, envoy_command, validate, write_rendered
 from service.access.control import open_mode_refusal
@@ -21,14 +23,58 @@ from service.stores import open_access_store
 POLL_S = 0.2
 
 
-def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(prog="python -m gateway.run", description=__doc__.splitlines()[0])
+def add_envoy_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of the Envoy a supervisor starts (gateway.run, gateway.cluster)."""
     parser.add_argument("--http-host", default="127.0.0.1", help="where REST listens (default 127.0.0.1)")
     parser.add_argument("--http-port", type=int, default=8080)
     parser.add_argument("--admin-port", type=int, default=9901, help="Envoy admin on 127.0.0.1; 0 turns it off")
     parser.add_argument("--envoy-concurrency", type=int, default=1, help="Envoy worker threads")
     parser.add_argument("--envoy-log-level", default="warning")
+
+
+def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(prog="python -m gateway.run", description=__doc__.splitlines()[0])
+    add_envoy_flags(parser)
     return parser.parse_known_args(argv)
+
+
+def upstream_host(settings: Settings) -> str:
+    """Where Envoy reaches a server bound to `settings.host` (a wildcard address is reached on loopback)."""
+    return "127.0.0.1" if settings.host in ("0.0.0.0", "::", "[::]") else settings.host
+
+
+def checked_config(
+    ports: GatewayPorts, name: str, settings: Settings, upstreams: Sequence[tuple[str, int]] = ()
+) -> Path | None:
+    """envoy.yaml rendered into build/<name> and validated by Envoy itself; None (the reason printed) if invalid.
+
+    The server's otlp_endpoint turns tracing on in Envoy too: one trace from the HTTP request to inference.
+    """
+    config = write_rendered(ports, ROOT / "build" / name, settings.otlp_endpoint, upstreams=upstreams)
+    checked = validate(config)
+    if checked.returncode != 0:
+        print(f"invalid Envoy configuration:\n{checked.stdout}{checked.stderr}", file=sys.stderr)
+        return None
+    return config
+
+
+def start_envoy(config: Path, args: argparse.Namespace) -> subprocess.Popen:
+    # Own sessions: a terminal's Ctrl-C reaches only the supervisor, which stops its children in order.
+    return subprocess.Popen(
+        envoy_command(config, args.envoy_concurrency, args.envoy_log_level), cwd=ROOT, start_new_session=True
+    )
+
+
+class StopSignals:
+    """SIGINT and SIGTERM set `requested` instead of interrupting: the supervisor's loop stops its children."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGINT, self._request)
+        signal.signal(signal.SIGTERM, self._request)
+
+    def _request(self, signum: int, frame: object) -> None:
+        self.requested = True
 
 
 def open_refusal(http_host: str, settings: Settings) -> str | None:
@@ -59,33 +105,18 @@ def main(argv: list[str] | None = None) -> int:
     if refusal is not None:
         print(f"gateway: {refusal}", file=sys.stderr)
         return 2
-    upstream_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "[::]") else settings.host
-    ports = GatewayPorts(args.http_port, settings.port, args.admin_port, args.http_host, upstream_host)
-    # The server's otlp_endpoint turns tracing on in Envoy too: one trace from the HTTP request to inference.
-    config = write_rendered(ports, ROOT / "build" / f"envoy-{args.http_port}.yaml", settings.otlp_endpoint)
-    checked = validate(config)
-    if checked.returncode != 0:
-        print(f"invalid Envoy configuration:\n{checked.stdout}{checked.stderr}", file=sys.stderr)
+    ports = GatewayPorts(args.http_port, settings.port, args.admin_port, args.http_host, upstream_host(settings))
+    config = checked_config(ports, f"envoy-{args.http_port}.yaml", settings)
+    if config is None:
         return 2
-
-    stopping = False
-
-    def request_stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    # Own sessions: a terminal's Ctrl-C reaches only this supervisor, which stops the children in order.
+    stop = StopSignals()
     server = subprocess.Popen([sys.executable, "-m", "service", *server_args], cwd=ROOT, start_new_session=True)
-    envoy = subprocess.Popen(
-        envoy_command(config, args.envoy_concurrency, args.envoy_log_level), cwd=ROOT, start_new_session=True
-    )
+    envoy = start_envoy(config, args)
     print(f"gateway: REST on http://{args.http_host}:{args.http_port}/v1 -> gRPC {settings.address}", file=sys.stderr)
-    while not stopping and server.poll() is None and envoy.poll() is None:
+    while not stop.requested and server.poll() is None and envoy.poll() is None:
         time.sleep(POLL_S)
 
-    if stopping:
+    if stop.requested:
         server_code = _stop(server, settings.shutdown_grace_s + 10)
         _stop(envoy, 10)
         return 0 if server_code == 0 else server_code or 1
