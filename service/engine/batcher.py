@@ -283,7 +283,7 @@ class Batcher:
             self.on_batch(len(batch), padded, seconds)
 
     @staticmethod
-    def _deliver(batch: list[_Item], pooled: np.ndarray, started: float = 0.0, finished: float = 0.0) -> None:
+    def _deliver(batch: list[_Item], pooled: np.ndarray, started: float, finished: float) -> None:
         for row, item in enumerate(batch):
             call = item.call
             if call.future.done():
