@@ -25,6 +25,9 @@ class Settings:
     # Extra aliases, "alias=model-id" (e.g. "text-embedding-3-small=all-minilm-l6-v2").
     aliases: tuple[str, ...] = ()
     max_inputs_per_request: int = 2048
+    # Inputs over a model's limit are cut to it (as sentence-transformers does) unless a call says truncate=false;
+    # a model's manifest may override it. False: they are refused with context_length_exceeded.
+    auto_truncate: bool = True
     # Padded tokens (longest input x inputs) in one inference batch, and inputs in one batch.
     max_batch_tokens: int = 2048
     max_batch_size: int = 128

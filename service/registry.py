@@ -153,6 +153,7 @@ class ModelRegistry:
                     batcher,
                     self._tokenize,
                     self._settings.max_inputs_per_request,
+                    auto_truncate=_auto_truncate(loaded.manifest, self._settings),
                 )
             )
         self._names, self._folded = _name_index(models, self._settings.alias_map())
@@ -179,6 +180,10 @@ class ModelRegistry:
             await model.batcher.close()
         self._inference.shutdown(wait=True, cancel_futures=True)
         self._tokenize.shutdown(wait=True, cancel_futures=True)
+
+
+def _auto_truncate(manifest: ModelManifest, settings: Settings) -> bool:
+    return settings.auto_truncate if manifest.auto_truncate is None else manifest.auto_truncate
 
 
 def _name_index(

@@ -84,7 +84,7 @@ def embed_options(options: dict[str, Any]) -> EmbedOptions:
     return EmbedOptions(
         dimensions=options.get("dimensions"),
         normalize=options.get("normalize"),
-        truncate=bool(options.get("truncate", False)),
+        truncate=options.get("truncate"),
         input_type=options.get("input_type", ""),
     )
 
@@ -183,7 +183,9 @@ class JobWorkers:
             now_s(),
         )
         self._meter(chunk, result.model, result.prompt_tokens)
-        self._metrics.record_chunk(result.model, chunk.tenant, chunk.count, result.prompt_tokens)
+        self._metrics.record_chunk(
+            result.model, chunk.tenant, chunk.count, result.prompt_tokens, result.truncated_inputs
+        )
         self.notify()
 
     def _admission(self, chunk: Chunk) -> Callable[[int], Awaitable[None]] | None:
