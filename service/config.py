@@ -74,6 +74,8 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_key_prefix: str = "embeddings:rl:"
     rate_limit_redis_failure: str = "open"
+    # How long one call may wait for Redis before rate_limit_redis_failure applies (it never delays other calls).
+    rate_limit_redis_timeout_s: float = 0.25
     # Seconds in-flight calls get to finish on SIGTERM/SIGINT.
     shutdown_grace_s: float = 30.0
     log_level: str = "INFO"
