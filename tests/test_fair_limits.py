@@ -5,13 +5,12 @@ connections but never answers stalls only the calls waiting on it, never the ser
 
 from __future__ import annotations
 
-import json
+import contextlib
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import grpc
 import pytest
@@ -140,10 +139,8 @@ class BlackHole:
         self._closed = True
         self._listener.close()
         for conn in self.connections:
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)  # wakes the reader and tells the client: the peer is gone
-            except OSError:
-                pass
             conn.close()
 
 

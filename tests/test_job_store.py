@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from service.jobs.store import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from service.jobs.store import (
     Chunk,
     InvalidCursor,
@@ -34,7 +35,6 @@ from service.jobs.store import (
     ResultsRemoved,
     SqliteJobStore,
 )
-from service.jobs.store import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from tests.shared_stores import temp_schema
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
