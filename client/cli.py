@@ -140,8 +140,8 @@ def resume_hint(job_id: str, output: str | None) -> str:
 
 def embed_async(conn: Connection, texts: Sequence[str], args: argparse.Namespace) -> int:
     job = submit_job(conn, texts, args)
-    print(f"{len(texts)} inputs: submitted async job {job.id}", file=sys.stderr)
-    try:
+    try:  # from here on, an interrupt says how to pick the job up
+        print(f"{len(texts)} inputs: submitted async job {job.id}", file=sys.stderr)
         job = follow_job(conn, job.id, args.poll_interval)
         if job.status != "completed":
             print(f"job {job.id} {job.status}: {job.error.message or 'no results'}", file=sys.stderr)

@@ -51,6 +51,8 @@ class Settings:
     max_inputs_per_job: int = 1_000_000
     job_chunk_size: int = 256
     job_lease_s: int = 60
+    # Share of inference time async jobs keep while interactive calls also wait (they come first otherwise).
+    job_min_share: float = 0.2
     results_retention_s: int = 7 * 24 * 3600
     results_expiry_sweep_s: float = 60.0
     # Webhook retry schedule (durations with unit s, m or h), per-attempt timeout, and whether endpoints may be

@@ -89,6 +89,8 @@ class ModelRegistry:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        if not 0 <= settings.job_min_share < 1:
+            raise ValueError(f"job_min_share must be in [0, 1), got {settings.job_min_share}")
         providers = tuple(choose_providers(settings.providers))
         self._workers, intra_op_threads, solo_threads = plan_parallelism(
             providers, settings.inference_workers, settings.intra_op_threads
@@ -109,6 +111,7 @@ class ModelRegistry:
             max_padding_ratio=settings.max_padding_ratio,
             padding_slack_tokens=settings.padding_slack_tokens,
             concurrent_batches=self._workers,
+            background_min_share=settings.job_min_share,
         )
         self._loaded: list[_Loaded] = []
         self._models: list[ServedModel] = []
