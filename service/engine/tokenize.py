@@ -71,11 +71,15 @@ class TextTokenizer:
         or as the tokens of their first `max_chars` characters, `partial`) for the caller to refuse."""
         inputs: list[TokenizedInput | None] = [None] * len(texts)
         short = [i for i, text in enumerate(texts) if len(text) <= self.max_chars]
+        over: list[int] = []
         for i, encoding in zip(short, self._tokenizer.encode_batch([texts[i] for i in short]), strict=True):
-            count = len(encoding.ids)
-            inputs[i] = (
-                self._cut(texts[i], count) if truncate and count > self.max_tokens else _to_input(encoding, count)
-            )
+            inputs[i] = _to_input(encoding, len(encoding.ids))
+            if truncate and len(encoding.ids) > self.max_tokens:
+                over.append(i)
+        if over:  # cut as the reference cuts: the content tokens truncated, then the special tokens added
+            contents = self._tokenizer.encode_batch([texts[i] for i in over], add_special_tokens=False)
+            for i, content in zip(over, contents, strict=True):
+                inputs[i] = _to_input(self._truncated(content), inputs[i].original_length)  # type: ignore[union-attr]
         for i, text in enumerate(texts):
             if inputs[i] is None:
                 inputs[i] = self._encode_long(text, truncate)
@@ -88,11 +92,6 @@ class TextTokenizer:
         return [
             TokenizedInput(empty, empty, item.original_length, item.partial, item.chars) for item in self.encode(texts)
         ]
-
-    def _cut(self, text: str, original_length: int) -> TokenizedInput:
-        """An input of at most `max_chars` characters over the limit, truncated as the reference truncates."""
-        content = self._tokenizer.encode(text, add_special_tokens=False)
-        return _to_input(self._truncated(content), original_length)
 
     def _truncated(self, content: Encoding) -> Encoding:
         """The first `max_tokens` tokens of an input, special tokens included: HF truncation of one sequence."""
