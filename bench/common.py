@@ -202,13 +202,7 @@ class InProcessBaseline:
     def tokenize(self, sentences: Sequence[str]) -> list[TokenizedInput]:
         """Token ids as the server computes them for a request with `truncate` set: over-long inputs are cut to
         the model's limit (inputs within it, all of STS-B, are untouched)."""
-        tokens = self.tokenizer.encode(sentences)
-        over = [i for i, item in enumerate(tokens) if item.length > self.tokenizer.max_tokens]
-        if over:
-            cut = self.tokenizer.truncate([sentences[i] for i in over], [tokens[i].original_length for i in over])
-            for i, item in zip(over, cut, strict=True):
-                tokens[i] = item
-        return tokens
+        return self.tokenizer.encode(sentences, truncate=True)
 
     def token_counts(self, sentences: Sequence[str]) -> list[int]:
         """Tokens the model processes per input (special tokens included, after truncation)."""

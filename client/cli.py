@@ -67,7 +67,7 @@ def embed_sync(conn: Connection, texts: Sequence[str], args: argparse.Namespace)
                 request = embeddings_pb2.EmbedRequest(
                     model=args.model,
                     inputs=texts[start : start + args.batch_size],
-                    truncate=args.truncate,
+                    truncate=args.truncate,  # None (unset): the server's auto_truncate
                     encoding_format=embeddings_pb2.ENCODING_FORMAT_BYTES,
                 )
                 response = conn.embeddings.Embed(request, metadata=conn.metadata, timeout=conn.timeout)
@@ -87,8 +87,8 @@ def submit_job(conn: Connection, texts: Sequence[str], args: argparse.Namespace)
         encoding_format="base64",
         metadata={"source": Path(args.file).name},
     )
-    if args.truncate:
-        request.truncate = True
+    if args.truncate is not None:
+        request.truncate = args.truncate
     return conn.jobs.AsyncEmbed(request, metadata=conn.metadata, timeout=max(conn.timeout, 600))
 
 
@@ -140,8 +140,8 @@ def resume_hint(job_id: str, output: str | None) -> str:
 
 def embed_async(conn: Connection, texts: Sequence[str], args: argparse.Namespace) -> int:
     job = submit_job(conn, texts, args)
-    print(f"{len(texts)} inputs: submitted async job {job.id}", file=sys.stderr)
-    try:
+    try:  # from here on, an interrupt says how to pick the job up
+        print(f"{len(texts)} inputs: submitted async job {job.id}", file=sys.stderr)
         job = follow_job(conn, job.id, args.poll_interval)
         if job.status != "completed":
             print(f"job {job.id} {job.status}: {job.error.message or 'no results'}", file=sys.stderr)
@@ -239,7 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--output", "-o", required=True, help="out.npy or out.jsonl")
     embed.add_argument("--batch-size", type=int, default=64, help="inputs per call (synchronous mode)")
     embed.add_argument("--async-threshold", type=int, default=10_000, help="more inputs than this: an async job")
-    embed.add_argument("--truncate", action="store_true", help="cut over-long inputs instead of failing")
+    embed.add_argument(
+        "--truncate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="cut over-long inputs (--truncate) or fail on them (--no-truncate); default: the server's auto_truncate",
+    )
     embed.add_argument("--poll-interval", type=float, default=0.5, help="seconds between job progress checks")
     embed.add_argument("--page-size", type=int, default=1000, help="vectors per results page")
     embed.set_defaults(run=cmd_embed)

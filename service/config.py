@@ -25,6 +25,9 @@ class Settings:
     # Extra aliases, "alias=model-id" (e.g. "text-embedding-3-small=all-minilm-l6-v2").
     aliases: tuple[str, ...] = ()
     max_inputs_per_request: int = 2048
+    # Inputs over a model's limit are cut to it (as sentence-transformers does) unless a call says truncate=false;
+    # a model's manifest may override it. False: they are refused with context_length_exceeded.
+    auto_truncate: bool = True
     # Padded tokens (longest input x inputs) in one inference batch, and inputs in one batch.
     max_batch_tokens: int = 2048
     max_batch_size: int = 128
@@ -48,6 +51,8 @@ class Settings:
     max_inputs_per_job: int = 1_000_000
     job_chunk_size: int = 256
     job_lease_s: int = 60
+    # Share of inference time async jobs keep while interactive calls also wait (they come first otherwise).
+    job_min_share: float = 0.2
     results_retention_s: int = 7 * 24 * 3600
     results_expiry_sweep_s: float = 60.0
     # Webhook retry schedule (durations with unit s, m or h), per-attempt timeout, and whether endpoints may be
@@ -71,6 +76,8 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_key_prefix: str = "embeddings:rl:"
     rate_limit_redis_failure: str = "open"
+    # How long one call may wait for Redis before rate_limit_redis_failure applies (it never delays other calls).
+    rate_limit_redis_timeout_s: float = 0.25
     # Seconds in-flight calls get to finish on SIGTERM/SIGINT.
     shutdown_grace_s: float = 30.0
     log_level: str = "INFO"

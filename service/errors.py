@@ -68,14 +68,33 @@ def invalid_input(message: str, field: str | None = None, reason: str = "invalid
     return ApiError(grpc.StatusCode.INVALID_ARGUMENT, message, reason, field=field)
 
 
-def context_length_exceeded(index: int, tokens: int, limit: int, model: str) -> ApiError:
+def too_many_inputs(count: int, cap: int) -> ApiError:
+    return invalid_input(
+        f"Too many inputs: {count} in one request, the limit is {cap}. Split the request, or use an async job.",
+        field="inputs",
+        reason="too_many_inputs",
+    )
+
+
+def context_length_exceeded(
+    index: int, tokens: int, limit: int, model: str, at_least: bool = False, chars: int = 0, max_chars: int = 0
+) -> ApiError:
+    """An input over the model's limit. `at_least`: only a prefix of it was read, so `tokens` is a lower bound; when
+    even that is within the limit, the input is over the limit by its length in characters (`chars`)."""
+    if at_least and tokens <= limit:
+        found = f"has {chars} characters, more than the {max_chars} this model reads"
+    else:
+        found = f"has {'at least ' if at_least else ''}{tokens} tokens"
+    metadata = {"index": str(index), "tokens": str(tokens), "limit": str(limit), "model": model}
+    if at_least:
+        metadata.update(tokens_at_least="true", characters=str(chars))
     return ApiError(
         grpc.StatusCode.INVALID_ARGUMENT,
         f"Input {index} is too long: this model's maximum context length is {limit} tokens, however input {index} "
-        f"has {tokens} tokens. Shorten it, or set truncate to cut inputs to the limit.",
+        f"{found}. Shorten it, or set truncate to true to cut inputs to the limit.",
         "context_length_exceeded",
         field=f"inputs[{index}]",
-        metadata={"index": str(index), "tokens": str(tokens), "limit": str(limit), "model": model},
+        metadata=metadata,
     )
 
 

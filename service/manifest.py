@@ -43,6 +43,8 @@ class ModelManifest:
     created: int = 0
     # Where the weights came from and how they were built (source package, quantization, scores).
     provenance: dict[str, Any] = field(default_factory=dict)
+    # Cut inputs over max_input_tokens when a call does not say `truncate`; None: the server's `auto_truncate`.
+    auto_truncate: bool | None = None
 
     def __post_init__(self) -> None:
         if not self.id or "\n" in self.id:
@@ -51,6 +53,8 @@ class ModelManifest:
             raise ManifestError(f"manifest {self.id}: pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
         if self.dimensions < 1 or self.max_input_tokens < 2:
             raise ManifestError(f"manifest {self.id}: dimensions and max_input_tokens must be positive")
+        if self.auto_truncate is not None and not isinstance(self.auto_truncate, bool):
+            raise ManifestError(f"manifest {self.id}: auto_truncate must be true, false or absent")
         bad = [d for d in self.shortened_dimensions if not 1 <= d <= self.dimensions]
         if bad:
             raise ManifestError(f"manifest {self.id}: shortened_dimensions {bad} outside 1..{self.dimensions}")
@@ -67,6 +71,8 @@ class ModelManifest:
         data = asdict(self)
         data["aliases"] = list(self.aliases)
         data["shortened_dimensions"] = list(self.shortened_dimensions)
+        if self.auto_truncate is None:
+            del data["auto_truncate"]  # the server's setting applies
         return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
     @classmethod

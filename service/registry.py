@@ -89,6 +89,8 @@ class ModelRegistry:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        if not 0 <= settings.job_min_share < 1:
+            raise ValueError(f"job_min_share must be in [0, 1), got {settings.job_min_share}")
         providers = tuple(choose_providers(settings.providers))
         self._workers, intra_op_threads, solo_threads = plan_parallelism(
             providers, settings.inference_workers, settings.intra_op_threads
@@ -109,6 +111,7 @@ class ModelRegistry:
             max_padding_ratio=settings.max_padding_ratio,
             padding_slack_tokens=settings.padding_slack_tokens,
             concurrent_batches=self._workers,
+            background_min_share=settings.job_min_share,
         )
         self._loaded: list[_Loaded] = []
         self._models: list[ServedModel] = []
@@ -153,6 +156,7 @@ class ModelRegistry:
                     batcher,
                     self._tokenize,
                     self._settings.max_inputs_per_request,
+                    auto_truncate=_auto_truncate(loaded.manifest, self._settings),
                 )
             )
         self._names, self._folded = _name_index(models, self._settings.alias_map())
@@ -179,6 +183,10 @@ class ModelRegistry:
             await model.batcher.close()
         self._inference.shutdown(wait=True, cancel_futures=True)
         self._tokenize.shutdown(wait=True, cancel_futures=True)
+
+
+def _auto_truncate(manifest: ModelManifest, settings: Settings) -> bool:
+    return settings.auto_truncate if manifest.auto_truncate is None else manifest.auto_truncate
 
 
 def _name_index(

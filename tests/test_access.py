@@ -215,7 +215,8 @@ def test_every_rest_answer_carries_rate_limit_headers(stack):
     ):
         assert status in (200, 400)
         assert headers["x-ratelimit-limit-requests"] == "3000" and headers["x-ratelimit-limit-tokens"] == "1000000"
-        assert 0 <= int(headers["x-ratelimit-remaining-requests"]) < 3000
+        # 3000 a minute refill one every 20 ms; a refused call (the 400) takes none.
+        assert 0 <= int(headers["x-ratelimit-remaining-requests"]) <= 3000
         assert 0 < int(headers["x-ratelimit-remaining-tokens"]) <= 1000000
         assert DURATION.match(headers["x-ratelimit-reset-requests"]), headers
         assert DURATION.match(headers["x-ratelimit-reset-tokens"]), headers

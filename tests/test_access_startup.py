@@ -7,7 +7,7 @@ import sqlite3
 import subprocess
 import sys
 
-from service.access.limits import LocalRateLimiter, Quota, format_duration
+from service.access.limits import format_duration
 from service.access.store import SqliteAccessStore
 from tests.serving import ROOT, ServerProcess, free_port, http
 
@@ -52,26 +52,6 @@ def test_keys_are_stored_hashed(tmp_path):
     with sqlite3.connect(tmp_path / "jobs.sqlite3") as conn:
         dump = "\n".join(conn.iterdump())
     assert record.id in dump and secret not in dump and token not in dump
-
-
-def test_a_refused_call_costs_nothing_and_jobs_leave_a_reserve():
-    limiter, quota = LocalRateLimiter(), Quota("key", "k", rpm=0, tpm=60)  # 1 token per second
-    assert limiter.acquire([quota], "tokens", 50, now=0.0) is None
-    refusal = limiter.acquire([quota], "tokens", 20, now=0.0)
-    assert (
-        refusal is not None and refusal.retry_after_s == 10.0 and "Limit 60, Used 50, Requested 20" in refusal.message
-    )
-    assert limiter.acquire([quota], "tokens", 10, now=0.0) is None  # the refused 20 were not taken
-    assert limiter.acquire([quota], "tokens", 61, now=0.0).too_large
-    assert limiter.acquire([quota], "requests", 1000, now=0.0) is None  # rpm 0: unlimited
-
-    jobs = LocalRateLimiter()
-    # A chunk runs only while half the bucket stays for interactive calls: 30 of 60 tokens, then it waits.
-    assert jobs.acquire_background([quota], 30, reserve=0.5, now=0.0) == 0.0
-    assert jobs.acquire_background([quota], 10, reserve=0.5, now=0.0) == 10.0
-    assert jobs.acquire([quota], "tokens", 30, now=0.0) is None  # interactive calls still find room
-    # A chunk larger than the room above the reserve waits for that room, then runs: never refused for good.
-    assert jobs.acquire_background([quota], 100, reserve=0.5, now=60.0) == 0.0
 
 
 def test_reset_durations_use_openais_format():

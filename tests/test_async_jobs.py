@@ -171,7 +171,7 @@ def test_validation_happens_before_acceptance(stack):
     cases = [
         ({"model": "nope", "input": ["x"]}, 404, "model_not_found"),
         ({"model": FP32, "input": ["ok", ""]}, 400, "invalid_input"),
-        ({"model": FP32, "input": ["word " * 300]}, 400, "context_length_exceeded"),
+        ({"model": FP32, "input": ["word " * 300], "truncate": False}, 400, "context_length_exceeded"),
         ({"model": FP32, "input": ["x"], "dimensions": 7}, 400, "dimensions_not_supported"),
         ({"model": FP32, "input": ["x"], "metadata": {"webhook_id": "wh_missing"}}, 400, "invalid_input"),
     ]

@@ -279,3 +279,47 @@ async def test_background_work_leaves_a_slot_for_interactive_calls():
         await batcher.close()
     assert backend.peak_background == 1
     assert all(len(b) <= 4 for b in backend.batches)
+
+
+class TimedBackend(RecordingBackend):
+    """Takes a fixed time per input, so batch run times (what the share is measured in) follow batch sizes."""
+
+    def embed(self, batch, solo=False):
+        time.sleep(0.002 * len(batch))
+        return super().embed(batch, solo)
+
+
+async def test_a_job_keeps_its_share_under_sustained_interactive_load(executor):
+    """Interactive inputs always waiting (one-input batches, 400 of them): the job's 4 batches still run early,
+    on the credit of its guaranteed share (0.2: about one background batch per 4 interactive ones' time)."""
+    backend = TimedBackend()
+    batcher = make(backend, executor, max_batch_size=1, background_batch_size=2, background_min_share=0.2)
+    backend.gate.clear()
+    held = asyncio.ensure_future(batcher.embed([tokens(3, 0)]))
+    while not backend.batches and batcher.queued_inputs:  # the first batch holds the only slot
+        await asyncio.sleep(0.001)
+    calls = [asyncio.ensure_future(batcher.embed([tokens(3, 1 + i % 50)])) for i in range(400)]
+    job = asyncio.ensure_future(batcher.embed([tokens(3, 100 + i) for i in range(8)], background=True))
+    await asyncio.sleep(0)
+    backend.gate.set()
+    await asyncio.wait([job, *calls], return_when=asyncio.FIRST_COMPLETED)
+    await job
+    assert sum(not c.done() for c in calls) > 100  # done while interactive inputs still waited
+    assert batcher.stats.background_turns >= 3
+    await asyncio.gather(held, *calls)
+    await batcher.close()
+
+
+async def test_without_a_share_a_job_waits_for_interactive_inputs(executor):
+    backend = TimedBackend()
+    batcher = make(backend, executor, max_batch_size=1, background_batch_size=2, background_min_share=0.0)
+    backend.gate.clear()
+    held = asyncio.ensure_future(batcher.embed([tokens(3, 0)]))
+    calls = [asyncio.ensure_future(batcher.embed([tokens(3, 1)])) for _ in range(40)]
+    job = asyncio.ensure_future(batcher.embed([tokens(3, 100 + i) for i in range(4)], background=True))
+    await asyncio.sleep(0)
+    backend.gate.set()
+    await job
+    assert all(c.done() for c in calls) and batcher.stats.background_turns == 0
+    await asyncio.gather(held, *calls)
+    await batcher.close()

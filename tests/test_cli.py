@@ -4,6 +4,7 @@ synchronously, a large one through an async job, JSONL and .npy, models and jobs
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -17,6 +18,8 @@ import pytest
 from embeddings.v1 import embeddings_pb2 as pb
 from embeddings.v1 import jobs_pb2, jobs_pb2_grpc
 from google.protobuf import struct_pb2
+
+from tests.serving import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 FP32 = "all-minilm-l6-v2"
@@ -115,16 +118,33 @@ def test_models_and_jobs_commands(server, jobs_stub):
     assert done.returncode == 1 and "NOT_FOUND" in done.stderr
 
 
-def test_ctrl_c_mid_job_leaves_the_job_running(server, jobs_stub, tmp_path):
+@pytest.fixture(scope="module")
+def held_jobs(model_repo, tmp_path_factory):
+    """A server whose tenant `cli` has a token budget of 1 a minute: its jobs are accepted and wait, deterministically
+    in progress until the test lifts the limit (the server re-reads limits every second)."""
+    from tests.test_access import admin_cli, create_key
+
+    data_dir = tmp_path_factory.mktemp("cli-held")
+    token = create_key(data_dir, "cli", "--tenant", "cli")
+    admin_cli(data_dir, "tenants", "set", "cli", "--tpm", "1")
+    with ServerProcess(model_repo, "--data-dir", str(data_dir), "--models", FP32) as held:
+        yield held, token, data_dir
+
+
+def test_ctrl_c_mid_job_leaves_the_job_running(held_jobs, tmp_path):
+    from tests.test_access import admin_cli
+
+    held, token, data_dir = held_jobs
     source = tmp_path / "big.txt"
     source.write_text("\n".join(f"line {i} of a corpus that takes a few seconds to embed" for i in range(4000)))
     out = tmp_path / "big.npy"
-    command = [sys.executable, "-m", "client", "--address", server.address, "embed", str(source), "--output", str(out)]
+    command = [sys.executable, "-m", "client", "--address", held.address, "embed", str(source), "--output", str(out)]
     proc = subprocess.Popen(
         [*command, "--model", FP32, "--async-threshold", "100", "--poll-interval", "0.1"],
         cwd=ROOT,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "EMBEDDINGS_API_KEY": token},
     )
     submitted = threading.Event()
     lines: list[str] = []
@@ -135,19 +155,35 @@ def test_ctrl_c_mid_job_leaves_the_job_running(server, jobs_stub, tmp_path):
             if "submitted async job" in line:
                 submitted.set()
 
-    threading.Thread(target=read, daemon=True).start()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     assert submitted.wait(120), "".join(lines)
     job_id = "".join(lines).split("submitted async job ")[1].split()[0]
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)  # the job cannot finish meanwhile: it waits for its token budget
     assert proc.wait(30) == 130
-    time.sleep(0.2)  # the reader drains the last lines
+    reader.join(30)  # the reader drains the last lines
     stderr = "".join(lines)
     assert f"embeddings jobs results {job_id} --output {out}" in stderr
     assert not out.exists()
-    end = time.monotonic() + 180
-    while (job := jobs_stub.GetJob(jobs_pb2.GetJobRequest(id=job_id), timeout=10)).status != "completed":
-        assert job.status in ("queued", "in_progress") and time.monotonic() < end, job.status
-        time.sleep(0.2)
-    done = cli(server, "jobs", "results", job_id, "--output", str(out))
+    metadata = (("authorization", f"Bearer {token}"),)
+    with grpc.insecure_channel(held.address) as channel:
+        jobs = jobs_pb2_grpc.JobServiceStub(channel)
+        job = jobs.GetJob(jobs_pb2.GetJobRequest(id=job_id), metadata=metadata, timeout=10)
+        assert job.status in ("queued", "in_progress") and job.progress.completed < 4000
+        admin_cli(data_dir, "tenants", "set", "cli", "--tpm", "0")  # unlimited: the job resumes
+        end = time.monotonic() + 300
+        while (job := jobs.GetJob(jobs_pb2.GetJobRequest(id=job_id), metadata=metadata, timeout=10)).status != (
+            "completed"
+        ):
+            assert job.status in ("queued", "in_progress") and time.monotonic() < end, job.status
+            time.sleep(0.2)
+    done = subprocess.run(
+        [sys.executable, "-m", "client", "--address", held.address, "jobs", "results", job_id, "--output", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "EMBEDDINGS_API_KEY": token},
+    )
     assert done.returncode == 0, done.stderr
     assert np.load(out).shape == (4000, 384)

@@ -241,8 +241,8 @@ ERROR_CASES = {
         "dimensions",
         "tiny-bert",
     ),
-    "input over the context length": (
-        dict(model=FP32, inputs=["fine", "word " * 300]),
+    "input over the context length (truncate: false)": (
+        dict(model=FP32, inputs=["fine", "word " * 300], truncate=False),
         grpc.StatusCode.INVALID_ARGUMENT,
         "context_length_exceeded",
         "inputs[1]",
@@ -262,7 +262,7 @@ def test_error_cases(stub, case):
 
 
 def test_context_length_error_names_index_tokens_and_limit(stub):
-    _, message, info, _ = error_of(lambda: embed(stub, ["fine", "word " * 300]))
+    _, message, info, _ = error_of(lambda: embed(stub, ["fine", "word " * 300], truncate=False))
     assert "Input 1" in message and "302 tokens" in message and "256" in message
     assert dict(info.metadata) == {"index": "1", "tokens": "302", "limit": "256", "model": FP32}
 

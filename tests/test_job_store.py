@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from service.jobs.store import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from service.jobs.store import (
     Chunk,
     InvalidCursor,
@@ -69,7 +70,8 @@ def _postgres_query(url: str, sql: str, params: tuple) -> list[tuple]:
     from service.stores.postgres import translate
 
     with psycopg.connect(url, autocommit=True) as raw:
-        return [tuple(row) for row in raw.execute(translate(sql), params).fetchall()]
+        cursor = raw.execute(translate(sql), params)
+        return [tuple(row) for row in cursor.fetchall()] if cursor.description else []
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -131,6 +133,19 @@ def run_all(store: SqliteJobStore, now: int = T0) -> Job:
         job = complete(store, chunk, now=now)
     assert job is not None
     return job
+
+
+def schema_versions(backend: Backend) -> list[tuple]:
+    table = "schema_version" if backend.name == "sqlite" else "schema_migrations"
+    return backend.query(f"SELECT version FROM {table} ORDER BY version", ())
+
+
+def every_version(backend: Backend) -> list[tuple]:
+    if backend.name == "sqlite":
+        return [(v,) for v in range(1, SQLITE_SCHEMA_VERSION + 1)]
+    from service.stores.postgres import SCHEMA_VERSION
+
+    return [(v,) for v in range(1, SCHEMA_VERSION + 1)]
 
 
 # --- jobs ---------------------------------------------------------------------------------------------------------
@@ -218,6 +233,48 @@ def test_expired_lease_is_reclaimed_by_another_owner(store):
     assert complete(store, again, owner="w2").status == "completed"
 
 
+def test_a_renewed_lease_is_never_taken_over(store):
+    """A live worker renews its lease (the runner's heartbeat): however long it works, nobody else gets its chunk."""
+    job = make_job(store, n=3, chunk_size=3)
+    chunk = store.claim_chunk("w1", T0, LEASE_S)
+    for now in range(T0 + 20, T0 + 10 * LEASE_S, 20):
+        assert store.renew_lease(job.id, chunk.idx, "w1", now, LEASE_S)
+        assert store.claim_chunk("w2", now + LEASE_S - 1, LEASE_S) is None
+    assert complete(store, chunk, now=T0 + 10 * LEASE_S).status == "completed"
+    assert store.claim_chunk("w2", T0 + 100 * LEASE_S, LEASE_S) is None
+
+
+def test_takeovers_are_not_failures_and_released_chunks_are_claimed_at_once(store):
+    job = make_job(store, n=3, chunk_size=3)
+    first = store.claim_chunk("w1", T0, LEASE_S)
+    assert (first.attempts, first.failures) == (1, 0)
+    taken = store.claim_chunk("w2", T0 + LEASE_S, LEASE_S)  # w1 died: its lease ran out
+    assert (taken.attempts, taken.failures) == (2, 0)  # claimed again, but nothing failed
+    assert store.release_chunk(job.id, 0, "w1", failed=True) is None  # w1 no longer holds it: nothing recorded
+    assert store.release_chunk(job.id, 0, "w2", failed=True) == 1  # a real failure, given back at once
+    again = store.claim_chunk("w3", T0 + LEASE_S + 1, LEASE_S)
+    assert (again.idx, again.attempts, again.failures, again.inputs) == (0, 3, 1, first.inputs)
+    assert store.release_chunk(job.id, 0, "w3", failed=False) == 1  # given back without a failure (engine busy)
+    last = store.claim_chunk("w1", T0 + LEASE_S + 2, LEASE_S)
+    assert (last.attempts, last.failures) == (4, 1)
+    assert complete(store, last, now=T0 + LEASE_S + 2).status == "completed"
+    assert store.release_chunk(job.id, 0, "w1", failed=True) is None  # done: nothing to give back
+
+
+def test_a_store_of_schema_1_gains_failure_counts(backend):
+    with backend.open() as store:
+        job = make_job(store, n=6, chunk_size=3)
+        store.claim_chunk("w1", T0, LEASE_S)
+    table = "schema_version" if backend.name == "sqlite" else "schema_migrations"
+    backend.query("ALTER TABLE chunks DROP COLUMN failures", ())  # as a store written before migration 2
+    backend.query(f"DELETE FROM {table} WHERE version > 1", ())
+    with backend.open() as store:
+        chunk = store.claim_chunk("w2", T0, LEASE_S)
+        assert (chunk.job_id, chunk.idx, chunk.failures) == (job.id, 1, 0)
+        assert store.release_chunk(job.id, 0, "w1", failed=True) == 1
+    assert schema_versions(backend) == every_version(backend)
+
+
 def test_concurrent_claims_from_two_stores_never_share_a_chunk(backend):
     stores = [backend.open(), backend.open()]  # two replicas on one database
     job = make_job(stores[0], n=200, chunk_size=2)
@@ -256,8 +313,7 @@ def test_replicas_starting_together_migrate_once(backend):
     for thread in threads:
         thread.join()
     assert errors == [] and len(opened) == 4
-    table = "schema_version" if backend.name == "sqlite" else "schema_migrations"
-    assert backend.query(f"SELECT version FROM {table}", ()) == [(1,)]
+    assert schema_versions(backend) == every_version(backend)  # each migration applied once
     job = make_job(opened[0])
     assert all(store.get_job("default", job.id) == job for store in opened)
     for store in opened:
@@ -465,8 +521,7 @@ def test_reopening_keeps_everything(backend):
         assert store.results("default", job.id, 0, 3).vectors.shape == (3, DIMS)
         assert store.claim_chunk("w2", T0, LEASE_S).idx == 2
         assert store.renew_lease(job.id, leased.idx, "w1", T0 + 1, LEASE_S)
-    table = "schema_version" if backend.name == "sqlite" else "schema_migrations"
-    assert backend.query(f"SELECT version FROM {table}", ()) == [(1,)]  # migrated once, not again on reopening
+    assert schema_versions(backend) == every_version(backend)  # migrated once, not again on reopening
 
 
 def test_sigkill_mid_job_loses_no_committed_work(db):

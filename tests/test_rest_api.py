@@ -84,7 +84,7 @@ def test_sdk_errors_are_typed_with_code_and_param(openai_client):
     assert dims.value.body["message"].startswith("This model does not support specifying dimensions.")
     assert dims.value.code == "dimensions_not_supported" and dims.value.body["param"] == "dimensions"
     with pytest.raises(openai.BadRequestError) as long_input:
-        openai_client.embeddings.create(model=FP32, input=["word " * 300])
+        openai_client.embeddings.create(model=FP32, input=["word " * 300], extra_body={"truncate": False})
     assert long_input.value.code == "context_length_exceeded"
     assert "maximum context length is 256 tokens" in long_input.value.body["message"]
 
@@ -220,10 +220,10 @@ ERRORS = {
         "input",
         "too_many_inputs",
     ),
-    "context length": (
+    "context length (truncate: false)": (
         "POST",
         "/v1/embeddings",
-        {"model": FP32, "input": ["ok", LONG]},
+        {"model": FP32, "input": ["ok", LONG], "truncate": False},
         400,
         "input",
         "context_length_exceeded",
@@ -294,7 +294,7 @@ def test_error_paths_use_openai_envelope(gateway, case):
 
 
 def test_context_length_message_names_input_tokens_and_limit(gateway):
-    _, _, raw = http(gateway, "POST", "/v1/embeddings", {"model": FP32, "input": ["ok", LONG]})
+    _, _, raw = http(gateway, "POST", "/v1/embeddings", {"model": FP32, "input": ["ok", LONG], "truncate": False})
     message = json.loads(raw)["error"]["message"]
     assert "Input 1" in message and "302 tokens" in message and "256" in message
 

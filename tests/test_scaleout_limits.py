@@ -56,57 +56,57 @@ def test_keys_and_usage_written_by_one_replica_are_seen_by_the_other(pg_url):
 def _limiters(prefix: str):
     from service.access.redis_limits import RedisRateLimiter
 
-    return RedisRateLimiter(REDIS_URL, prefix), RedisRateLimiter(REDIS_URL, prefix)
+    return RedisRateLimiter(REDIS_URL, prefix, timeout_s=5.0), RedisRateLimiter(REDIS_URL, prefix, timeout_s=5.0)
 
 
-def test_a_request_limit_holds_across_two_replicas(prefix):
+async def test_a_request_limit_holds_across_two_replicas(prefix):
     first, second = _limiters(prefix)
     quotas = (Quota("key", "k1", 4, 0), Quota("tenant", "t1", 0, 0))
-    granted = [limiter.acquire(quotas, "requests", 1, 0.0) is None for limiter in (first, second) * 3]
+    granted = [await limiter.acquire(quotas, {"requests": 1}, 0.0) is None for limiter in (first, second) * 3]
     assert granted == [True, True, True, True, False, False]
-    refusal = second.acquire(quotas, "requests", 1, 0.0)
+    refusal = await second.acquire(quotas, {"requests": 1}, 0.0)
     assert refusal is not None and refusal.quota.name == "k1" and refusal.limit == 4 and refusal.used == 4
     assert 0 < refusal.retry_after_s <= 15.0 + 1e-3  # one request refills in 60 / 4 seconds
     assert "Rate limit reached for requests per min (RPM) on key k1" in refusal.message
-    state = {s.kind: s for s in first.state(quotas, 0.0)}
+    state = {s.kind: s for s in await first.state(quotas, 0.0)}
     assert (state["requests"].limit, state["requests"].remaining) == (4, 0)
 
 
-def test_a_refused_charge_costs_nothing_and_the_tightest_bucket_answers(prefix):
+async def test_a_refused_charge_costs_nothing_and_the_tightest_bucket_answers(prefix):
     first, second = _limiters(prefix)
     key, tenant = Quota("key", "k1", 0, 100), Quota("tenant", "t1", 0, 150)
     other_key = Quota("key", "k2", 0, 100)
-    assert first.acquire((key, tenant), "tokens", 80, 0.0) is None
-    refusal = second.acquire((other_key, tenant), "tokens", 80, 0.0)  # the tenant's bucket has 70 left
+    assert await first.acquire((key, tenant), {"tokens": 80}, 0.0) is None
+    refusal = await second.acquire((other_key, tenant), {"tokens": 80}, 0.0)  # the tenant's bucket has 70 left
     assert refusal is not None and refusal.quota == tenant and refusal.used == 80
-    assert second.acquire((other_key, tenant), "tokens", 60, 0.0) is None  # k2 was not charged by the refusal
-    too_large = first.acquire((key, tenant), "tokens", 101, 0.0)
+    assert await second.acquire((other_key, tenant), {"tokens": 60}, 0.0) is None  # k2 was not charged
+    too_large = await first.acquire((key, tenant), {"tokens": 101}, 0.0)
     assert too_large is not None and too_large.too_large and too_large.quota == key
     assert "Request too large" in too_large.message
 
 
-def test_background_charges_stay_above_the_reserve(prefix):
+async def test_background_charges_stay_above_the_reserve(prefix):
     first, second = _limiters(prefix)
     quotas = (Quota("tenant", "t1", 0, 1000),)
-    assert first.acquire_background(quotas, 400, 0.5, 0.0) == 0.0
-    wait = second.acquire_background(quotas, 400, 0.5, 0.0)  # would leave 200 < the 500 reserve
-    assert wait > 0
-    assert first.acquire(quotas, "tokens", 500, 0.0) is None  # interactive calls still find the reserve
+    assert await first.acquire_background(quotas, 400, 0.5, 0.0) == (400.0, 0.0)
+    charged, wait = await second.acquire_background(quotas, 400, 0.5, 0.0)  # only ~100 above the 500 reserve
+    assert charged <= 101 and (charged > 0 or wait > 0)
+    assert await first.acquire(quotas, {"tokens": 490}, 0.0) is None  # interactive calls still find the reserve
 
 
-def test_an_unreachable_redis_fails_open_or_closed_as_configured(caplog):
+async def test_an_unreachable_redis_fails_open_or_closed_as_configured(caplog):
     from service.access.redis_limits import RedisRateLimiter
 
     quotas = (Quota("key", "k1", 1, 10),)
     unreachable = "redis://127.0.0.1:1/0"
     open_limiter = RedisRateLimiter(unreachable, "x:", "open")
-    assert [open_limiter.acquire(quotas, "requests", 1, 0.0) for _ in range(3)] == [None, None, None]
+    assert [await open_limiter.acquire(quotas, {"requests": 1}, 0.0) for _ in range(3)] == [None, None, None]
     assert "rate limits unavailable" in caplog.text and "allowing calls unchecked" in caplog.text
     closed = RedisRateLimiter(unreachable, "x:", "closed")
-    refusal = closed.acquire(quotas, "requests", 1, 0.0)
+    refusal = await closed.acquire(quotas, {"requests": 1}, 0.0)
     assert refusal is not None and not refusal.too_large and refusal.retry_after_s == 1.0
     assert "rate-limit store is unreachable" in refusal.message
-    assert closed.acquire_background(quotas, 1, 0.5, 0.0) > 0
+    assert (await closed.acquire_background(quotas, 1, 0.5, 0.0))[0] == 0
     with pytest.raises(ValueError, match="open"):
         RedisRateLimiter(unreachable, "x:", "maybe")
 

@@ -279,9 +279,14 @@ def _hash_files(root: Path) -> dict[str, str]:
 # Caching and atomic placement
 
 
+# Manifest keys that may be absent (None): the server's setting applies.
+OPTIONAL_KEYS = frozenset({"auto_truncate"})
+
+
 def fingerprint(source: Source, manifest: ModelManifest, precision: str) -> str:
     """Everything that determines a built directory: tool version, source files, requested manifest, precision."""
-    wanted = {k: v for k, v in asdict(manifest).items() if k != "provenance"}
+    # Optional keys left unset are not part of it, so adding one never makes existing builds look stale.
+    wanted = {k: v for k, v in asdict(manifest).items() if k != "provenance" and not (k in OPTIONAL_KEYS and v is None)}
     payload = {
         "tool_version": TOOL_VERSION,
         "source": manifest.provenance.get("source"),

@@ -19,7 +19,16 @@ import grpc
 
 from service import errors
 from service.access import keys
-from service.access.limits import LocalRateLimiter, Quota, RateLimiter, Refusal, rate_headers, retry_headers
+from service.access.limits import (
+    _EPSILON,
+    Kind,
+    LocalRateLimiter,
+    Quota,
+    RateLimiter,
+    Refusal,
+    rate_headers,
+    retry_headers,
+)
 from service.access.store import AccessStore, KeyRecord, KeySnapshot, TenantRecord
 from service.access.usage import UsageMeter
 
@@ -195,14 +204,13 @@ class AccessControl:
 
     # --- limits
 
-    def charge_request(self, principal: Principal) -> None:
-        refusal = self.limiter.acquire(principal.quotas, "requests", 1, self._clock())
-        if refusal is not None:
-            self._refused(principal, refusal)
-            raise rate_limited(refusal)
-
-    def charge_tokens(self, principal: Principal, tokens: int) -> None:
-        refusal = self.limiter.acquire(principal.quotas, "tokens", tokens, self._clock())
+    async def charge(self, principal: Principal, requests: int = 0, tokens: int = 0) -> None:
+        """Charge a call's requests and tokens to every bucket that applies (key and tenant), all or nothing: a call
+        refused (429 `rate_limit_exceeded`, or 400 `max_tokens_per_request`) consumes nothing."""
+        if not principal.quotas:
+            return
+        amounts: dict[Kind, int] = {"requests": requests, "tokens": tokens}
+        refusal = await self.limiter.acquire(principal.quotas, amounts, self._clock())
         if refusal is not None:
             self._refused(principal, refusal)
             raise rate_limited(refusal)
@@ -211,10 +219,10 @@ class AccessControl:
         if self.on_refusal is not None:
             self.on_refusal(principal.tenant, refusal.kind)
 
-    def headers(self, principal: Principal) -> dict[str, str]:
+    async def headers(self, principal: Principal) -> dict[str, str]:
         if not principal.quotas:
             return {}
-        return rate_headers(self.limiter.state(principal.quotas, self._clock()))
+        return rate_headers(await self.limiter.state(principal.quotas, self._clock()))
 
     def job_quotas(self, tenant: str, key_id: str | None) -> tuple[Quota, ...]:
         """The buckets an async job of `tenant` (submitted with `key_id`) draws on; none while running open."""
@@ -228,16 +236,19 @@ class AccessControl:
         tpm = tenant_record.tpm if tenant_record and tenant_record.tpm is not None else self.limits.tenant_tpm
         return (Quota("tenant", tenant, rpm, tpm),)
 
-    async def admit_job_tokens(self, tenant: str, key_id: str | None, tokens: int, on_wait: Callable[[], None]) -> None:
-        """Wait until a job chunk's tokens fit above the interactive reserve, then charge them. Never fails."""
-        while True:
-            wait = self.limiter.acquire_background(
-                self.job_quotas(tenant, key_id), tokens, self.limits.job_reserve, self._clock()
+    async def admit_job_tokens(self, tenant: str, key_id: str | None, tokens: int) -> None:
+        """Charge a job chunk's tokens from the room above the interactive reserve, in parts when the chunk is larger
+        than that room, waiting for each: the buckets are never overdrawn and interactive calls always find the
+        reserve. Never fails; the limits are re-read at every step (a key or tenant changed meanwhile applies)."""
+        remaining = float(tokens)
+        while remaining > _EPSILON:
+            quotas = self.job_quotas(tenant, key_id)
+            charged, wait = await self.limiter.acquire_background(
+                quotas, remaining, self.limits.job_reserve, self._clock()
             )
-            if wait <= 0:
-                return
-            on_wait()
-            await asyncio.sleep(min(wait, JOB_WAIT_STEP_S))
+            remaining -= charged
+            if remaining > _EPSILON and charged <= 0:
+                await asyncio.sleep(min(wait, JOB_WAIT_STEP_S))
 
     # --- background upkeep
 
@@ -255,10 +266,11 @@ class AccessControl:
                 log.exception("refreshing API keys or writing usage failed")
 
     async def stop(self) -> None:
-        """Stop the upkeep and write the last usage."""
+        """Stop the upkeep, write the last usage and close the rate limiter's connections."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
         await asyncio.to_thread(self.meter.flush)
+        await self.limiter.close()

@@ -1,7 +1,8 @@
 """The one place where calls are authenticated: a gRPC server interceptor in front of every service.
 
 It checks the `authorization` metadata (REST clients' `Authorization: Bearer` header arrives as such through
-Envoy), refuses admin RPCs to non-admin keys, charges one request to the rate limits of inference calls, and runs
+Envoy), refuses admin RPCs to non-admin keys, charges one request to the rate limits of job submissions and webhook
+creations (embedding calls are charged with their tokens, see scope.MeteredModel), and runs
 the servicer with the caller's principal in a contextvar. It adds the `x-ratelimit-*` headers to whatever initial
 metadata the servicer sends (through Envoy: HTTP response headers), on success and on error, and meters usage once
 the call has succeeded. Health checks and reflection stay open.
@@ -28,15 +29,10 @@ OPEN_METHODS = frozenset({"/embeddings.v1.RestService/CheckHealth", "/embeddings
 ADMIN_SERVICE_PREFIX = "/embeddings.v1.AdminService/"
 ADMIN_PREFIXES = (ADMIN_SERVICE_PREFIX, "/embeddings.v1.OpsService/GetMetrics")
 JOB_SUBMISSION = "/embeddings.v1.JobService/AsyncEmbed"
-# Calls that cost inference: each counts one request against the requests-per-minute limits.
-METERED_METHODS = frozenset(
-    {
-        "/embeddings.v1.EmbeddingService/Embed",
-        "/embeddings.v1.RestService/CreateEmbedding",
-        "/embeddings.v1.RestService/InferenceEmbed",
-        JOB_SUBMISSION,
-    }
-)
+# Calls that count one request against the requests-per-minute limits, charged here before they run.
+METERED_METHODS = frozenset({JOB_SUBMISSION, "/embeddings.v1.JobService/CreateWebhook"})
+# Embedding calls count one request too, charged with their tokens once counted (scope.MeteredModel): all or
+# nothing, so a call refused on tokens takes no request either.
 
 
 def _metadata_value(metadata: Any, name: str) -> str | None:
@@ -59,12 +55,12 @@ class _HeaderContext:
 
     async def send_initial_metadata(self, metadata) -> None:
         self._sent = True
-        await self._context.send_initial_metadata((*tuple(metadata), *self._call.headers().items()))
+        await self._context.send_initial_metadata((*tuple(metadata), *(await self._call.headers()).items()))
 
     async def flush(self) -> None:
         if not self._sent:
             self._sent = True
-            headers = self._call.headers()
+            headers = await self._call.headers()
             if headers:
                 await self._context.send_initial_metadata(tuple(headers.items()))
 
@@ -105,9 +101,9 @@ def _guarded(handler: grpc.RpcMethodHandler, control: AccessControl, method: str
                     "python -m service.admin keys create --tenant NAME --name NAME --admin"
                 )
             if method in METERED_METHODS:
-                control.charge_request(principal)
+                await control.charge(principal, requests=1)
         except errors.ApiError as err:
-            headers = {**control.headers(principal), **err.headers} if principal is not None else err.headers
+            headers = {**await control.headers(principal), **err.headers} if principal is not None else err.headers
             if headers:
                 await context.send_initial_metadata(tuple(headers.items()))
             await context.abort_with_status(err.to_status())

@@ -2,18 +2,19 @@
 
 A bucket holds up to one minute's allowance and refills continuously (limit / 60 per second), so a client may
 burst up to its limit and then runs at the limit's pace. A call is checked against every bucket that applies (its
-key's and its tenant's) and charged to all of them only if all allow it: a refused call costs nothing. Async job
-chunks draw from the same buckets but only above a reserve, so interactive calls always find room.
+key's and its tenant's, for requests and for tokens) and charged to all of them only if all allow it: a refused call
+costs nothing. Async job chunks draw from the same token buckets, but only from the room above a reserve, in parts
+when a chunk is larger than that room, so interactive calls always find the reserve and a bucket is never overdrawn.
 
-`RateLimiter` is the interface; `LocalRateLimiter` keeps buckets in this process (one replica). A shared
-implementation (Redis) can follow for several replicas.
+`RateLimiter` is the interface (async: a shared limiter waits on the network); `LocalRateLimiter` keeps buckets in
+this process (one replica), `service.access.redis_limits.RedisRateLimiter` in Redis (several).
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -79,17 +80,27 @@ class LimitState:
 
 
 class RateLimiter(Protocol):
-    def acquire(self, quotas: Sequence[Quota], kind: Kind, amount: int, now: float) -> Refusal | None:
-        """Charge `amount` to every quota's bucket of `kind`, or to none and say why not."""
+    async def acquire(self, quotas: Sequence[Quota], amounts: Mapping[Kind, int], now: float) -> Refusal | None:
+        """Charge each kind's amount (requests, tokens) to every quota's bucket of that kind, all or nothing: when
+        any bucket lacks room none is charged, and the refusal names the one that waits longest."""
         ...
 
-    def acquire_background(self, quotas: Sequence[Quota], amount: int, reserve: float, now: float) -> float:
-        """Charge job tokens if every bucket stays above `reserve` (a fraction of its capacity): 0.0 when charged,
-        else the seconds to wait before trying again. Never refuses for good: a chunk larger than the room above
-        the reserve waits for that room, then is charged in full."""
+    async def acquire_background(
+        self, quotas: Sequence[Quota], amount: float, reserve: float, now: float
+    ) -> tuple[float, float]:
+        """Charge up to `amount` job tokens from the room above every token bucket's `reserve` (a fraction of its
+        capacity): (tokens charged, seconds to wait before asking for the rest). Never takes a bucket below its
+        reserve; takes a part once at least `BACKGROUND_PART` of the room above the reserve is free (or all that
+        is asked), so a chunk larger than that room is charged in parts and still progresses."""
         ...
 
-    def state(self, quotas: Sequence[Quota], now: float) -> list[LimitState]: ...
+    async def state(self, quotas: Sequence[Quota], now: float) -> list[LimitState]: ...
+
+    async def close(self) -> None: ...
+
+
+# The smallest part of a job chunk's tokens worth charging: a quarter of the room above the reserve.
+BACKGROUND_PART = 0.25
 
 
 @dataclass
@@ -131,41 +142,50 @@ class LocalRateLimiter:
         bucket.refill(now)
         return bucket
 
-    def acquire(self, quotas: Sequence[Quota], kind: Kind, amount: int, now: float) -> Refusal | None:
+    async def acquire(self, quotas: Sequence[Quota], amounts: Mapping[Kind, int], now: float) -> Refusal | None:
         with self._lock:
-            charged: list[_Bucket] = []
+            charges: list[tuple[_Bucket, int]] = []
             refusals: list[Refusal] = []
-            for quota in quotas:
-                bucket = self._bucket(quota, kind, now)
-                if bucket is None:
+            for kind, amount in amounts.items():
+                if amount <= 0:
                     continue
-                used = max(0, math.ceil(bucket.capacity - bucket.level - _EPSILON))
-                if amount > bucket.capacity:
-                    return Refusal(quota, kind, bucket.capacity, used, amount, 0.0, too_large=True)
-                wait = bucket.wait_for(amount)
-                if wait > 0:
-                    refusals.append(Refusal(quota, kind, bucket.capacity, used, amount, wait))
-                charged.append(bucket)
+                for quota in quotas:
+                    bucket = self._bucket(quota, kind, now)
+                    if bucket is None:
+                        continue
+                    used = max(0, math.ceil(bucket.capacity - bucket.level - _EPSILON))
+                    if amount > bucket.capacity:
+                        return Refusal(quota, kind, bucket.capacity, used, amount, 0.0, too_large=True)
+                    wait = bucket.wait_for(amount)
+                    if wait > 0:
+                        refusals.append(Refusal(quota, kind, bucket.capacity, used, amount, wait))
+                    charges.append((bucket, amount))
             if refusals:
                 return max(refusals, key=lambda r: r.retry_after_s)
-            for bucket in charged:
+            for bucket, amount in charges:
                 bucket.level -= amount
             return None
 
-    def acquire_background(self, quotas: Sequence[Quota], amount: int, reserve: float, now: float) -> float:
+    async def acquire_background(
+        self, quotas: Sequence[Quota], amount: float, reserve: float, now: float
+    ) -> tuple[float, float]:
         with self._lock:
             buckets = [b for q in quotas if (b := self._bucket(q, "tokens", now)) is not None]
-            wait = 0.0
+            if not buckets:
+                return amount, 0.0
+            take, wait = amount, 0.0
             for bucket in buckets:
                 kept = bucket.capacity * reserve
-                wait = max(wait, bucket.wait_for(kept + min(amount, bucket.capacity - kept)))
-            if wait > 0:
-                return wait
+                wanted = min(amount, (bucket.capacity - kept) * BACKGROUND_PART)
+                wait = max(wait, bucket.wait_for(kept + wanted))
+                take = min(take, bucket.level - kept)
+            if wait > 0 or take <= _EPSILON:
+                return 0.0, max(wait, _EPSILON)
             for bucket in buckets:
-                bucket.level -= amount
-            return 0.0
+                bucket.level -= take
+            return take, 0.0
 
-    def state(self, quotas: Sequence[Quota], now: float) -> list[LimitState]:
+    async def state(self, quotas: Sequence[Quota], now: float) -> list[LimitState]:
         with self._lock:
             states = []
             for kind in KINDS:
@@ -176,6 +196,9 @@ class LocalRateLimiter:
                 remaining = max(0, math.floor(tightest.level + _EPSILON))
                 states.append(LimitState(kind, tightest.capacity, remaining, tightest.wait_for(tightest.capacity)))
             return states
+
+    async def close(self) -> None:
+        """Nothing to release."""
 
 
 def format_duration(seconds: float) -> str:

@@ -1,48 +1,57 @@
 """Rate limits shared by every replica: `LocalRateLimiter`'s token buckets kept in Redis, charged by one Lua script.
 
 The script does what `LocalRateLimiter` does in one atomic step on the Redis server: refill every bucket that applies
-(key and tenant), refuse if any lacks room (charging none), else charge all. So a per-key limit of N requests a
-minute holds across all replicas combined. Time is Redis's own clock (`TIME`), not the callers': replicas on
-different machines need no synchronized clocks, and the `now` the `RateLimiter` protocol passes is ignored.
+(key and tenant, requests and tokens), refuse if any lacks room (charging none), else charge all. So a per-key limit
+of N requests a minute holds across all replicas combined. Time is Redis's own clock (`TIME`), not the callers':
+replicas on different machines need no synchronized clocks, and the `now` the `RateLimiter` protocol passes is
+ignored.
 
 A bucket is a hash {level, updated, capacity} under `<prefix><scope>:<name>:<kind>`, expiring after two idle
-minutes (it is full again after one anyway). When Redis cannot be reached the limiter follows `on_failure`: "open"
-allows the call and logs a warning (at most every 10 s), "closed" refuses it (429, with a message that says why).
-redis is imported here only: the default deployment neither needs nor loads it.
+minutes (it is full again after one anyway). Redis is called with the asyncio client on the event loop, each call
+bounded by `timeout_s` (connecting included, no retries): a slow or dead Redis costs the call waiting on it at most
+that, never the others. When Redis cannot be reached in time the limiter follows `on_failure`: "open" allows the
+call and logs a warning (at most every 10 s), "closed" refuses it (429, with a message that says why); for 2 s
+after a failure it is not asked again, so calls do not each wait out the deadline. redis is imported here only: the
+default deployment neither needs nor loads it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import redis
+import redis.asyncio
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from service.access.limits import _EPSILON, KINDS, Kind, LimitState, Quota, Refusal
+from service.access.limits import _EPSILON, BACKGROUND_PART, KINDS, Kind, LimitState, Quota, Refusal
 
 log = logging.getLogger(__name__)
 
 FAILURE_MODES = ("open", "closed")
 WARN_EVERY_S = 10.0
 CLOSED_RETRY_S = 1.0
-SOCKET_TIMEOUT_S = 0.5
-# After a failure, Redis is not tried again for this long: calls are checked on the event loop, and waiting out a
-# connect timeout on every call would stall the server.
+# How long one call may wait for Redis (connecting included) before the failure mode applies.
+DEFAULT_TIMEOUT_S = 0.25
+# After a failure, Redis is not asked again for this long: calls would each wait out the deadline meanwhile.
 RETRY_AFTER_FAILURE_S = 2.0
 
-# KEYS: buckets. ARGV: mode ("acquire" | "background" | "state"), amount, reserve, epsilon, then one capacity per key.
-# acquire -> {0} charged | {1, i, used, wait} refused by bucket i (1-based) | {2, i, used} too large for bucket i.
-# background -> {wait} ("0" when charged). state -> {level_1, ..., level_n}. Floats travel as strings.
+# KEYS: buckets. ARGV: mode ("acquire" | "background" | "state"), reserve, epsilon, smallest background part, then
+# (capacity, amount) per key. acquire -> {0} charged | {1, i, used, wait} refused by bucket i (1-based) | {2, i, used}
+# too large for bucket i. background -> {charged, wait}. state -> {level_1, ..., level_n}. Floats travel as strings.
 _SCRIPT = """
-local mode, amount, reserve, eps = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local mode, reserve, eps, part = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-local levels, caps = {}, {}
+local levels, caps, amounts = {}, {}, {}
 for i, key in ipairs(KEYS) do
-  local cap = tonumber(ARGV[4 + i])
+  local cap = tonumber(ARGV[3 + 2 * i])
+  amounts[i] = tonumber(ARGV[4 + 2 * i])
   local stored = redis.call('HMGET', key, 'level', 'updated', 'capacity')
   local level, updated = tonumber(stored[1]), tonumber(stored[2])
   if level == nil then
@@ -72,27 +81,28 @@ if mode == 'state' then
   return out
 end
 if mode == 'background' then
-  local wait = 0
+  local take, wait = amounts[1], 0
   for i = 1, #KEYS do
     local kept = caps[i] * reserve
-    wait = math.max(wait, wait_for(i, kept + math.min(amount, caps[i] - kept)))
+    wait = math.max(wait, wait_for(i, kept + math.min(amounts[i], (caps[i] - kept) * part)))
+    take = math.min(take, levels[i] - kept)
   end
-  if wait > 0 then return {tostring(wait)} end
-  for i = 1, #KEYS do levels[i] = levels[i] - amount end
+  if wait > 0 or take <= eps then return {'0', tostring(math.max(wait, eps))} end
+  for i = 1, #KEYS do levels[i] = levels[i] - take end
   save()
-  return {'0'}
+  return {tostring(take), '0'}
 end
 local worst, worst_wait = 0, 0
 for i = 1, #KEYS do
   local used = math.max(0, math.ceil(caps[i] - levels[i] - eps))
-  if amount > caps[i] then return {2, i, used} end
-  local wait = wait_for(i, amount)
+  if amounts[i] > caps[i] then return {2, i, used} end
+  local wait = wait_for(i, amounts[i])
   if wait > worst_wait then worst, worst_wait = i, wait end
 end
 if worst > 0 then
   return {1, worst, math.max(0, math.ceil(caps[worst] - levels[worst] - eps)), tostring(worst_wait)}
 end
-for i = 1, #KEYS do levels[i] = levels[i] - amount end
+for i = 1, #KEYS do levels[i] = levels[i] - amounts[i] end
 save()
 return {0}
 """
@@ -110,83 +120,115 @@ class LimiterUnavailable(Refusal):
         )
 
 
-class RedisRateLimiter:
-    """`RateLimiter` on Redis. Thread-safe (redis-py's client pools its connections)."""
+@dataclass(frozen=True)
+class _Bucket:
+    quota: Quota
+    kind: Kind
+    key: str
+    capacity: int
+    amount: float
 
-    def __init__(self, url: str, prefix: str = "embeddings:rl:", on_failure: str = "open") -> None:
+
+class RedisRateLimiter:
+    """`RateLimiter` on Redis, called from the event loop (redis.asyncio's client pools its connections)."""
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "embeddings:rl:",
+        on_failure: str = "open",
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
         if on_failure not in FAILURE_MODES:
             raise ValueError(f"rate_limit_redis_failure must be one of {FAILURE_MODES}, got {on_failure!r}")
+        if timeout_s <= 0:
+            raise ValueError(f"the Redis timeout must be positive, got {timeout_s}")
         self.prefix = prefix
         self.on_failure = on_failure
-        self._client = redis.Redis.from_url(
-            url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S
+        self.timeout_s = timeout_s
+        self._client = redis.asyncio.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
         )
         self._script = self._client.register_script(_SCRIPT)
         self._warned_at = -math.inf
         self._down_until = -math.inf
 
-    def _buckets(self, quotas: Sequence[Quota], kind: Kind) -> list[tuple[Quota, str, int]]:
+    def _buckets(self, quotas: Sequence[Quota], amounts: Mapping[Kind, float]) -> list[_Bucket]:
         return [
-            (quota, f"{self.prefix}{quota.scope}:{quota.name}:{kind}", quota.limit(kind))
+            _Bucket(quota, kind, f"{self.prefix}{quota.scope}:{quota.name}:{kind}", quota.limit(kind), amount)
+            for kind, amount in amounts.items()
             for quota in quotas
             if quota.limit(kind) > 0
         ]
 
-    def _run(self, buckets: list[tuple[Quota, str, int]], *args: object) -> list | None:
-        """The script's answer, or None when Redis failed or failed recently (after logging per the failure mode)."""
+    async def _run(self, buckets: list[_Bucket], mode: str, reserve: float = 0.0) -> list | None:
+        """The script's answer, or None when Redis failed, failed recently or did not answer within the deadline
+        (after logging per the failure mode)."""
         if time.monotonic() < self._down_until:
             return None
+        args: list[object] = [mode, reserve, _EPSILON, BACKGROUND_PART]
+        for bucket in buckets:
+            args += [bucket.capacity, bucket.amount]
         try:
-            return self._script(keys=[key for _, key, _ in buckets], args=[*args, *(cap for _, _, cap in buckets)])
-        except redis.RedisError as exc:
-            self._down_until = time.monotonic() + RETRY_AFTER_FAILURE_S
-            if time.monotonic() - self._warned_at >= WARN_EVERY_S:
-                self._warned_at = time.monotonic()
-                verdict = "allowing calls unchecked" if self.on_failure == "open" else "refusing calls"
-                log.warning("rate limits unavailable (%s): %s", type(exc).__name__, verdict)
+            async with asyncio.timeout(self.timeout_s):
+                return await self._script(keys=[b.key for b in buckets], args=args)
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            self._failed(exc)
             return None
 
-    def acquire(self, quotas: Sequence[Quota], kind: Kind, amount: int, now: float) -> Refusal | None:
-        buckets = self._buckets(quotas, kind)
+    def _failed(self, exc: BaseException) -> None:
+        self._down_until = time.monotonic() + RETRY_AFTER_FAILURE_S
+        if time.monotonic() - self._warned_at >= WARN_EVERY_S:
+            self._warned_at = time.monotonic()
+            verdict = "allowing calls unchecked" if self.on_failure == "open" else "refusing calls"
+            log.warning("rate limits unavailable (%s): %s", type(exc).__name__, verdict)
+
+    async def acquire(self, quotas: Sequence[Quota], amounts: Mapping[Kind, int], now: float) -> Refusal | None:
+        buckets = self._buckets(quotas, {kind: amount for kind, amount in amounts.items() if amount > 0})
         if not buckets:
             return None
-        answer = self._run(buckets, "acquire", amount, 0, _EPSILON)
+        answer = await self._run(buckets, "acquire")
         if answer is None:
             if self.on_failure == "open":
                 return None
-            return LimiterUnavailable(buckets[0][0], kind, buckets[0][2], 0, amount, CLOSED_RETRY_S)
+            first = buckets[0]
+            return LimiterUnavailable(first.quota, first.kind, first.capacity, 0, int(first.amount), CLOSED_RETRY_S)
         status = int(answer[0])
         if status == 0:
             return None
-        quota, _, capacity = buckets[int(answer[1]) - 1]
+        bucket = buckets[int(answer[1]) - 1]
+        requested = int(bucket.amount)
         if status == 2:
-            return Refusal(quota, kind, capacity, int(answer[2]), amount, 0.0, too_large=True)
-        return Refusal(quota, kind, capacity, int(answer[2]), amount, float(answer[3]))
+            return Refusal(bucket.quota, bucket.kind, bucket.capacity, int(answer[2]), requested, 0.0, too_large=True)
+        return Refusal(bucket.quota, bucket.kind, bucket.capacity, int(answer[2]), requested, float(answer[3]))
 
-    def acquire_background(self, quotas: Sequence[Quota], amount: int, reserve: float, now: float) -> float:
-        buckets = self._buckets(quotas, "tokens")
+    async def acquire_background(
+        self, quotas: Sequence[Quota], amount: float, reserve: float, now: float
+    ) -> tuple[float, float]:
+        buckets = self._buckets(quotas, {"tokens": amount})
         if not buckets:
-            return 0.0
-        answer = self._run(buckets, "background", amount, reserve, _EPSILON)
+            return amount, 0.0
+        answer = await self._run(buckets, "background", reserve)
         if answer is None:
-            return 0.0 if self.on_failure == "open" else CLOSED_RETRY_S
-        return float(answer[0])
+            return (amount, 0.0) if self.on_failure == "open" else (0.0, CLOSED_RETRY_S)
+        return float(answer[0]), float(answer[1])
 
-    def state(self, quotas: Sequence[Quota], now: float) -> list[LimitState]:
+    async def state(self, quotas: Sequence[Quota], now: float) -> list[LimitState]:
+        buckets = self._buckets(quotas, dict.fromkeys(KINDS, 0))
+        if not buckets:
+            return []
+        answer = await self._run(buckets, "state")
+        if answer is None:
+            return []
         states = []
         for kind in KINDS:
-            buckets = self._buckets(quotas, kind)
-            if not buckets:
+            levels = [(float(level), b) for level, b in zip(answer, buckets, strict=True) if b.kind == kind]
+            if not levels:
                 continue
-            answer = self._run(buckets, "state", 0, 0, _EPSILON)
-            if answer is None:
-                continue
-            levels = [float(level) for level in answer]
-            tightest = min(range(len(buckets)), key=lambda i: levels[i])
-            capacity, level = buckets[tightest][2], levels[tightest]
-            reset = max(0.0, capacity - level) / (capacity / 60.0)
-            states.append(LimitState(kind, capacity, max(0, math.floor(level + _EPSILON)), reset))
+            level, tightest = min(levels, key=lambda pair: pair[0])
+            reset = max(0.0, tightest.capacity - level) / (tightest.capacity / 60.0)
+            states.append(LimitState(kind, tightest.capacity, max(0, math.floor(level + _EPSILON)), reset))
         return states
 
-    def close(self) -> None:
-        self._client.close()
+    async def close(self) -> None:
+        await self._client.aclose()

@@ -2,8 +2,8 @@
 
 Servicers get a `ScopedRegistry` instead of the registry: a model the caller's key may not use does not exist for
 it (404 `model_not_found`, OpenAI's "does not exist or you do not have access to it"), model lists show only the
-key's models, and embedding through a resolved model charges the call's tokens to its rate limits after
-tokenization and before inference, and meters them when the call succeeds.
+key's models, and embedding through a resolved model charges the call's request and tokens to its rate limits
+together (all or nothing) after tokenization and before inference, and meters them when the call succeeds.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ class Call:
     # The model the call named last (async job submissions are metered under it).
     model: str | None = None
 
-    def headers(self) -> dict[str, str]:
-        return self.control.headers(self.principal)
+    async def headers(self) -> dict[str, str]:
+        return await self.control.headers(self.principal)
 
 
 def current_call() -> Call | None:
@@ -72,7 +72,8 @@ class MeteredModel:
         return self._model
 
     async def _admit(self, tokens: int) -> None:
-        self._call.control.charge_tokens(self._call.principal, tokens)
+        """The call's one request and its tokens, charged together once the tokens are counted."""
+        await self._call.control.charge(self._call.principal, requests=1, tokens=tokens)
 
     async def embed(self, texts: Sequence[str], options: Any, deadline: float | None = None, background: bool = False):
         result = await self._model.embed(texts, options, deadline, background=background, admit=self._admit)

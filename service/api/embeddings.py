@@ -102,7 +102,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         options = EmbedOptions(
             dimensions=request.dimensions if request.HasField("dimensions") else None,
             normalize=request.normalize if request.HasField("normalize") else None,
-            truncate=request.truncate,
+            truncate=request.truncate if request.HasField("truncate") else None,
             input_type=_INPUT_TYPES.get(request.input_type, "?"),
         )
         result = await model.embed(list(request.inputs), options, deadline_of(context))

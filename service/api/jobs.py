@@ -103,12 +103,13 @@ class JobServicer(pb_grpc.JobServiceServicer):
 
     async def _validated_inputs(self, request: pb.AsyncEmbedRequest) -> tuple[str, list[str], dict]:
         parsed = await parse_request(request, self._registry, self._decoder, self._max_inputs)
-        if not parsed.options.truncate:
+        truncate = parsed.model.truncates(parsed.options)  # decided now: the job runs as it was validated
+        if not truncate:
             try:
                 await parsed.model.check_lengths(parsed.texts)  # context_length_exceeded before the job exists
             except errors.ApiError as err:
                 raise as_rest_error(err) from None
-        stored = {"encoding_format": parsed.encoding_format, **dataclasses.asdict(parsed.options)}
+        stored = {"encoding_format": parsed.encoding_format, **dataclasses.asdict(parsed.options), "truncate": truncate}
         stored[KEY_ID_OPTION] = current_key_id()  # its chunks are metered, and rate-limited, as this key's
         return parsed.model.id, parsed.texts, stored
 

@@ -68,9 +68,17 @@ class TokenIdDecoder:
         return [encoding.decode(ids) for ids in sequences]
 
 
-def _token_ids(values, position: int) -> list[int]:
+def token_id_bound(max_chars: int) -> int:
+    """Token ids of one input worth reading for a model that reads `max_chars` characters: every cl100k id decodes
+    to at least one byte and a character takes at most four, so the first 4 x (max_chars + 2) ids decode to more
+    than `max_chars` whole characters, the same as the whole sequence's; the ids after them cannot change what the
+    model reads (the input is over its limit either way)."""
+    return 4 * (max_chars + 2)
+
+
+def _token_ids(values, position: int, max_ids: int) -> list[int]:
     ids = []
-    for value in values:
+    for value in values[:max_ids]:
         if value.WhichOneof("kind") != "number_value" or not float(value.number_value).is_integer():
             raise _bad_input(f"Input {position} must be an array of integer token ids.")
         ids.append(int(value.number_value))
@@ -79,8 +87,10 @@ def _token_ids(values, position: int) -> list[int]:
     return ids
 
 
-def split_input(value: struct_pb2.Value) -> tuple[list[str], list[list[int]]]:
-    """The texts, or the token-id sequences, of an OpenAI `input` (exactly one of the two is non-empty)."""
+def split_input(value: struct_pb2.Value, max_ids: int, max_inputs: int) -> tuple[list[str], list[list[int]]]:
+    """The texts, or the token-id sequences, of an OpenAI `input` (exactly one of the two is non-empty). Only the
+    first `max_ids` ids of a sequence are read (see `token_id_bound`); more than `max_inputs` inputs are refused
+    before any of them is read."""
     kind = value.WhichOneof("kind")
     if kind == "string_value":
         return [value.string_value], []
@@ -90,13 +100,15 @@ def split_input(value: struct_pb2.Value) -> tuple[list[str], list[list[int]]]:
     items = value.list_value.values
     if not items:
         raise _bad_input("'input' must not be an empty array.")
+    if items[0].WhichOneof("kind") == "number_value":
+        return [], [_token_ids(items, 0, max_ids)]  # one input: its ids past the bound are never read
+    if len(items) > max_inputs:
+        raise errors.too_many_inputs(len(items), max_inputs)
     kinds = {item.WhichOneof("kind") for item in items}
     if kinds == {"string_value"}:
         return [item.string_value for item in items], []
-    if kinds == {"number_value"}:
-        return [], [_token_ids(items, 0)]
     if kinds == {"list_value"}:
-        return [], [_token_ids(item.list_value.values, n) for n, item in enumerate(items)]
+        return [], [_token_ids(item.list_value.values, n, max_ids) for n, item in enumerate(items)]
     raise _bad_input(f"'input' must be {_INPUT_SHAPES}; arrays may not mix these.")
 
 
@@ -129,16 +141,20 @@ async def parse_request(
         raise errors.invalid_input("'model' is required.", field="model")
     model = registry.resolve(request.model)
     note_model(model.id)
-    texts, token_ids = split_input(request.input)
+    try:
+        texts, token_ids = split_input(
+            request.input, token_id_bound(model.tokenizer.max_chars), model.input_cap(max_inputs)
+        )
+    except errors.ApiError as err:
+        raise as_rest_error(err) from None
     options = EmbedOptions(
         dimensions=request.dimensions if request.HasField("dimensions") else None,
         normalize=request.normalize if request.HasField("normalize") else None,
-        truncate=request.truncate,
+        truncate=request.truncate if request.HasField("truncate") else None,
         input_type=request.input_type,
     )
     try:
         if token_ids:
-            model.validate(token_ids, EmbedOptions(), max_inputs)  # the input-count cap, before any decoding work
             texts = await decoder.decode(token_ids)
         model.validate(texts, options, max_inputs)
     except errors.ApiError as err:

@@ -8,6 +8,12 @@ is pure waste while a bigger batch buys little. The oldest queued input is alway
 starvation); the others are picked from a window of queued inputs sorted by length, so inputs of similar length
 share a batch. A large request is split across batches and reassembled in order. Inputs of calls that were
 cancelled or whose deadline passed are dropped before they cost compute.
+
+Async jobs' inputs wait in a background lane: interactive calls come first, and background batches are small and
+never take the last slot. Yet a job keeps a guaranteed share of the engine: while its inputs wait behind
+interactive ones, it earns `background_min_share / (1 - background_min_share)` of every interactive batch's run
+time as credit, and a free slot goes to the background lane once that credit covers one of its batches (which then
+spends it). So under any interactive load a job gets at least that share of inference time and always finishes.
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ class BatchLimits:
     concurrent_batches: int = 1
     # Inputs in one background (async job) batch.
     background_batch_size: int = 16
+    # Inference time background batches keep while interactive inputs wait too (otherwise they only use idle time).
+    background_min_share: float = 0.2
     # Queued inputs considered when grouping by length, as a multiple of max_batch_size.
     window_batches: int = 4
 
@@ -106,6 +114,44 @@ class BatcherStats:
     inputs: int = 0
     padded_tokens: int = 0
     dropped_inputs: int = 0
+    # Background batches that ran ahead of waiting interactive inputs, on the credit of the guaranteed share.
+    background_turns: int = 0
+
+
+class _Share:
+    """The background lane's credit towards its guaranteed share of inference time (seconds)."""
+
+    def __init__(self, share: float) -> None:
+        if not 0 <= share < 1:
+            raise ValueError(f"job_min_share must be in [0, 1), got {share}")
+        self._ratio = share / (1 - share)
+        self.credit = 0.0
+        # Typical run time of one background batch (exponential average): what a turn costs. Until one has run,
+        # an interactive batch's time stands in for it.
+        self._cost: float | None = None
+        self._interactive_cost = 0.0
+
+    def earn(self, interactive_s: float) -> None:
+        """An interactive batch ran while background inputs waited."""
+        self._interactive_cost = interactive_s
+        self.credit = min(self.credit + interactive_s * self._ratio, 4 * self._turn_cost())
+
+    def _turn_cost(self) -> float:
+        return self._cost if self._cost is not None else self._interactive_cost
+
+    def due(self) -> bool:
+        """Whether a background batch may run ahead of waiting interactive inputs."""
+        return self._ratio > 0 and self.credit > 0 and self.credit >= self._turn_cost()
+
+    def spend(self, background_s: float, turn: bool) -> None:
+        """A background batch ran (`turn`: ahead of waiting interactive inputs, so on credit)."""
+        self._cost = background_s if self._cost is None else 0.8 * self._cost + 0.2 * background_s
+        if turn:
+            self.credit -= background_s
+
+    def reset(self) -> None:
+        """No background input waits: credit is earned only while a job waits."""
+        self.credit = 0.0
 
 
 class Batcher:
@@ -118,6 +164,7 @@ class Batcher:
         # Async jobs' inputs: batched only when no interactive input waits, so a big job never slows calls down.
         self._background: deque[_Item] = deque()
         self._running_background = 0
+        self._share = _Share(limits.background_min_share)
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.stats = BatcherStats()
@@ -178,10 +225,16 @@ class Batcher:
         slots = asyncio.Semaphore(self._limits.concurrent_batches)
         running: set[asyncio.Task] = set()
 
-        def finished(task: asyncio.Task, background: bool) -> None:
+        def finished(task: asyncio.Task, background: bool, turn: bool) -> None:
             running.discard(task)
+            seconds = task.result() if not task.cancelled() and task.exception() is None else 0.0
             if background:
                 self._running_background -= 1
+                self._share.spend(seconds, turn)
+            elif self._background:
+                self._share.earn(seconds)
+            if not self._background and not self._running_background:
+                self._share.reset()
             slots.release()
             self._wakeup.set()
 
@@ -192,22 +245,26 @@ class Batcher:
                 while not self._queue and not (self._background and self._background_allowed()):
                     self._wakeup.clear()
                     await self._wakeup.wait()
-                background = not self._queue
+                # Interactive inputs first, unless the background lane has earned a turn (its guaranteed share).
+                turn = bool(self._queue) and bool(self._background) and self._background_allowed() and self._share.due()
+                background = not self._queue or turn
                 batch = self._next_batch(loop.time(), background)
                 if not batch:
                     slots.release()
                     continue
+                self.stats.background_turns += turn
                 # Alone on an idle server: the backend may spread this batch over every core.
                 solo = not running and not self._queue and not self._background
                 task = loop.create_task(self._run_batch(batch, solo))
                 running.add(task)
                 self._running_background += background
-                task.add_done_callback(functools.partial(finished, background=background))
+                task.add_done_callback(functools.partial(finished, background=background, turn=turn))
         finally:
             for task in running:
                 task.cancel()
 
-    async def _run_batch(self, batch: list[_Item], solo: bool) -> None:
+    async def _run_batch(self, batch: list[_Item], solo: bool) -> float:
+        """Run one batch and deliver its vectors; returns the seconds it ran."""
         loop = asyncio.get_running_loop()
         run = functools.partial(self._backend.embed, [i.tokens for i in batch], solo=solo)
         started = loop.time()
@@ -218,10 +275,11 @@ class Batcher:
         except Exception as exc:
             log.exception("batch of %d inputs failed on model %s", len(batch), self.name)
             self._fail(batch, BatchFailed(str(exc)))
-            return
+            return loop.time() - started
         finished = loop.time()
         self._record(batch, finished - started)
         self._deliver(batch, pooled, started, finished)
+        return finished - started
 
     def _alive(self, item: _Item, now: float) -> bool:
         call = item.call

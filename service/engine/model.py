@@ -29,7 +29,8 @@ class EmbedOptions:
     dimensions: int | None = None
     # None: the model's default.
     normalize: bool | None = None
-    truncate: bool = False
+    # Cut inputs over the model's limit instead of refusing them. None: the server's or model's `auto_truncate`.
+    truncate: bool | None = None
     input_type: str = ""
 
 
@@ -55,6 +56,10 @@ class EmbedResult:
     def prompt_tokens(self) -> int:
         return sum(self.token_counts)
 
+    @property
+    def truncated_inputs(self) -> int:
+        return sum(self.truncated)
+
 
 class ServedModel:
     def __init__(
@@ -64,8 +69,12 @@ class ServedModel:
         batcher: Batcher,
         tokenize_executor: Executor,
         max_inputs: int,
+        auto_truncate: bool = False,
     ) -> None:
+        """`auto_truncate`: what a call that does not say `truncate` gets (the model's manifest overrides the
+        server's setting)."""
         self.manifest = manifest
+        self.auto_truncate = auto_truncate
         self.tokenizer = tokenizer
         self.batcher = batcher
         self._tokenize_executor = tokenize_executor
@@ -75,18 +84,17 @@ class ServedModel:
     def id(self) -> str:
         return self.manifest.id
 
+    def input_cap(self, max_inputs: int | None = None) -> int:
+        """Inputs one call may hold; `max_inputs`: a larger cap (async jobs)."""
+        return max_inputs or self._max_inputs
+
     def validate(self, texts: Sequence[str], options: EmbedOptions, max_inputs: int | None = None) -> None:
         """Reject a bad call before it costs anything; raises `errors.ApiError`. `max_inputs`: a larger cap (jobs)."""
-        cap = max_inputs or self._max_inputs
+        cap = self.input_cap(max_inputs)
         if not texts:
             raise errors.invalid_input("inputs must hold at least one input.", field="inputs")
         if len(texts) > cap:
-            raise errors.invalid_input(
-                f"Too many inputs: {len(texts)} in one request, the limit is {cap}. "
-                "Split the request, or use an async job.",
-                field="inputs",
-                reason="too_many_inputs",
-            )
+            raise errors.too_many_inputs(len(texts), cap)
         for index, text in enumerate(texts):
             if not text:
                 raise errors.invalid_input(
@@ -99,45 +107,47 @@ class ServedModel:
         if options.input_type not in INPUT_TYPES:
             raise errors.invalid_input(f"input_type must be one of {INPUT_TYPES[1:]}.", field="input_type")
 
+    def truncates(self, options: EmbedOptions) -> bool:
+        """Whether inputs over the limit are cut (else refused) for a call with these options."""
+        return self.auto_truncate if options.truncate is None else options.truncate
+
     def _with_prefix(self, texts: Sequence[str], input_type: str) -> Sequence[str]:
         prefix = {"query": self.manifest.query_prefix, "document": self.manifest.document_prefix}.get(input_type, "")
         return [prefix + text for text in texts] if prefix else texts
 
     async def tokenize(self, texts: Sequence[str], truncate: bool) -> list[TokenizedInput]:
-        """Tokenize (off the event loop unless tiny); enforce the length limit or truncate to it."""
-        loop = asyncio.get_running_loop()
-        if sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS:
-            tokens = self.tokenizer.encode(texts)
+        """Tokenize (off the event loop unless tiny); enforce the length limit or truncate to it. The cost is bounded
+        by the model's limit: at most `max_chars` characters of an input are read."""
+        if sum(min(len(text), self.tokenizer.max_chars) for text in texts) <= INLINE_TOKENIZE_CHARS:
+            tokens = self.tokenizer.encode(texts, truncate)
         else:
-            tokens = await loop.run_in_executor(self._tokenize_executor, self.tokenizer.encode, texts)
-        limit = self.tokenizer.max_tokens
-        over = [i for i, item in enumerate(tokens) if item.length > limit]
-        if not over:
-            return tokens
+            loop = asyncio.get_running_loop()
+            tokens = await loop.run_in_executor(self._tokenize_executor, self.tokenizer.encode, texts, truncate)
         if not truncate:
-            first = over[0]
-            raise errors.context_length_exceeded(first, tokens[first].length, limit, self.id)
-        cut = await loop.run_in_executor(
-            self._tokenize_executor,
-            self.tokenizer.truncate,
-            [texts[i] for i in over],
-            [tokens[i].original_length for i in over],
-        )
-        for i, item in zip(over, cut, strict=True):
-            tokens[i] = item
+            self._refuse_over_limit(tokens)
         return tokens
 
-    async def check_lengths(self, texts: Sequence[str], slice_size: int = 8192) -> None:
-        """Raise context_length_exceeded for the first input over the limit, keeping only counts in memory (async
-        jobs validate up to a million inputs before they are accepted)."""
+    def _refuse_over_limit(self, tokens: Sequence[TokenizedInput], offset: int = 0) -> None:
+        for index, item in enumerate(tokens):
+            if self.tokenizer.over_limit(item):
+                raise errors.context_length_exceeded(
+                    offset + index,
+                    item.original_length,
+                    self.tokenizer.max_tokens,
+                    self.id,
+                    at_least=item.partial,
+                    chars=item.chars,
+                    max_chars=self.tokenizer.max_chars,
+                )
+
+    async def check_lengths(self, texts: Sequence[str], slice_size: int = 1024) -> None:
+        """Raise context_length_exceeded for the first input over the limit, keeping only a slice's tokens in memory
+        (async jobs validate up to a million inputs before they are accepted)."""
         loop = asyncio.get_running_loop()
-        limit = self.tokenizer.max_tokens
         for start in range(0, len(texts), slice_size):
             part = texts[start : start + slice_size]
-            lengths = await loop.run_in_executor(self._tokenize_executor, self.tokenizer.lengths, part)
-            for offset, length in enumerate(lengths):
-                if length > limit:
-                    raise errors.context_length_exceeded(start + offset, length, limit, self.id)
+            tokens = await loop.run_in_executor(self._tokenize_executor, self.tokenizer.measure, part)
+            self._refuse_over_limit(tokens, start)
 
     async def embed(
         self,
@@ -152,7 +162,7 @@ class ServedModel:
         or raise (rate limits), so a refused call costs no inference."""
         self.validate(texts, options)
         tokenize_started = time.perf_counter()
-        tokens = await self.tokenize(self._with_prefix(texts, options.input_type), options.truncate)
+        tokens = await self.tokenize(self._with_prefix(texts, options.input_type), self.truncates(options))
         tokenize_s = time.perf_counter() - tokenize_started
         if admit is not None:
             await admit(sum(item.length for item in tokens))

@@ -1,4 +1,18 @@
-"""Tokenization with the model's own `tokenizer.json`: exact token counts, truncation only on request."""
+"""Tokenization with the model's own `tokenizer.json`: exact token counts, truncation as the reference does it, and
+a cost bounded by the model's limit rather than by the input's size.
+
+A model reads at most `max_tokens` tokens of an input, so the engine reads at most `max_chars` characters of it
+(`CHARS_PER_TOKEN` per token of the limit: 4,096 for a 256-token model; natural text holds 3-6 characters per
+token). An input longer than that is over the limit whatever it holds. Only its first `max_chars` characters are
+tokenized, and of those only the tokens of words that end inside them are trusted: the pre-tokenizer cuts text into
+words (BERT: at whitespace and punctuation) that tokenize independently, so every word but the one the cut may run
+through tokenizes exactly as in the whole input. When those tokens reach the limit (natural text always does),
+truncation gives exactly the tokens that truncating the whole input's tokenization gives, and the refusal reports a
+true lower bound ("at least N tokens"). An input whose first `max_chars` characters hold fewer tokens than the limit
+(long runs of whitespace, control characters, combining marks, or words longer than the vocabulary handles, which
+become [UNK]) is embedded as cut at `max_chars` characters. Tokenizing 4,096 characters takes milliseconds and a
+few hundred kB, where an 8 MiB string took seconds and a gigabyte.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +23,9 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
+# Characters of an input read per token of the model's limit.
+CHARS_PER_TOKEN = 16
+
 
 @dataclass(frozen=True, slots=True)
 class TokenizedInput:
@@ -16,8 +33,12 @@ class TokenizedInput:
 
     ids: np.ndarray
     type_ids: np.ndarray
-    # Tokens the input had before any truncation.
+    # Tokens the input had before any truncation; a lower bound when `partial`.
     original_length: int
+    # Only the first `max_chars` characters were read: the input is longer than the model reads.
+    partial: bool = False
+    # Characters of the input (set when `partial`, for the refusal's message).
+    chars: int = 0
 
     @property
     def length(self) -> int:
@@ -25,42 +46,87 @@ class TokenizedInput:
 
     @property
     def truncated(self) -> bool:
-        return self.original_length > len(self.ids)
+        return self.partial or self.original_length > len(self.ids)
 
 
 class TextTokenizer:
-    """Counts tokens without truncation (for usage and limit errors) and truncates like the reference on request.
+    """Counts tokens (for usage and limit errors) and truncates exactly like the reference, reading a bounded prefix
+    of every input. One `tokenizers.Tokenizer` with truncation and padding off, shared by threads: truncation is
+    applied to each encoding, never set on the shared instance."""
 
-    Two tokenizer instances: truncation is a property of a `tokenizers.Tokenizer`, and mutating one shared
-    instance per call would race across threads.
-    """
-
-    def __init__(self, path: Path, max_tokens: int) -> None:
+    def __init__(self, path: Path, max_tokens: int, max_chars: int = 0) -> None:
         self.max_tokens = max_tokens
-        self._full = Tokenizer.from_file(str(path))
-        self._full.no_padding()
-        self._full.no_truncation()
-        self._truncating = Tokenizer.from_file(str(path))
-        self._truncating.no_padding()
-        self._truncating.enable_truncation(max_tokens)
+        self.max_chars = max_chars or CHARS_PER_TOKEN * max_tokens
+        self._tokenizer = Tokenizer.from_file(str(path))
+        self._tokenizer.no_padding()
+        self._tokenizer.no_truncation()
+        # Content tokens that fit beside the special tokens the post-processor adds ([CLS], [SEP]).
+        self._content_limit = max_tokens - self._tokenizer.num_special_tokens_to_add(False)
 
-    def encode(self, texts: Sequence[str]) -> list[TokenizedInput]:
-        """Tokenize without truncation: inputs over the limit are returned whole."""
-        return [_to_input(enc, len(enc.ids)) for enc in self._full.encode_batch(list(texts))]
+    def over_limit(self, item: TokenizedInput) -> bool:
+        return item.partial or item.original_length > self.max_tokens
 
-    def lengths(self, texts: Sequence[str]) -> list[int]:
-        """Token counts only (special tokens included, no truncation)."""
-        return [len(enc.ids) for enc in self._full.encode_batch(list(texts))]
+    def encode(self, texts: Sequence[str], truncate: bool = False) -> list[TokenizedInput]:
+        """Every input's tokens. Inputs over the limit are cut to it when `truncate`, else returned over it (whole,
+        or as the tokens of their first `max_chars` characters, `partial`) for the caller to refuse."""
+        inputs: list[TokenizedInput | None] = [None] * len(texts)
+        short = [i for i, text in enumerate(texts) if len(text) <= self.max_chars]
+        over: list[int] = []
+        for i, encoding in zip(short, self._tokenizer.encode_batch([texts[i] for i in short]), strict=True):
+            inputs[i] = _to_input(encoding, len(encoding.ids))
+            if truncate and len(encoding.ids) > self.max_tokens:
+                over.append(i)
+        if over:  # cut as the reference cuts: the content tokens truncated, then the special tokens added
+            contents = self._tokenizer.encode_batch([texts[i] for i in over], add_special_tokens=False)
+            for i, content in zip(over, contents, strict=True):
+                inputs[i] = _to_input(self._truncated(content), inputs[i].original_length)  # type: ignore[union-attr]
+        for i, text in enumerate(texts):
+            if inputs[i] is None:
+                inputs[i] = self._encode_long(text, truncate)
+        return inputs  # type: ignore[return-value]
 
-    def truncate(self, texts: Sequence[str], original_lengths: Sequence[int]) -> list[TokenizedInput]:
-        """Re-tokenize over-long inputs with truncation at the model's limit (special tokens kept)."""
-        encodings = self._truncating.encode_batch(list(texts))
-        return [_to_input(enc, n) for enc, n in zip(encodings, original_lengths, strict=True)]
+    def measure(self, texts: Sequence[str]) -> list[TokenizedInput]:
+        """`encode` without truncation, keeping only the counts (no ids): validating a million job inputs holds no
+        more than a count per input."""
+        empty = np.zeros(0, dtype=np.int64)
+        return [
+            TokenizedInput(empty, empty, item.original_length, item.partial, item.chars) for item in self.encode(texts)
+        ]
+
+    def _truncated(self, content: Encoding) -> Encoding:
+        """The first `max_tokens` tokens of an input, special tokens included: HF truncation of one sequence."""
+        content.truncate(self._content_limit)
+        return self._tokenizer.post_process(content)
+
+    def _encode_long(self, text: str, truncate: bool) -> TokenizedInput:
+        """An input longer than `max_chars`: only its first `max_chars` characters are tokenized (see the module)."""
+        content = self._tokenizer.encode(text[: self.max_chars], add_special_tokens=False)
+        trusted = _complete_word_tokens(content)
+        specials = self.max_tokens - self._content_limit
+        if truncate:
+            return _to_input(self._truncated(content), trusted + specials, partial=True, chars=len(text))
+        empty = np.zeros(0, dtype=np.int64)
+        return TokenizedInput(empty, empty, trusted + specials, partial=True, chars=len(text))
 
 
-def _to_input(encoding: Encoding, original_length: int) -> TokenizedInput:
+def _complete_word_tokens(content: Encoding) -> int:
+    """Leading tokens of a prefix's encoding that belong to words ending inside the prefix: all but the last word's
+    (the cut may run through it). Tokens without a word (no pre-tokenizer) are never trusted."""
+    word_ids = content.word_ids
+    if not word_ids or word_ids[-1] is None:
+        return 0
+    last = word_ids[-1]
+    for position, word in enumerate(word_ids):
+        if word is None or word >= last:
+            return position
+    return len(word_ids)
+
+
+def _to_input(encoding: Encoding, original_length: int, partial: bool = False, chars: int = 0) -> TokenizedInput:
     return TokenizedInput(
         ids=np.asarray(encoding.ids, dtype=np.int64),
         type_ids=np.asarray(encoding.type_ids, dtype=np.int64),
         original_length=original_length,
+        partial=partial,
+        chars=chars,
     )

@@ -1,7 +1,8 @@
 """The workers behind async jobs: embed leased chunks, deliver webhook events, remove expired results.
 
-All state lives in the job store, so any of these loops can die with the process and resume from the store:
-a chunk leased by a dead worker is claimed again when its lease expires; a delivery is retried per its schedule.
+All state lives in the job store, so any of these loops can die with the process and resume from the store: a
+worker renews its chunk's lease while it works on it, so only a dead worker's chunk is claimed again (when the
+lease runs out); a delivery is retried per its schedule.
 Chunks go through the engine's background lane, so a running job never slows interactive calls down.
 """
 
@@ -18,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import orjson
 
 from service import errors
@@ -45,8 +47,8 @@ class JobSettings:
     chunk_size: int = 256
     lease_s: int = 60
     poll_s: float = 0.5
-    # A chunk claimed this many times keeps killing its workers: the job fails instead of looping forever.
-    max_chunk_attempts: int = 3
+    # A chunk whose embedding failed this many times fails its job (takeovers of a dead worker's chunk never count).
+    max_chunk_failures: int = 3
     expiry_sweep_s: float = 60.0
     webhook_policy: webhooks.RetryPolicy = dataclasses.field(default_factory=webhooks.RetryPolicy)
     webhook_allow_private: bool = False
@@ -84,7 +86,7 @@ def embed_options(options: dict[str, Any]) -> EmbedOptions:
     return EmbedOptions(
         dimensions=options.get("dimensions"),
         normalize=options.get("normalize"),
-        truncate=bool(options.get("truncate", False)),
+        truncate=options.get("truncate"),
         input_type=options.get("input_type", ""),
     )
 
@@ -140,24 +142,69 @@ class JobWorkers:
     async def _chunk_loop(self) -> None:
         while True:
             try:
-                chunk = await asyncio.to_thread(self._store.claim_chunk, self._owner, now_s(), self._settings.lease_s)
+                chunk = await asyncio.to_thread(self._store.claim_chunk, self._owner, now_s(), self._lease_s)
             except Exception:
                 log.exception("claiming a chunk failed")
                 chunk = None
             if chunk is None:
                 await self._idle()
                 continue
-            await self._process(chunk)
+            try:
+                await self._run_leased(chunk)
+            except Exception:
+                log.exception("chunk %s/%d: recording its outcome failed (its lease runs out)", chunk.job_id, chunk.idx)
+
+    @property
+    def _lease_s(self) -> int:
+        """The lease asked of the store: whole seconds from a truncated `now`, so one more second keeps every lease
+        at least `lease_s` long."""
+        return self._settings.lease_s + 1
+
+    async def _run_leased(self, chunk: Chunk) -> None:
+        """Embed a chunk while a heartbeat renews its lease, so a live worker keeps it however long the work takes
+        (waiting for rate-limit room, for the engine, or embedding): only a dead worker's lease runs out and moves
+        to another. A lease lost anyway (the job was cancelled or failed, or the store judged this worker dead)
+        stops the work. A failure of the work is counted against the chunk and the chunk is given back at once."""
+        work = asyncio.create_task(self._process(chunk), name=f"chunk {chunk.job_id}/{chunk.idx}")
+        heartbeat = asyncio.create_task(self._heartbeat(chunk, work), name=f"lease {chunk.job_id}/{chunk.idx}")
+        try:
+            await asyncio.wait({work})
+        finally:
+            heartbeat.cancel()
+            work.cancel()
+            await asyncio.gather(work, heartbeat, return_exceptions=True)
+        if not work.cancelled() and work.exception() is not None:
+            await self._chunk_failed(chunk, work.exception())
+
+    async def _heartbeat(self, chunk: Chunk, work: asyncio.Task) -> None:
+        while True:
+            await asyncio.sleep(self._settings.lease_s / 3)
+            try:
+                kept = await asyncio.to_thread(
+                    self._store.renew_lease, chunk.job_id, chunk.idx, self._owner, now_s(), self._lease_s
+                )
+            except Exception:
+                log.exception("renewing the lease of chunk %s/%d failed", chunk.job_id, chunk.idx)
+                continue
+            if not kept:
+                log.info("chunk %s/%d: lease lost (job ended, or taken over): its work stops", chunk.job_id, chunk.idx)
+                work.cancel()
+                return
+
+    async def _chunk_failed(self, chunk: Chunk, error: BaseException) -> None:
+        log.error("chunk %s/%d failed", chunk.job_id, chunk.idx, exc_info=error)
+        failures = await asyncio.to_thread(self._store.release_chunk, chunk.job_id, chunk.idx, self._owner, True)
+        if failures is not None and failures >= self._settings.max_chunk_failures:
+            last = error.message if isinstance(error, errors.ApiError) else f"{type(error).__name__}: {error}"
+            message = f"Inputs {chunk.start}..{chunk.start + chunk.count - 1} failed {failures} times; last: {last}"
+            await asyncio.to_thread(
+                self._store.fail_job, chunk.job_id, {"code": "chunk_failed", "message": message}, now_s()
+            )
+        self.notify()
 
     async def _process(self, chunk: Chunk) -> None:
-        if chunk.attempts > self._settings.max_chunk_attempts:
-            error = {
-                "code": "chunk_failed",
-                "message": f"Inputs {chunk.start}..{chunk.start + chunk.count - 1} failed {chunk.attempts - 1} times.",
-            }
-            await asyncio.to_thread(self._store.fail_job, chunk.job_id, error, now_s())
-            self.notify()
-            return
+        """Embed a chunk and store its vectors. An error that retrying cannot fix (the job's own inputs or options)
+        fails the job; a busy or starting engine gives the chunk back; anything else raises (a counted failure)."""
         try:
             model = self._registry.resolve(chunk.model)
             result = await model.embed(
@@ -165,7 +212,10 @@ class JobWorkers:
             )
         except errors.ApiError as err:
             if err.reason in ("unavailable", "queue_full"):
-                return  # the lease expires and the chunk is retried
+                await asyncio.to_thread(self._store.release_chunk, chunk.job_id, chunk.idx, self._owner, False)
+                return
+            if err.code == grpc.StatusCode.INTERNAL:
+                raise
             await asyncio.to_thread(
                 self._store.fail_job, chunk.job_id, {"code": err.reason, "message": err.message}, now_s()
             )
@@ -183,26 +233,21 @@ class JobWorkers:
             now_s(),
         )
         self._meter(chunk, result.model, result.prompt_tokens)
-        self._metrics.record_chunk(result.model, chunk.tenant, chunk.count, result.prompt_tokens)
+        self._metrics.record_chunk(
+            result.model, chunk.tenant, chunk.count, result.prompt_tokens, result.truncated_inputs
+        )
         self.notify()
 
     def _admission(self, chunk: Chunk) -> Callable[[int], Awaitable[None]] | None:
-        """Charge a chunk's tokens to its tenant's (and key's) rate limits, waiting above the interactive reserve;
-        the lease is renewed while it waits, so a slow-paced job never loses its chunk."""
+        """Charge a chunk's tokens to its tenant's (and key's) rate limits from the room above the interactive
+        reserve, waiting for it (the heartbeat keeps the lease meanwhile)."""
         access = self._access
         if access is None:
             return None
         key_id = chunk.options.get(KEY_ID_OPTION)
-        renewed = time.monotonic()
-
-        def keep_lease() -> None:
-            nonlocal renewed
-            if time.monotonic() - renewed > self._settings.lease_s / 3:
-                renewed = time.monotonic()
-                self._store.renew_lease(chunk.job_id, chunk.idx, self._owner, now_s(), self._settings.lease_s)
 
         async def admit(tokens: int) -> None:
-            await access.admit_job_tokens(chunk.tenant, key_id, tokens, keep_lease)
+            await access.admit_job_tokens(chunk.tenant, key_id, tokens)
 
         return admit
 

@@ -119,11 +119,14 @@ class Chunk:
     status: str
     lease_owner: str | None
     lease_expires_at: int | None
-    # How many times it was claimed: more than a few means its inputs kill workers, so the caller may fail the job.
+    # How many times it was claimed (the first claim, and every takeover of a lease that ran out).
     attempts: int
     tenant: str
     model: str
     options: dict[str, Any]
+    # How many times a worker reported that embedding it failed (`release_chunk(failed=True)`). A takeover is not
+    # a failure: a lease runs out only when its worker stopped renewing it (it died or lost the store).
+    failures: int = 0
 
 
 @dataclass(frozen=True)
@@ -264,6 +267,11 @@ class JobStore(Protocol):
 
     def renew_lease(self, job_id: str, idx: int, owner: str, now: int, lease_s: int) -> bool:
         """Extend `owner`'s lease; False when it lost it (reclaimed, or the job was cancelled or failed)."""
+        ...
+
+    def release_chunk(self, job_id: str, idx: int, owner: str, failed: bool) -> int | None:
+        """Give a chunk `owner` holds back to be claimed at once, counting a failure if `failed`; its failure count
+        after that, or None when `owner` no longer held it."""
         ...
 
     def complete_chunk(
@@ -430,6 +438,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX delivery_attempts_delivery ON delivery_attempts (delivery_id, id)",
     ),
+    # 2: failures are counted apart from claims (a takeover of a lease that ran out is not a failure).
+    ("ALTER TABLE chunks ADD COLUMN failures INTEGER NOT NULL DEFAULT 0",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -780,7 +790,7 @@ class SqliteJobStore:
             )
             row = conn.execute(
                 "SELECT c.job_id, c.idx, c.start, c.count, c.inputs, c.status, c.lease_owner, c.lease_expires_at,"
-                " c.attempts, j.tenant, j.model, j.options"
+                " c.attempts, c.failures, j.tenant, j.model, j.options"
                 " FROM chunks c JOIN jobs j ON j.id = c.job_id WHERE c.job_id = ? AND c.idx = ?",
                 (job_id, idx),
             ).fetchone()
@@ -797,6 +807,7 @@ class SqliteJobStore:
             tenant=row["tenant"],
             model=row["model"],
             options=json.loads(row["options"]),
+            failures=row["failures"],
         )
 
     def renew_lease(self, job_id: str, idx: int, owner: str, now: int, lease_s: int) -> bool:
@@ -810,6 +821,17 @@ class SqliteJobStore:
                 ).rowcount
                 == 1
             )
+
+    def release_chunk(self, job_id: str, idx: int, owner: str, failed: bool) -> int | None:
+        with self._write() as conn:
+            released = conn.execute(
+                "UPDATE chunks SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,"
+                " failures = failures + ? WHERE job_id = ? AND idx = ? AND status = 'leased' AND lease_owner = ?",
+                (int(failed), job_id, idx, owner),
+            ).rowcount
+            if not released:
+                return None
+            return conn.execute("SELECT failures FROM chunks WHERE job_id = ? AND idx = ?", (job_id, idx)).fetchone()[0]
 
     def complete_chunk(
         self,

@@ -30,6 +30,8 @@ class CallInfo:
     tenant: str = DEFAULT_TENANT
     tokens: int = 0
     inputs: int = 0
+    # Inputs cut to the model's limit.
+    truncated: int = 0
     timings: EmbedTimings | None = None
     # When the engine answered (time.time_ns()): spans of tokenize/queue/inference are laid out backwards from it.
     engine_done_ns: int = 0
@@ -67,6 +69,7 @@ def note_result(result: EmbedResult) -> None:
         info.tenant = current_tenant()  # the authenticated caller's (access control runs inside this call)
         info.tokens = result.prompt_tokens
         info.inputs = len(result.token_counts)
+        info.truncated = result.truncated_inputs
         info.timings = result.timings
         info.engine_done_ns = time.time_ns()
 
@@ -76,7 +79,8 @@ def _ms(seconds: float) -> str:
 
 
 def timing_headers(info: CallInfo | None = None) -> tuple[tuple[str, str], ...]:
-    """TEI-style timing headers (milliseconds) and the tokens computed, for the call's initial metadata."""
+    """TEI-style timing headers (milliseconds), the tokens computed and the inputs cut to the model's limit, for the
+    call's initial (REST) or trailing (gRPC) metadata."""
     info = info or _current.get()
     if info is None or info.timings is None:
         return ()
@@ -87,4 +91,5 @@ def timing_headers(info: CallInfo | None = None) -> tuple[tuple[str, str], ...]:
         ("x-queue-time", _ms(timings.queue_s)),
         ("x-inference-time", _ms(timings.inference_s)),
         ("x-compute-tokens", str(info.tokens)),
+        ("x-truncated-inputs", str(info.truncated)),
     )

@@ -131,6 +131,9 @@ class Metrics(Collector):
         )
         self.queue_depth = GaugeSeries(PREFIX + "queue_depth", "Interactive inputs waiting for inference.", ("model",))
         self.tokens = CounterSeries(PREFIX + "tokens", "Tokens embedded (calls and async jobs).", ("model", "tenant"))
+        self.truncated_inputs = CounterSeries(
+            PREFIX + "truncated_inputs", "Inputs cut to the model's limit (calls and async jobs).", ("model",)
+        )
         self.jobs = GaugeSeries(PREFIX + "jobs", "Async jobs in the store, by status.", ("status",))
         self.job_chunks = CounterSeries(PREFIX + "job_chunks", "Async job chunks embedded.", ("model",))
         self.job_inputs = CounterSeries(PREFIX + "job_inputs", "Async job inputs embedded.", ("model",))
@@ -159,6 +162,8 @@ class Metrics(Collector):
             self.tokenize_seconds.observe(model, timings.tokenize_s)
             self.queue_seconds.observe(model, timings.queue_s)
             self.tokens.inc((info.model, info.tenant), info.tokens)
+            if info.truncated:
+                self.truncated_inputs.inc(model, info.truncated)
 
     def batch_observer(self, model: str) -> Callable[[int, int, float], None]:
         """The batcher's per-batch hook for `model` (called on the event loop when a batch finishes)."""
@@ -175,10 +180,12 @@ class Metrics(Collector):
     def watch_queue(self, model: str, depth: Callable[[], float]) -> None:
         self.queue_depth.functions[(model,)] = depth
 
-    def record_chunk(self, model: str, tenant: str, inputs: int, tokens: int) -> None:
+    def record_chunk(self, model: str, tenant: str, inputs: int, tokens: int, truncated: int = 0) -> None:
         self.job_chunks.inc((model,))
         self.job_inputs.inc((model,), inputs)
         self.tokens.inc((model, tenant), tokens)
+        if truncated:
+            self.truncated_inputs.inc((model,), truncated)
 
     def record_delivery(self, outcome: str) -> None:
         self.webhook_deliveries.inc((outcome,))

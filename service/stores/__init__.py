@@ -52,5 +52,10 @@ def open_rate_limiter(settings: Settings) -> RateLimiter:
     if shared(settings) and settings.redis_url:
         from service.access.redis_limits import RedisRateLimiter
 
-        return RedisRateLimiter(settings.redis_url, settings.redis_key_prefix, settings.rate_limit_redis_failure)
+        return RedisRateLimiter(
+            settings.redis_url,
+            settings.redis_key_prefix,
+            settings.rate_limit_redis_failure,
+            settings.rate_limit_redis_timeout_s,
+        )
     return LocalRateLimiter()

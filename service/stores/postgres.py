@@ -167,6 +167,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (day, tenant, key_id, model)
         )""",
     ),
+    # 2: failures are counted apart from claims (a takeover of a lease that ran out is not a failure).
+    ("ALTER TABLE chunks ADD COLUMN failures INTEGER NOT NULL DEFAULT 0",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -350,6 +352,7 @@ class PostgresJobStore(SqliteJobStore):
     claim_chunk = retry_conflicts(SqliteJobStore.claim_chunk)
     complete_chunk = retry_conflicts(SqliteJobStore.complete_chunk)
     renew_lease = retry_conflicts(SqliteJobStore.renew_lease)
+    release_chunk = retry_conflicts(SqliteJobStore.release_chunk)
     cancel_job = retry_conflicts(SqliteJobStore.cancel_job)
     fail_job = retry_conflicts(SqliteJobStore.fail_job)
     expire_results = retry_conflicts(SqliteJobStore.expire_results)
