@@ -24,7 +24,7 @@ TEXTS = [f"sentence number {i} about {topic}" for i, topic in enumerate(["cats",
 
 
 def cli(server, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "client", "--address", server.address, *args]
+    command = [sys.executable, "-m", "embeddings_client", "--address", server.address, *args]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
@@ -119,7 +119,17 @@ def test_ctrl_c_mid_job_leaves_the_job_running(server, jobs_stub, tmp_path):
     source = tmp_path / "big.txt"
     source.write_text("\n".join(f"line {i} of a corpus that takes a few seconds to embed" for i in range(4000)))
     out = tmp_path / "big.npy"
-    command = [sys.executable, "-m", "client", "--address", server.address, "embed", str(source), "--output", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "embeddings_client",
+        "--address",
+        server.address,
+        "embed",
+        str(source),
+        "--output",
+        str(out),
+    ]
     proc = subprocess.Popen(
         [*command, "--model", FP32, "--async-threshold", "100", "--poll-interval", "0.1"],
         cwd=ROOT,

@@ -1,4 +1,4 @@
-"""`embeddings` (or `python -m client`): embed a file of texts over gRPC, list models, manage async jobs.
+"""`embeddings` (or `python -m embeddings_client`): embed a file of texts over gRPC, list models, manage async jobs.
 
 Small files are embedded synchronously in batches (EmbeddingService.Embed) with a progress bar; files above
 `--async-threshold` inputs become an async job (JobService.AsyncEmbed) whose progress is followed until it is done,
@@ -24,7 +24,7 @@ from embeddings.v1 import embeddings_pb2, embeddings_pb2_grpc, jobs_pb2, jobs_pb
 from google.protobuf import json_format, struct_pb2
 from tqdm import tqdm
 
-from client.io import VectorWriter, check_output, read_texts
+from embeddings_client.io import VectorWriter, check_output, read_texts
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 FINISHED = ("completed", "failed", "cancelled")
