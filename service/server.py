@@ -69,6 +69,10 @@ class EmbeddingServer:
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 ("grpc.so_reuseport", 0),
+                # Accept the keepalive pings of the shipped client configuration (every 30 s, also between calls);
+                # gRPC's default would answer pings more often than every 5 min with GOAWAY (too_many_pings).
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 20_000),
             ],
         )
         embeddings_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(scoped), self._server)

@@ -75,6 +75,11 @@ class ServedModel:
     def id(self) -> str:
         return self.manifest.id
 
+    @property
+    def max_inputs(self) -> int:
+        """The most inputs one interactive call may carry."""
+        return self._max_inputs
+
     def validate(self, texts: Sequence[str], options: EmbedOptions, max_inputs: int | None = None) -> None:
         """Reject a bad call before it costs anything; raises `errors.ApiError`. `max_inputs`: a larger cap (jobs)."""
         cap = max_inputs or self._max_inputs
