@@ -1,8 +1,10 @@
-"""Reading texts from a file and writing vectors to `.npy` or `.jsonl`."""
+"""Reading inputs from a file (one per line) and writing vectors to `.npy` or `.jsonl`, row i for line i + 1."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -12,26 +14,64 @@ import orjson
 OUTPUT_SUFFIXES = (".npy", ".jsonl")
 
 
-def read_texts(path: Path) -> list[str]:
-    """Plain text (one input per non-empty line) or JSONL (one object per line with a `text` field).
+@dataclass(frozen=True)
+class Inputs:
+    """The texts of a file, the file line (1-based) each came from, and the blank lines left out."""
 
-    JSONL is recognised by a `.jsonl` suffix or a first line that is a JSON object.
+    path: Path
+    texts: list[str]
+    lines: list[int]
+    skipped: list[int]
+
+    @property
+    def line_count(self) -> int:
+        return len(self.texts) + len(self.skipped)
+
+    @property
+    def rows(self) -> list[int]:
+        """Output row of each text: its line's position in the file (row i is line i + 1)."""
+        return [line - 1 for line in self.lines]
+
+    def where(self, index: int | None) -> str:
+        """`file:line` of input `index` (the file alone when unknown)."""
+        if index is None or not 0 <= index < len(self.lines):
+            return str(self.path)
+        return f"{self.path}:{self.lines[index]}"
+
+
+def read_inputs(path: Path, skip_blank: bool = False) -> Inputs:
+    """Plain text (one input per line) or JSONL (one object per line with a string `text` field).
+
+    JSONL is recognised by a `.jsonl` suffix or a first non-blank line that is a JSON object. A blank line (or a
+    blank `text`) is an error naming the line, unless `skip_blank`: then it is left out and listed in `skipped`.
     """
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not lines:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    first = next((line for line in lines if line.strip()), None)
+    if first is None:
         raise ValueError(f"{path} holds no text")
-    if path.suffix != ".jsonl" and not lines[0].lstrip().startswith("{"):
-        return lines
-    texts = []
+    jsonl = path.suffix == ".jsonl" or first.lstrip().startswith("{")
+    texts, numbers, skipped = [], [], []
     for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise ValueError(f"{path}:{number}: expected an object with a string 'text' field")
-        texts.append(record["text"])
-    return texts
+        text = _jsonl_text(path, number, line) if jsonl and line.strip() else line
+        if not text.strip():
+            if not skip_blank:
+                what = "blank line" if not line.strip() else "blank 'text'"
+                raise ValueError(f"{path}:{number}: {what}: every line is one input (--skip-blank leaves them out)")
+            skipped.append(number)
+            continue
+        texts.append(text)
+        numbers.append(number)
+    return Inputs(path, texts, numbers, skipped)
+
+
+def _jsonl_text(path: Path, number: int, line: str) -> str:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        raise ValueError(f"{path}:{number}: expected an object with a string 'text' field")
+    return record["text"]
 
 
 def check_output(path: Path) -> None:
@@ -40,32 +80,44 @@ def check_output(path: Path) -> None:
 
 
 class VectorWriter:
-    """Writes rows in input order as they arrive: a `.npy` array (memory-mapped, sized on the first rows) or JSONL
-    lines `{"index": i, "embedding": [...]}`."""
+    """Writes the vectors of inputs, in input order as they arrive, at their rows: a `.npy` array [rows, d]
+    (memory-mapped, created with the first vectors; rows no input fills are NaN) or JSONL lines
+    `{"index": row, "embedding": [...]}` (rows no input fills have no line)."""
 
-    def __init__(self, path: Path, total: int) -> None:
+    def __init__(self, path: Path, rows: Sequence[int], total_rows: int) -> None:
         check_output(path)
         self.path = path
-        self.total = total
+        self.rows = rows
+        self.total_rows = total_rows
         self.written = 0
         self._array: np.ndarray | None = None
         self._jsonl: IO[bytes] | None = None
 
-    def write(self, rows: np.ndarray) -> None:
+    def write(self, vectors: np.ndarray) -> None:
+        rows = self.rows[self.written : self.written + len(vectors)]
+        if len(rows) != len(vectors):
+            raise ValueError(f"{len(vectors)} vectors for {len(rows)} remaining inputs")
         if self.path.suffix == ".npy":
-            if self._array is None:
-                self._array = np.lib.format.open_memmap(
-                    self.path, mode="w+", dtype=np.float32, shape=(self.total, rows.shape[1])
-                )
-            self._array[self.written : self.written + len(rows)] = rows
+            self._write_npy(rows, vectors)
         else:
-            if self._jsonl is None:
-                self._jsonl = self.path.open("wb")
-            for offset, row in enumerate(rows.astype(np.float32, copy=False)):
-                # float32 in shortest form, as the REST API writes it.
-                item = {"index": self.written + offset, "embedding": row}
-                self._jsonl.write(orjson.dumps(item, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
-        self.written += len(rows)
+            self._write_jsonl(rows, vectors)
+        self.written += len(vectors)
+
+    def _write_npy(self, rows: Sequence[int], vectors: np.ndarray) -> None:
+        if self._array is None:
+            shape = (self.total_rows, vectors.shape[1])
+            self._array = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.float32, shape=shape)
+            if len(self.rows) < self.total_rows:
+                self._array[:] = np.nan  # rows of skipped lines
+        self._array[list(rows)] = vectors
+
+    def _write_jsonl(self, rows: Sequence[int], vectors: np.ndarray) -> None:
+        if self._jsonl is None:
+            self._jsonl = self.path.open("wb")
+        for row, vector in zip(rows, vectors.astype(np.float32, copy=False), strict=True):
+            # float32 in shortest form, as the REST API writes it.
+            item = {"index": row, "embedding": vector}
+            self._jsonl.write(orjson.dumps(item, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
 
     def close(self) -> None:
         if self._array is not None:
