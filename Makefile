@@ -7,7 +7,7 @@ MODEL_REPO ?= models
 NPM_TOOLS := build/npm/.installed
 BUF    := build/npm/node_modules/.bin/buf
 
-.PHONY: all setup proto stubs models run run-grpc cluster test lint bench bench-quick bench-throughput clean
+.PHONY: all setup proto stubs models run run-grpc cluster test test-clients lint bench bench-quick bench-throughput clean
 
 all: setup proto models
 
@@ -65,7 +65,17 @@ lint: proto $(NPM_TOOLS)
 	$(BUF) lint
 
 test: setup lint models
-	EMBED_MODEL_REPO=$(abspath $(MODEL_REPO)) $(PY) -m pytest -q
+	EMBED_MODEL_REPO=$(abspath $(MODEL_REPO)) $(PY) -m pytest -q --ignore=tests/clients
+
+# The client matrix: langchain-openai, llama-index, litellm, haystack-ai and the openai SDKs (Python, Node) against
+# the real server through Envoy, vectors checked against sentence-transformers. Its packages (the `clients` extra)
+# go into the same venv, after the pinned CPU torch (none of them asks for torch). CI runs it after `make test`.
+$(VENV)/.installed-clients: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install -q -e '.[build,test,clients]'
+	touch $@
+
+test-clients: setup proto models $(VENV)/.installed-clients
+	EMBED_MODEL_REPO=$(abspath $(MODEL_REPO)) $(PY) -m pytest -q tests/clients
 
 # The benchmark suite (~20 min): in-process limit, sentence-transformers, gRPC and REST load grid, int8, long texts,
 # memory soak. Writes bench/results/suite.{md,png,json}. Not part of `make test`.
