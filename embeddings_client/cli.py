@@ -74,8 +74,10 @@ def embed_sync(client: SyncClientBase, inputs: Inputs, args: argparse.Namespace)
             for batch in client.iter_embed(inputs.texts, batch_size=args.batch_size, **embed_options(args)):
                 writer.write(batch.vectors)
                 bar.update(len(batch.vectors))
-    finally:
-        writer.close()
+        writer.finish()
+    except BaseException:
+        writer.discard()  # no half-filled output
+        raise
     say(wrote(writer, args.output))
 
 
@@ -107,22 +109,30 @@ def follow_job(client: SyncClientBase, job: Job, poll_s: float) -> Job:
 
 
 def write_results(client: SyncClientBase, job: Job, writer: VectorWriter, page_size: int) -> int:
-    """Page a completed job's vectors into `writer` (then closed); returns how many were written."""
+    """Page a completed job's vectors into `writer` and put the output in place; returns how many were written."""
     try:
         with progress(job.total, "vector", "results") as bar:
             for _, rows in client.iter_job_results(job.id, page_size=page_size):
                 writer.write(rows)
                 bar.update(len(rows))
-    finally:
-        writer.close()
+        writer.finish()
+    except BaseException:
+        writer.discard()  # no half-filled output
+        raise
     return writer.written
 
 
 def embed_async(client: SyncClientBase, inputs: Inputs, args: argparse.Namespace) -> int:
     metadata = {"source": Path(args.file).name}
-    job = client.submit_job(inputs.texts, metadata=metadata, timeout=max(client.timeout, 600), **embed_options(args))
-    say(f"{len(inputs.texts)} inputs: submitted async job {job.id}")
     try:
+        job = client.submit_job(
+            inputs.texts, metadata=metadata, timeout=max(client.timeout, 600), **embed_options(args)
+        )
+    except KeyboardInterrupt:
+        say("\ninterrupted while submitting the job: it may exist on the server (`embeddings jobs list` shows it)")
+        return INTERRUPTED
+    try:  # from here on, Ctrl-C leaves the job running and says how to pick it up
+        say(f"{len(inputs.texts)} inputs: submitted async job {job.id}")
         job = follow_job(client, job, args.poll_interval)
         if job.status != "completed":
             say(f"job {job.id} {job.status}: {job.error_message or 'no results'}")
@@ -151,7 +161,7 @@ def cmd_embed(client: SyncClientBase, args: argparse.Namespace) -> int:
         print(input_error(inputs, err), file=sys.stderr)
         return SERVER_ERROR
     except KeyboardInterrupt:
-        say("\ninterrupted: nothing was kept (synchronous calls run only while the client waits)")
+        say("\ninterrupted: no output was written (synchronous calls run only while the client waits)")
         return INTERRUPTED
     return 0
 

@@ -23,7 +23,7 @@ _INPUT_FIELD = re.compile(r"^inputs?\[(\d+)\]$")
 _INPUT_IN_MESSAGE = re.compile(r"\b([Ii]nput) (\d+)\b")
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity, as exceptions are
 class EmbeddingsError(Exception):
     """A call the server (or the connection to it) answered with an error.
 

@@ -82,11 +82,15 @@ def check_output(path: Path) -> None:
 class VectorWriter:
     """Writes the vectors of inputs, in input order as they arrive, at their rows: a `.npy` array [rows, d]
     (memory-mapped, created with the first vectors; rows no input fills are NaN) or JSONL lines
-    `{"index": row, "embedding": [...]}` (rows no input fills have no line)."""
+    `{"index": row, "embedding": [...]}` (rows no input fills have no line).
+
+    Writes go to a hidden `.NAME.partial` beside the output, which `finish` renames into place once every input is
+    written; `discard` (an error, Ctrl-C) removes it, so a failed run never leaves a half-filled output behind."""
 
     def __init__(self, path: Path, rows: Sequence[int], total_rows: int) -> None:
         check_output(path)
         self.path = path
+        self.partial = path.with_name(f".{path.name}.partial")
         self.rows = rows
         self.total_rows = total_rows
         self.written = 0
@@ -106,20 +110,31 @@ class VectorWriter:
     def _write_npy(self, rows: Sequence[int], vectors: np.ndarray) -> None:
         if self._array is None:
             shape = (self.total_rows, vectors.shape[1])
-            self._array = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.float32, shape=shape)
+            self._array = np.lib.format.open_memmap(self.partial, mode="w+", dtype=np.float32, shape=shape)
             if len(self.rows) < self.total_rows:
                 self._array[:] = np.nan  # rows of skipped lines
         self._array[list(rows)] = vectors
 
     def _write_jsonl(self, rows: Sequence[int], vectors: np.ndarray) -> None:
         if self._jsonl is None:
-            self._jsonl = self.path.open("wb")
+            self._jsonl = self.partial.open("wb")
         for row, vector in zip(rows, vectors.astype(np.float32, copy=False), strict=True):
             # float32 in shortest form, as the REST API writes it.
             item = {"index": row, "embedding": vector}
             self._jsonl.write(orjson.dumps(item, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
 
-    def close(self) -> None:
+    def finish(self) -> None:
+        """Every input is written: put the output in place."""
+        if self.written != len(self.rows):
+            raise ValueError(f"{self.written} of {len(self.rows)} vectors written")
+        self._close()
+        self.partial.replace(self.path)
+
+    def discard(self) -> None:
+        self._close()
+        self.partial.unlink(missing_ok=True)
+
+    def _close(self) -> None:
         if self._array is not None:
             self._array.flush()
             self._array = None

@@ -95,6 +95,7 @@ def test_errors_name_the_file_line_not_the_position_in_a_batch(server, gateway, 
         # Line 8 was input 1 of the third request: the message names the line only.
         assert f"{source}:8: this input is too long" in done.stderr, (url, done.stderr)
         assert "Input 1" not in done.stderr and "input 7" not in done.stderr.lower()
+        assert not list(tmp_path.glob("*x.npy*")), "a failed run leaves no output, not even a partial one"
     jsonl = tmp_path / "docs.jsonl"
     jsonl.write_text('{"text": "fine"}\n\n{"text": "also fine"}\n')
     done = cli(server, "embed", str(jsonl), "--output", str(tmp_path / "x.npy"))
