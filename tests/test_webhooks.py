@@ -23,6 +23,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx2 as httpx
 import pytest
+import standardwebhooks
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from service.jobs import webhooks
 from service.jobs.webhooks import (
@@ -362,6 +364,22 @@ async def test_success_is_signed_per_spec(receiver_clear: Receiver, sender: Webh
     assert request.headers["webhook-timestamp"] == str(NOW)
     assert request.headers["webhook-signature"] == reference_signature(SECRET, EVENT_ID, NOW, body)
     assert verify(SECRET, request.headers, request.body, now=NOW)
+
+
+async def test_a_real_delivery_verifies_with_the_standardwebhooks_library(
+    receiver_clear: Receiver, sender: WebhookSender
+) -> None:
+    """The Standard Webhooks reference library (what the README's receiver uses) accepts a delivery as it arrived."""
+    body = body_for()
+    attempt = await sender.send(receiver_clear.url("/status/204"), SECRET, EVENT_ID, body)  # signed now
+    assert attempt.outcome == "succeeded"
+    [request] = receiver_clear.received("/status/204")
+    event = standardwebhooks.Webhook(SECRET).verify(request.body, request.headers)
+    assert event["object"] == "event" and event["data"]["id"] == "job_1"
+    with pytest.raises(WebhookVerificationError):
+        standardwebhooks.Webhook(SECRET).verify(request.body.replace(b"job_1", b"job_2"), request.headers)
+    with pytest.raises(WebhookVerificationError):
+        standardwebhooks.Webhook(generate_secret()).verify(request.body, request.headers)
 
 
 @pytest.mark.parametrize(

@@ -73,6 +73,7 @@ def model_message(model: ServedModel, aliases: list[str]) -> pb.Model:
         provenance={
             k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in manifest.provenance.items()
         },
+        max_inputs_per_request=model.max_inputs,
     )
 
 

@@ -88,6 +88,11 @@ class ServedModel:
         """Inputs one call may hold; `max_inputs`: a larger cap (async jobs)."""
         return max_inputs or self._max_inputs
 
+    @property
+    def max_inputs(self) -> int:
+        """The most inputs one interactive call may carry."""
+        return self._max_inputs
+
     def validate(self, texts: Sequence[str], options: EmbedOptions, max_inputs: int | None = None) -> None:
         """Reject a bad call before it costs anything; raises `errors.ApiError`. `max_inputs`: a larger cap (jobs)."""
         cap = self.input_cap(max_inputs)
