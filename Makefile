@@ -6,8 +6,10 @@ PY     := $(BIN)/python
 MODEL_REPO ?= models
 NPM_TOOLS := build/npm/.installed
 BUF    := build/npm/node_modules/.bin/buf
+# Swagger UI's files for GET /docs, served by the server from here (never from a CDN).
+SWAGGER_UI := build/swagger-ui/.installed
 
-.PHONY: all setup proto models run run-grpc cluster test lint bench bench-quick bench-throughput clean
+.PHONY: all setup proto models run run-grpc cluster test lint bench bench-quick bench-throughput screenshots clean
 
 all: setup proto models
 
@@ -25,7 +27,11 @@ $(NPM_TOOLS):
 	npm install --silent --no-audit --no-fund --prefix build/npm @bufbuild/buf@1.75 openai@6
 	touch $@
 
-setup: $(VENV)/.installed $(NPM_TOOLS)
+$(SWAGGER_UI):
+	npm install --silent --no-audit --no-fund --prefix build/swagger-ui swagger-ui-dist@5.35.0
+	touch $@
+
+setup: $(VENV)/.installed $(NPM_TOOLS) $(SWAGGER_UI)
 
 # Generated code and the descriptor set, from proto/ (tools/genproto.py); the .pth puts them on the path.
 build/.proto: $(VENV)/.installed tools/genproto.py tools/openapi.py $(shell find proto -name '*.proto')
