@@ -79,5 +79,9 @@ bench-quick: proto models
 bench-throughput: proto models
 	$(PY) -m bench.throughput --model-repo $(MODEL_REPO)
 
+# The README's screenshots of the console and /docs (docs/console/*.png), taken by the browser tests in Chromium.
+screenshots: setup proto models
+	EMBED_CONSOLE_SCREENSHOTS=docs/console EMBED_MODEL_REPO=$(abspath $(MODEL_REPO)) $(PY) -m pytest -q tests/browser
+
 clean:
 	rm -rf build .pytest_cache .ruff_cache

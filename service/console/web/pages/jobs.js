@@ -129,13 +129,18 @@ const asyncJobs = {
   id: (job) => job.id,
   active: (job) => RUNNING.has(job.status),
   columns: [
-    { label: "Job", key: (j) => j.id, cell: (j) => [h("code", {}, j.id), metadataText(j)] },
-    { label: "Model", key: (j) => j.model, cell: (j) => j.model },
+    { label: "Job", key: (j) => j.id, cell: (j) => [h("code", {}, j.id), h("div", { class: "hint" }, j.model), metadataText(j)] },
     { label: "Status", key: (j) => `${j.status}${j.error?.message || ""}`, cell: jobStatus },
     { label: "Progress", key: (j) => `${j.progress?.completed}/${j.progress?.total}`, cell: jobProgress },
     { label: "Tokens", key: (j) => String(j.usage?.total_tokens), cell: (j) => formatNumber(j.usage?.total_tokens ?? 0), numeric: true },
-    { label: "Created", key: (j) => String(j.created_at), cell: (j) => formatTime(j.created_at) },
-    { label: "Results kept until", key: (j) => String(j.expires_at), cell: (j) => formatTime(j.expires_at) },
+    {
+      label: "Created",
+      key: (j) => `${j.created_at}/${j.expires_at}`,
+      cell: (j) => [
+        h("span", { class: "nowrap" }, formatTime(j.created_at)),
+        j.expires_at ? h("div", { class: "hint nowrap" }, `results until ${formatTime(j.expires_at)}`) : null,
+      ],
+    },
     { label: "Actions", key: (j) => j.status, cell: jobActions },
   ],
 };
