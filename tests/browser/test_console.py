@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx2
@@ -136,9 +137,11 @@ def test_models_page_lists_what_the_api_lists(page, stack, screenshots):
     tiny = page.locator(f'tr[data-model="{TINY}"]')
     expect(tiny).to_contain_text("also 8, 16")
     expect(tiny).to_contain_text('query: "query: "')
+    fp32 = next(m for m in listed if m.id == FP32).model_extra["provenance"]
     provenance = page.locator(f'tr[data-model="{FP32}"] details')
     provenance.locator("summary").click()
-    expect(provenance.locator("dl")).to_be_visible()
+    expect(provenance.locator("dt")).to_have_text(sorted(fp32))
+    expect(provenance.locator("dd")).to_have_text([fp32[name] for name in sorted(fp32)])
     # The key is only in this tab's session storage.
     assert page.evaluate("localStorage.length") == 0
     assert page.evaluate("sessionStorage.getItem('embeddings.apiKey')") == stack.keys["admin"]
@@ -205,23 +208,6 @@ def test_playground_options_and_snippets_run_as_shown(page, stack, tmp_path):
     ran = subprocess.run([node, "embed.mjs"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60)
     assert ran.returncode == 0, ran.stderr
     assert len(ran.stdout.splitlines()) == 4
-
-
-def test_usage_charts_show_the_apis_counts(page, stack, screenshots):
-    metered = client(stack, "metered")
-    tokens = sum(metered.embeddings.create(model=FP32, input=["usage " * n]).usage.total_tokens for n in (1, 5, 9))
-    sign_in(page, stack, "admin")
-    open_page(page, "Usage", "usage")
-    page.get_by_label("Group by").select_option("tenant")
-    page.get_by_role("button", name="Show").click()
-    row = page.get_by_role("table", name="Usage per tenant").get_by_role("row").filter(has_text="metered")
-    expect(row.get_by_role("cell")).to_have_text(["metered", "3", f"{tokens:,}", "0", "0"])
-    chart = page.get_by_role("img", name=re.compile(r"^Tokens per day by tenant"))
-    expect(chart).to_be_visible()
-    assert chart.locator("rect").count() >= 1
-    titles = chart.locator("rect title").all_text_contents()
-    assert any(title.endswith(f"metered: {tokens:,} tokens") for title in titles), titles
-    snapshot(page, screenshots, "usage")
 
 
 def test_admin_creates_rotates_and_revokes_a_key(page, stack, screenshots):
@@ -342,6 +328,25 @@ def test_webhook_endpoint_and_its_deliveries(page, stack, screenshots):
         snapshot(page, screenshots, "jobs")
     finally:
         receiver.close()
+
+
+def test_usage_charts_show_the_apis_counts(page, stack, screenshots):
+    metered = client(stack, "metered")
+    tokens = sum(metered.embeddings.create(model=FP32, input=["usage " * n]).usage.total_tokens for n in (1, 5, 9))
+    sign_in(page, stack, "admin")
+    open_page(page, "Usage", "usage")
+    week_ago = (datetime.now(UTC) - timedelta(days=6)).date().isoformat()
+    page.get_by_label("Since (UTC day)").fill(week_ago)
+    page.get_by_label("Group by").select_option("tenant")
+    page.get_by_role("button", name="Show").click()
+    row = page.get_by_role("table", name="Usage per tenant").get_by_role("row").filter(has_text="metered")
+    expect(row.get_by_role("cell")).to_have_text(["metered", "3", f"{tokens:,}", "0", "0"])
+    chart = page.get_by_role("img", name=re.compile(r"^Tokens per day by tenant"))
+    expect(chart).to_be_visible()
+    assert chart.locator("rect").count() >= 1
+    titles = chart.locator("rect title").all_text_contents()
+    assert any(title.endswith(f"metered: {tokens:,} tokens") for title in titles), titles
+    snapshot(page, screenshots, "usage")
 
 
 def test_a_user_key_is_refused_the_admin_pages(page, stack):

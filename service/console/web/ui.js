@@ -36,7 +36,7 @@ export function h(tag, attributes = {}, ...children) {
 }
 
 function append(parent, children) {
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) {
       continue;
     }
@@ -137,6 +137,11 @@ export function announce(message) {
 
 export function formatNumber(value) {
   return value === undefined || value === null ? "—" : Number(value).toLocaleString("en-US");
+}
+
+/** Unix seconds as "2026-11-30". */
+export function formatDay(seconds) {
+  return seconds ? new Date(seconds * 1000).toISOString().slice(0, 10) : "—";
 }
 
 /** Unix seconds as "2026-11-30 14:05 UTC". */

@@ -152,12 +152,13 @@ function deliveriesTable(deliveries) {
   if (!deliveries.length) {
     return h("p", {}, "No delivery attempts yet.");
   }
+  const numbered = deliveries.some((d) => d.attempt !== undefined);
   return table(
     "Delivery attempts, newest first",
     [
       { label: "Attempted", cell: (d) => formatTime(d.attempted_at) },
       { label: "Event", cell: (d) => [h("code", {}, d.event_id), h("div", { class: "hint" }, d.event_type)] },
-      { label: "Attempt", cell: (d) => String(d.attempt ?? "—"), numeric: true },
+      ...(numbered ? [{ label: "Attempt", cell: (d) => String(d.attempt ?? "—"), numeric: true }] : []),
       { label: "Outcome", cell: (d) => h("span", { class: `badge ${d.outcome}` }, d.outcome) },
       { label: "HTTP status", cell: (d) => String(d.status_code ?? "—"), numeric: true },
       { label: "Duration", cell: (d) => (d.duration_ms === undefined ? "—" : `${d.duration_ms} ms`), numeric: true },

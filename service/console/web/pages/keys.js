@@ -92,7 +92,7 @@ export async function render(body, { signal }) {
       { label: "Models", cell: (k) => (k.models.length ? k.models.join(", ") : "all") },
       { label: "Requests/min", cell: (k) => limit(k.rpm), numeric: true },
       { label: "Tokens/min", cell: (k) => limit(k.tpm), numeric: true },
-      { label: "Created", cell: (k) => formatTime(k.created_at) },
+      { label: "Created", cell: (k) => h("span", { class: "nowrap" }, formatTime(k.created_at)) },
       { label: "Status", cell: status },
       {
         label: "Actions",

@@ -2,7 +2,7 @@
 // them, and where the weights came from.
 
 import { api } from "../api.js";
-import { formatTime, h, table } from "../ui.js";
+import { formatDay, h, table } from "../ui.js";
 
 /** Fields of a model that carry a price (none today; shown when the server adds them). */
 function priceEntries(model) {
@@ -24,7 +24,7 @@ function sizes(model) {
 }
 
 function provenance(model) {
-  const entries = Object.entries(model.provenance || {}).sort(([a], [b]) => a.localeCompare(b));
+  const entries = Object.entries(model.provenance || {}).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
   if (!entries.length) {
     return "—";
   }
@@ -68,7 +68,7 @@ export async function render(body, { signal }) {
     { label: "Prefixes", cell: prefixes },
     ...(priced ? [{ label: "Price", cell: (m) => priceEntries(m).map(([, v]) => priceText(v)).join("; ") || "—" }] : []),
     { label: "Owned by", cell: (m) => m.owned_by || "—" },
-    { label: "Created", cell: (m) => formatTime(m.created) },
+    { label: "Created", cell: (m) => h("span", { class: "nowrap" }, formatDay(m.created)) },
     { label: "Provenance", cell: provenance },
     {
       label: "Try",
