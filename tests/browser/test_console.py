@@ -137,6 +137,7 @@ def test_models_page_lists_what_the_api_lists(page, stack, screenshots):
     tiny = page.locator(f'tr[data-model="{TINY}"]')
     expect(tiny).to_contain_text("also 8, 16")
     expect(tiny).to_contain_text('query: "query: "')
+    snapshot(page, screenshots, "models")
     fp32 = next(m for m in listed if m.id == FP32).model_extra["provenance"]
     provenance = page.locator(f'tr[data-model="{FP32}"] details')
     provenance.locator("summary").click()
@@ -146,7 +147,6 @@ def test_models_page_lists_what_the_api_lists(page, stack, screenshots):
     assert page.evaluate("localStorage.length") == 0
     assert page.evaluate("sessionStorage.getItem('embeddings.apiKey')") == stack.keys["admin"]
     assert page.context.cookies() == []
-    snapshot(page, screenshots, "models")
 
 
 def test_playground_similarity_equals_the_apis(page, stack, screenshots):
@@ -362,6 +362,16 @@ def test_a_user_key_is_refused_the_admin_pages(page, stack):
         expect(alert).to_contain_text("This operation needs an admin API key. (HTTP 403, insufficient_permissions)")
         expect(page.locator("main form")).to_have_count(0)
         assert admin_id not in page.content()
+
+
+def test_a_server_running_open_takes_an_empty_key(page, gateway):
+    """The session's server has no keys (loopback): signing in with nothing works, and there are no admin pages."""
+    page.goto(f"{gateway.base_url}/console")
+    page.get_by_role("button", name="Sign in").click()
+    nav = page.get_by_role("navigation", name="Console pages")
+    expect(nav.get_by_role("link")).to_have_text(["Models", "Playground", "Jobs and webhooks"])
+    expect(page.get_by_text("Signed in with no key (server running open)")).to_be_visible()
+    expect(page.locator(f'tr[data-model="{FP32}"]')).to_be_visible()
 
 
 def test_every_control_is_labelled_and_reachable_by_keyboard(page, stack):
