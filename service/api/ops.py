@@ -88,13 +88,18 @@ class OpsServicer(pb_grpc.OpsServiceServicer):
         return await _send_asset(context, await self._console_site(), request, "/console")
 
 
-async def _send(context, file: console.WebFile, cache_control: str) -> httpbody_pb2.HttpBody:
+async def _send(context: grpc.aio.ServicerContext, file: console.WebFile, cache_control: str) -> httpbody_pb2.HttpBody:
     """The file, with its caching and security headers (initial metadata: HTTP headers through the gateway)."""
     await context.send_initial_metadata((("cache-control", cache_control), *console.SECURITY_HEADERS))
     return httpbody_pb2.HttpBody(content_type=file.content_type, data=file.data)
 
 
-async def _send_asset(context, site: console.Site, request, page: str) -> httpbody_pb2.HttpBody:
+async def _send_asset(
+    context: grpc.aio.ServicerContext,
+    site: console.Site,
+    request: pb.GetDocsAssetRequest | pb.GetConsoleAssetRequest,
+    page: str,
+) -> httpbody_pb2.HttpBody:
     file = site.asset(request.version, request.name)
     if file is None:
         raise errors.ApiError(

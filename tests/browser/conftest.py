@@ -85,8 +85,10 @@ def stack(chromium, served_repo, tmp_path_factory) -> Iterator[Stack]:
         yield Stack(server, envoy, keys, data_dir)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium):
+    """Module scope: Playwright's sync API holds an event loop on this thread while it runs, which the asyncio tests
+    of other modules must not find."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
