@@ -314,7 +314,7 @@ def test_webhook_endpoint_and_its_deliveries(page, stack, screenshots):
         hooks = rest(stack, "GET", "/v1/webhooks", stack.keys["user"]).json()["data"]
         webhook_id = next(w["id"] for w in hooks if w["url"] == url)
         body = {"model": FP32, "input": ["one", "two"], "metadata": {"webhook_id": webhook_id, "corpus": "docs-v2"}}
-        rest(stack, "POST", "/v1/async/embeddings", stack.keys["user"], body)
+        job = rest(stack, "POST", "/v1/async/embeddings", stack.keys["user"], body).json()
         delivered = wait_for(lambda: receiver.received("/status/204"), "a delivery")
         assert verify(secret, delivered[0].headers, delivered[0].body)  # the secret the page showed signs it
         path = f"/v1/webhooks/{webhook_id}/deliveries"
@@ -325,6 +325,7 @@ def test_webhook_endpoint_and_its_deliveries(page, stack, screenshots):
         expect(attempts.get_by_role("row").nth(1)).to_contain_text("succeeded")
         expect(attempts.get_by_role("row").nth(1)).to_contain_text("204")
         expect(attempts).to_contain_text("embedding.job.completed")
+        expect(page.locator(f'tr[data-id="{job["id"]}"]')).to_contain_text("completed")  # listed by the page itself
         snapshot(page, screenshots, "jobs")
     finally:
         receiver.close()

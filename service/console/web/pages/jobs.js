@@ -93,7 +93,7 @@ function jobActions(job, controls) {
             }
           },
         },
-        "Download JSONL",
+        "Download",
       ),
     );
   }
@@ -138,7 +138,7 @@ const asyncJobs = {
       key: (j) => `${j.created_at}/${j.expires_at}`,
       cell: (j) => [
         h("span", { class: "nowrap" }, formatTime(j.created_at)),
-        j.expires_at ? h("div", { class: "hint nowrap" }, `results until ${formatTime(j.expires_at)}`) : null,
+        j.expires_at ? h("div", { class: "hint" }, `results until ${formatTime(j.expires_at)}`) : null,
       ],
     },
     { label: "Actions", key: (j) => j.status, cell: jobActions },
