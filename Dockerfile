@@ -22,6 +22,9 @@ COPY tools tools
 COPY proto proto
 RUN pip install -e '.[build]'
 RUN python -m tools.genproto && python -m tools.modelrepo build-defaults --repo /models
+# Swagger UI's files for GET /docs, from npm as `make setup` installs them (same version as the Makefile).
+RUN apt-get update && apt-get install -y --no-install-recommends npm \
+    && npm install --no-audit --no-fund --prefix build/swagger-ui swagger-ui-dist@5.35.0
 
 FROM python:3.12-slim AS runtime
 WORKDIR /app
@@ -36,6 +39,7 @@ COPY tools tools
 RUN pip install -e . && useradd --uid 10001 --create-home embed && mkdir /data && chown embed /data
 COPY --from=build /app/build/gen/python build/gen/python
 COPY --from=build /app/build/descriptor.pb /app/build/openapi.json build/
+COPY --from=build /app/build/swagger-ui/node_modules/swagger-ui-dist build/swagger-ui/node_modules/swagger-ui-dist
 COPY --from=build /models /models
 USER 10001
 EXPOSE 50051

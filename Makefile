@@ -6,8 +6,10 @@ PY     := $(BIN)/python
 MODEL_REPO ?= models
 NPM_TOOLS := build/npm/.installed
 BUF    := build/npm/node_modules/.bin/buf
+# Swagger UI's files for GET /docs, served by the server from here (never from a CDN).
+SWAGGER_UI := build/swagger-ui/.installed
 
-.PHONY: all setup proto stubs models run run-grpc cluster test test-clients lint bench bench-quick bench-throughput clean
+.PHONY: all setup proto stubs models run run-grpc cluster test test-clients lint bench bench-quick bench-throughput screenshots clean
 
 all: setup proto models
 
@@ -27,7 +29,11 @@ $(NPM_TOOLS): Makefile
 	npm install --silent --no-audit --no-fund --prefix build/npm $(NPM_PACKAGES)
 	touch $@
 
-setup: $(VENV)/.installed $(NPM_TOOLS)
+$(SWAGGER_UI):
+	npm install --silent --no-audit --no-fund --prefix build/swagger-ui swagger-ui-dist@5.35.0
+	touch $@
+
+setup: $(VENV)/.installed $(NPM_TOOLS) $(SWAGGER_UI)
 
 # Generated code and the descriptor set, from proto/ (tools/genproto.py); the .pth puts them on the path.
 build/.proto: $(VENV)/.installed tools/genproto.py tools/openapi.py $(shell find proto -name '*.proto')
@@ -88,6 +94,10 @@ bench-quick: proto models
 # Only 32-sentence requests over gRPC and REST against the in-process limit (bench/results/throughput.md).
 bench-throughput: proto models
 	$(PY) -m bench.throughput --model-repo $(MODEL_REPO)
+
+# The README's screenshots of the console and /docs (docs/console/*.png), taken by the browser tests in Chromium.
+screenshots: setup proto models
+	EMBED_CONSOLE_SCREENSHOTS=docs/console EMBED_MODEL_REPO=$(abspath $(MODEL_REPO)) $(PY) -m pytest -q tests/browser
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

@@ -45,6 +45,7 @@ REST_SERVICE = rest_pb2.DESCRIPTOR.services_by_name["RestService"].full_name
 JOB_SERVICE = jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
 OPS_SERVICE = ops_pb2.DESCRIPTOR.services_by_name["OpsService"].full_name
 OPENAPI_DOCUMENT = Path(__file__).resolve().parent.parent / "build" / "openapi.json"
+SWAGGER_UI = Path(__file__).resolve().parent.parent / "build" / "swagger-ui" / "node_modules" / "swagger-ui-dist"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # Keepalive pings a client may send, even between calls (embeddings_client's grpc_config.json pings every 30 s).
@@ -105,7 +106,7 @@ class EmbeddingServer:
         )
         jobs_pb2_grpc.add_JobServiceServicer_to_server(jobs, self._server)
         add_admin_service(self.access, self._server)
-        ops = OpsServicer(self.metrics, self.store.count_jobs_by_status, OPENAPI_DOCUMENT)
+        ops = OpsServicer(self.metrics, self.store.count_jobs_by_status, OPENAPI_DOCUMENT, SWAGGER_UI)
         ops_pb2_grpc.add_OpsServiceServicer_to_server(ops, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(

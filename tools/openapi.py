@@ -98,6 +98,16 @@ _EMBEDDING_LIST = {
     },
 }
 _JSON = "application/json"
+_HTML_PAGE = {"description": "An HTML page.", "content": {"text/html": {"schema": {"type": "string"}}}}
+_PAGE_ASSET = {
+    "description": "A file of the page: a script, style sheet or image (cached for good: its URL names the build).",
+    "content": {
+        "text/javascript": {"schema": {"type": "string"}},
+        "text/css": {"schema": {"type": "string"}},
+        "image/svg+xml": {"schema": {"type": "string"}},
+        "image/png": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
 HTTPBODY_RESPONSES: dict[str, dict[str, Any]] = {
     "embeddings.v1.RestService.CreateEmbedding": {
         "description": "OpenAI's embeddings response.",
@@ -159,6 +169,10 @@ HTTPBODY_RESPONSES: dict[str, dict[str, Any]] = {
         "description": "This document.",
         "content": {_JSON: {"schema": {"type": "object"}}},
     },
+    "embeddings.v1.OpsService.GetDocs": _HTML_PAGE,
+    "embeddings.v1.OpsService.GetDocsAsset": _PAGE_ASSET,
+    "embeddings.v1.OpsService.GetConsole": _HTML_PAGE,
+    "embeddings.v1.OpsService.GetConsoleAsset": _PAGE_ASSET,
 }
 ERROR_ENVELOPE = {
     "type": "object",
@@ -178,7 +192,16 @@ ERROR_ENVELOPE = {
     },
 }
 # Methods callable without an API key (the auth interceptor's OPEN_METHODS; a test keeps the two equal).
-OPEN_METHODS = frozenset({"embeddings.v1.RestService.CheckHealth", "embeddings.v1.OpsService.GetOpenApiDocument"})
+OPEN_METHODS = frozenset(
+    {
+        "embeddings.v1.RestService.CheckHealth",
+        "embeddings.v1.OpsService.GetOpenApiDocument",
+        "embeddings.v1.OpsService.GetDocs",
+        "embeddings.v1.OpsService.GetDocsAsset",
+        "embeddings.v1.OpsService.GetConsole",
+        "embeddings.v1.OpsService.GetConsoleAsset",
+    }
+)
 BEARER = "apiKey"
 _ERROR_RESPONSE = {
     "description": "An error in OpenAI's envelope.",

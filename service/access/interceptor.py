@@ -23,8 +23,17 @@ from service.access.control import AccessControl, Principal, permission_denied
 log = logging.getLogger(__name__)
 
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
-# Health and the public API description need no key.
-OPEN_METHODS = frozenset({"/embeddings.v1.RestService/CheckHealth", "/embeddings.v1.OpsService/GetOpenApiDocument"})
+# Health, the public API description and the browser pages with their files need no key (the pages' calls do).
+OPEN_METHODS = frozenset(
+    {
+        "/embeddings.v1.RestService/CheckHealth",
+        "/embeddings.v1.OpsService/GetOpenApiDocument",
+        "/embeddings.v1.OpsService/GetDocs",
+        "/embeddings.v1.OpsService/GetDocsAsset",
+        "/embeddings.v1.OpsService/GetConsole",
+        "/embeddings.v1.OpsService/GetConsoleAsset",
+    }
+)
 # Operator-only: key management and usage, and the metrics (they name tenants and models).
 ADMIN_SERVICE_PREFIX = "/embeddings.v1.AdminService/"
 ADMIN_PREFIXES = (ADMIN_SERVICE_PREFIX, "/embeddings.v1.OpsService/GetMetrics")
