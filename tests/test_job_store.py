@@ -469,9 +469,8 @@ def test_reopening_keeps_everything(backend):
         assert store.renew_lease(job.id, leased.idx, "w1", T0 + 1, LEASE_S)
     table = "schema_version" if backend.name == "sqlite" else "schema_migrations"
     versions = backend.query(f"SELECT version FROM {table} ORDER BY version", ())
-    assert versions == [
-        (v,) for v in range(1, SCHEMA_VERSION + 1)
-    ]  # each migration applied once  # migrated once, not again on reopening
+    # Migrated once, not again on reopening.
+    assert versions == [(v,) for v in range(1, SCHEMA_VERSION + 1)]
 
 
 def test_sigkill_mid_job_loses_no_committed_work(db):

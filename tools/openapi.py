@@ -518,9 +518,9 @@ def build_document(files: list[descriptor_pb2.FileDescriptorProto]) -> dict[str,
         "info": {
             "title": "Embeddings service",
             "version": "v1",
-            "description": "OpenAI-compatible embeddings, the Batch API (files and batches), async jobs, webhooks and operator routes, served by Envoy's "
-            "gRPC-JSON transcoder from the embeddings.v1 contract. Generated from the descriptor set by "
-            "tools/openapi.py.",
+            "description": "OpenAI-compatible embeddings, the Batch API (files and batches), async jobs, webhooks and "
+            "operator routes, served by Envoy's gRPC-JSON transcoder from the embeddings.v1 contract. Generated from "
+            "the descriptor set by tools/openapi.py.",
         },
         "servers": [{"url": "http://127.0.0.1:8080"}],
         "paths": dict(sorted(paths.items())),
