@@ -35,6 +35,10 @@ METERED_METHODS = frozenset(
         "/embeddings.v1.RestService/CreateEmbedding",
         "/embeddings.v1.RestService/InferenceEmbed",
         JOB_SUBMISSION,
+        # The Batch API: an upload (up to 200 MiB) and a batch's creation each count one request; a batch's
+        # tokens are charged and metered per chunk, as an async job's.
+        "/embeddings.v1.FileService/CreateFile",
+        "/embeddings.v1.BatchService/CreateBatch",
     }
 )
 

@@ -35,6 +35,7 @@ import psycopg
 import psycopg.errors
 
 from service.access.store import KeySnapshot, SqliteAccessStore, TenantRecord, UsageDelta, _key
+from service.batches.store import BatchStoreMixin
 from service.jobs.store import DEFAULT_RETENTION_S, Announce, JobStoreError, SqliteJobStore
 
 log = logging.getLogger(__name__)
@@ -444,6 +445,25 @@ class PostgresJobStore(SqliteJobStore):
     record_attempt = retry_conflicts(SqliteJobStore.record_attempt)
     delete_webhook = retry_conflicts(SqliteJobStore.delete_webhook)
     disable_webhook = retry_conflicts(SqliteJobStore.disable_webhook)
+
+
+class PostgresStore(BatchStoreMixin, PostgresJobStore):
+    """The shared-mode store: jobs, webhooks and the Batch API on PostgreSQL."""
+
+    append_file_part = retry_conflicts(BatchStoreMixin.append_file_part)
+    finish_file = retry_conflicts(BatchStoreMixin.finish_file)
+    discard_file = retry_conflicts(BatchStoreMixin.discard_file)
+    delete_file = retry_conflicts(BatchStoreMixin.delete_file)
+    expire_files = retry_conflicts(BatchStoreMixin.expire_files)
+    cancel_batch = retry_conflicts(BatchStoreMixin.cancel_batch)
+    claim_batch = retry_conflicts(BatchStoreMixin.claim_batch)
+    renew_batch_lease = retry_conflicts(BatchStoreMixin.renew_batch_lease)
+    release_batch = retry_conflicts(BatchStoreMixin.release_batch)
+    add_batch_job = retry_conflicts(BatchStoreMixin.add_batch_job)
+    start_batch = retry_conflicts(BatchStoreMixin.start_batch)
+    fail_batch = retry_conflicts(BatchStoreMixin.fail_batch)
+    begin_finalizing = retry_conflicts(BatchStoreMixin.begin_finalizing)
+    finish_batch = retry_conflicts(BatchStoreMixin.finish_batch)
 
 
 class PostgresAccessStore(SqliteAccessStore):
