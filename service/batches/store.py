@@ -17,6 +17,7 @@ turned `processed` in the transaction that finishes the batch.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -418,9 +419,15 @@ class BatchStoreMixin:
             if batch is None:
                 return None
             conn.execute("DELETE FROM batch_requests WHERE batch_id = ?", (batch_id,))
+            conn.execute("DELETE FROM batch_spans WHERE batch_id = ?", (batch_id,))
+            rows = [(batch_id, *row) for row in requests]
             conn.executemany(
-                f"INSERT INTO batch_requests (batch_id, {_REQUEST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(batch_id, *row) for row in requests],
+                f"INSERT INTO batch_requests (batch_id, {_REQUEST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+            )
+            spans = Counter((row[3], row[6], row[7]) for row in rows if row[3] is not None)
+            conn.executemany(
+                "INSERT INTO batch_spans (batch_id, part, first_chunk, last_chunk, requests) VALUES (?, ?, ?, ?, ?)",
+                [(batch_id, *span, count) for span, count in spans.items()],
             )
             conn.execute(
                 "UPDATE batches SET model = ?, total = ?, failed = ?, lease_owner = NULL, lease_expires_at = NULL"
@@ -520,12 +527,13 @@ class BatchStoreMixin:
         return [BatchRequest(*row) for row in rows]
 
     def completed_requests(self, batch_id: str) -> int:
-        """Accepted requests all of whose inputs are embedded (progress of a running batch)."""
+        """Accepted requests all of whose inputs are embedded (progress of a running batch): one row per run of
+        chunks that requests span, not one per request."""
         with self._read() as conn:  # type: ignore[attr-defined]
             return conn.execute(
-                "SELECT COUNT(*) FROM batch_requests r JOIN batch_jobs bj ON bj.batch_id = r.batch_id"
-                " AND bj.part = r.part WHERE r.batch_id = ? AND NOT EXISTS (SELECT 1 FROM chunks c"
-                " WHERE c.job_id = bj.job_id AND c.idx BETWEEN r.first_chunk AND r.last_chunk AND c.status <> 'done')",
+                "SELECT COALESCE(SUM(s.requests), 0) FROM batch_spans s JOIN batch_jobs bj ON bj.batch_id = s.batch_id"
+                " AND bj.part = s.part WHERE s.batch_id = ? AND NOT EXISTS (SELECT 1 FROM chunks c"
+                " WHERE c.job_id = bj.job_id AND c.idx BETWEEN s.first_chunk AND s.last_chunk AND c.status <> 'done')",
                 (batch_id,),
             ).fetchone()[0]
 

@@ -249,6 +249,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (batch_id, line)
         )""",
         "CREATE INDEX batch_requests_part ON batch_requests (batch_id, part, start)",
+        # How many requests span each run of chunks [first_chunk, last_chunk] of a part: progress without a scan.
+        """CREATE TABLE batch_spans (
+            batch_id TEXT NOT NULL REFERENCES batches (id),
+            part INTEGER NOT NULL,
+            first_chunk INTEGER NOT NULL,
+            last_chunk INTEGER NOT NULL,
+            requests INTEGER NOT NULL,
+            PRIMARY KEY (batch_id, part, first_chunk, last_chunk)
+        )""",
         "ALTER TABLE events ALTER COLUMN job_id DROP NOT NULL",
         "ALTER TABLE events ADD COLUMN batch_id TEXT REFERENCES batches (id)",
         "ALTER TABLE events ADD CONSTRAINT events_subject CHECK ((job_id IS NULL) <> (batch_id IS NULL))",
