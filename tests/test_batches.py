@@ -25,6 +25,7 @@ from tests.serving import ROOT, EnvoyProcess, ServerProcess
 from tests.stsb import load_pairs
 from tests.test_access import create_key
 from tests.test_async_jobs import Receiver
+from tests.test_grpcurl import grpcurl
 
 FP32, INT8 = "all-minilm-l6-v2", "all-minilm-l6-v2-int8"
 FAST = ("--webhook-allow-private", "true", "--webhook-retry-schedule", "1s,1s", "--job-chunk-size", "64")
@@ -355,6 +356,17 @@ def test_native_grpc_upload_and_reads(stack, client):
             batches.RetrieveBatch(batches_pb2.RetrieveBatchRequest(batch_id="batch_nope"), timeout=30)
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
     assert wait_batch(client, batch["id"]).status == "completed"
+
+
+def test_grpcurl_sees_and_calls_the_batch_services(stack, client):
+    server, _ = stack
+    services = grpcurl(server, "list").stdout.split()
+    assert {"embeddings.v1.FileService", "embeddings.v1.BatchService"} <= set(services)
+    batch = run_batch(client, [line("grpcurl", {"model": FP32, "input": "x"})])
+    answer = grpcurl(server, "embeddings.v1.BatchService/RetrieveBatch", data={"batch_id": batch.id})
+    assert answer.returncode == 0, answer.stderr
+    body = json.loads(base64.b64decode(json.loads(answer.stdout)["data"]))
+    assert body["id"] == batch.id and body["status"] == "completed"
 
 
 def test_node_sdk_runs_the_flow(stack, tmp_path):
