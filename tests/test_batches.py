@@ -408,7 +408,10 @@ def keyed(model_repo, tmp_path_factory):
         "int8-only": create_key(data_dir, "int8-only", "--tenant", "acme", "--models", INT8),
     }
     with (
-        ServerProcess(model_repo, "--data-dir", str(data_dir), "--job-chunk-size", "64") as server,
+        # A small upload cap, to see the server enforce it on a streamed (chunked) upload.
+        ServerProcess(
+            model_repo, "--data-dir", str(data_dir), "--job-chunk-size", "64", "--batch-max-file-bytes", "1000000"
+        ) as server,
         EnvoyProcess(server.port, tmp_path_factory.mktemp("envoy-batch-keys")) as envoy,
     ):
         yield envoy, keys
@@ -449,3 +452,30 @@ def test_uploads_need_a_key_and_batches_see_only_the_keys_models(keyed):
     assert errors["a"]["response"]["status_code"] == 404
     assert errors["a"]["response"]["body"]["error"]["code"] == "model_not_found"
     assert set(file_lines(restricted, batch.output_file_id)) == {"b"}
+
+
+def test_a_streamed_upload_over_the_cap_is_cut_off_with_413(keyed):
+    envoy, keys = keyed
+    boundary = "cap"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"\r\n\r\n'
+    ).encode()
+
+    def body():  # no Content-Length: chunked, so only the server can see the size
+        yield head
+        for _ in range(40):
+            yield (line("x", {"model": FP32, "input": "y" * 1000}) + "\n").encode() * 50
+
+    response = httpx2.post(
+        f"{envoy.base_url}/v1/files",
+        content=body(),
+        headers={
+            "content-type": f"multipart/form-data; boundary={boundary}",
+            "authorization": f"Bearer {keys['acme']}",
+        },
+        timeout=60,
+    )
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "request_too_large"
+    assert all(f.filename != "big.jsonl" for f in keyed_client(keyed, "acme").files.list().data)  # discarded
