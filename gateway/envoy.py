@@ -109,6 +109,10 @@ IDEMPOTENT_SERVICES = ("embeddings.v1.EmbeddingService", "embeddings.v1.RestServ
 IDEMPOTENT_METHODS = (
     *(f"/embeddings.v1.JobService/{m}" for m in ("GetJob", "ListJobs", "GetJobResults", "ListWebhooks")),
     "/embeddings.v1.JobService/ListWebhookDeliveries",
+    # The Batch API's reads, and cancelling (a second cancel answers the same batch). Uploads, batch creation and
+    # deletion are not retried once they reached a replica; GetFileContent streams and has its own route.
+    *(f"/embeddings.v1.FileService/{m}" for m in ("ListFiles", "RetrieveFile")),
+    *(f"/embeddings.v1.BatchService/{m}" for m in ("RetrieveBatch", "ListBatches", "CancelBatch")),
     "/embeddings.v1.AdminService/ListKeys",
     "/embeddings.v1.AdminService/GetUsage",
 )
@@ -213,7 +217,8 @@ def add_replicas(config: dict, upstreams: Sequence[tuple[str, int]], dns: bool =
         for match in matches
     ]
     for route in routes:
-        route["route"]["retry_policy"] = _retry_policy("connect-failure,refused-stream")
+        if "route" in route:  # not a direct response
+            route["route"]["retry_policy"] = _retry_policy("connect-failure,refused-stream")
     routes[-1:-1] = idempotent
 
 

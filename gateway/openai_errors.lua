@@ -40,6 +40,11 @@ local function raw_string(json, key)
   return nil
 end
 
+-- Reasons whose HTTP status no gRPC code maps to (the transcoder answers 400 for INVALID_ARGUMENT).
+local STATUS_BY_REASON = {
+  request_too_large = 413,
+}
+
 local function json_or_null(raw)
   if raw == nil or raw == "" then
     return "null"
@@ -51,9 +56,11 @@ local function openai_error(status, status_json)
   local message = raw_string(status_json, "message") or ("HTTP " .. status)
   local reason = string.match(status_json, '"reason":"([%w_%.%-]+)"')
   local field = string.match(status_json, '"field":"([%w_%.%-%[%]]+)"')
+  status = STATUS_BY_REASON[reason] or status
   local kind = TYPES[status] or "server_error"
-  return '{"error":{"message":"' .. message .. '","type":"' .. kind .. '","param":' .. json_or_null(field)
+  local body = '{"error":{"message":"' .. message .. '","type":"' .. kind .. '","param":' .. json_or_null(field)
     .. ',"code":' .. json_or_null(reason) .. "}}"
+  return body, status
 end
 
 function envoy_on_response(handle)
@@ -77,8 +84,10 @@ function envoy_on_response(handle)
   if string.find(json, '{"error":', 1, true) == 1 then
     return
   end
-  body:setBytes(openai_error(status, json))
+  local error_body, error_status = openai_error(status, json)
+  body:setBytes(error_body)
   headers = handle:headers()
+  headers:replace(":status", tostring(error_status))
   headers:replace("content-type", "application/json")
   headers:remove("grpc-status")
   headers:remove("grpc-message")

@@ -55,6 +55,11 @@ class Settings:
     job_min_share: float = 0.2
     results_retention_s: int = 7 * 24 * 3600
     results_expiry_sweep_s: float = 60.0
+    # The Batch API (OpenAI's limits by default): bytes of an uploaded file, requests (lines) of a batch, and
+    # embedding inputs across a batch's requests.
+    batch_max_file_bytes: int = 200 * 1024 * 1024
+    batch_max_requests: int = 50_000
+    batch_max_inputs: int = 50_000
     # Webhook retry schedule (durations with unit s, m or h), per-attempt timeout, and whether endpoints may be
     # private or loopback addresses (off: a public service must not be turned against its own network).
     webhook_retry_schedule: str = "5s,30s,2m,10m,30m,2h,5h"

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import grpc
 from embeddings.v1 import (
+    batches_pb2,
+    batches_pb2_grpc,
     embeddings_pb2,
     embeddings_pb2_grpc,
     jobs_pb2,
@@ -25,10 +27,13 @@ from service.access.control import AccessControl, Limits, is_loopback, open_mode
 from service.access.interceptor import AuthInterceptor
 from service.access.scope import ScopedRegistry
 from service.api.admin import ADMIN_SERVICE, add_admin_service
+from service.api.batches import BatchServicer, FileServicer
 from service.api.embeddings import EmbeddingServicer
 from service.api.jobs import JobServicer
 from service.api.ops import OpsServicer
 from service.api.rest import RestServicer, TokenIdDecoder
+from service.batches.files import UploadLimits
+from service.batches.runner import BatchSettings, BatchWorkers, announce_batch
 from service.config import Settings
 from service.jobs import webhooks
 from service.jobs.runner import JobSettings, JobWorkers, announce
@@ -44,6 +49,8 @@ EMBEDDING_SERVICE = embeddings_pb2.DESCRIPTOR.services_by_name["EmbeddingService
 REST_SERVICE = rest_pb2.DESCRIPTOR.services_by_name["RestService"].full_name
 JOB_SERVICE = jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
 OPS_SERVICE = ops_pb2.DESCRIPTOR.services_by_name["OpsService"].full_name
+FILE_SERVICE = batches_pb2.DESCRIPTOR.services_by_name["FileService"].full_name
+BATCH_SERVICE = batches_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name
 OPENAPI_DOCUMENT = Path(__file__).resolve().parent.parent / "build" / "openapi.json"
 SWAGGER_UI = Path(__file__).resolve().parent.parent / "build" / "swagger-ui" / "node_modules" / "swagger-ui-dist"
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -105,6 +112,23 @@ class EmbeddingServer:
             on_new_job=lambda: self.workers.notify() if self.workers else None,
         )
         jobs_pb2_grpc.add_JobServiceServicer_to_server(jobs, self._server)
+        # The Batch API: files and batches in the same store, run as jobs (service/batches).
+        self.store.batch_announce = announce_batch
+        self.batch_settings = BatchSettings(
+            max_requests=settings.batch_max_requests,
+            max_inputs=settings.batch_max_inputs,
+            lease_s=settings.job_lease_s,
+            chunk_size=settings.job_chunk_size,
+        )
+        self.batch_workers: BatchWorkers | None = None
+        upload_limits = UploadLimits(settings.batch_max_file_bytes, max_lines=settings.batch_max_requests)
+        batches_pb2_grpc.add_FileServiceServicer_to_server(FileServicer(self.store, upload_limits), self._server)
+        batch_servicer = BatchServicer(
+            self.store,
+            self.batch_settings,
+            on_change=lambda: self.batch_workers.notify() if self.batch_workers else None,
+        )
+        batches_pb2_grpc.add_BatchServiceServicer_to_server(batch_servicer, self._server)
         add_admin_service(self.access, self._server)
         ops = OpsServicer(self.metrics, self.store.count_jobs_by_status, OPENAPI_DOCUMENT, SWAGGER_UI)
         ops_pb2_grpc.add_OpsServiceServicer_to_server(ops, self._server)
@@ -116,6 +140,8 @@ class EmbeddingServer:
                 JOB_SERVICE,
                 ADMIN_SERVICE,
                 OPS_SERVICE,
+                FILE_SERVICE,
+                BATCH_SERVICE,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
             ],
@@ -126,7 +152,7 @@ class EmbeddingServer:
 
     async def _set_health(self, status: int) -> None:
         self.serving = status == SERVING
-        for name in ("", EMBEDDING_SERVICE, REST_SERVICE, JOB_SERVICE, OPS_SERVICE):
+        for name in ("", EMBEDDING_SERVICE, REST_SERVICE, JOB_SERVICE, OPS_SERVICE, FILE_SERVICE, BATCH_SERVICE):
             await self.health.set(name, status)
 
     async def start(self) -> None:
@@ -143,6 +169,10 @@ class EmbeddingServer:
             self.store, self.registry, self.job_settings, self.registry.inference_workers, self.metrics, self.access
         )
         self.workers.start()
+        self.batch_workers = BatchWorkers(
+            self.store, self.registry, self._decoder, self.batch_settings, on_new_job=self.workers.notify
+        )
+        self.batch_workers.start()
         self.access.start()
         await self._set_health(SERVING)
         self._warm_decoder = asyncio.create_task(self._decoder.load())  # LangChain's token ids: no slow first call
@@ -163,6 +193,8 @@ class EmbeddingServer:
         self.serving = False
         await self.health.enter_graceful_shutdown()
         await self._server.stop(self.settings.shutdown_grace_s)
+        if self.batch_workers is not None:
+            await self.batch_workers.stop()  # a batch step cut short runs again when its lease expires
         if self.workers is not None:
             await self.workers.stop()  # a chunk cut short is leased again later: nothing is lost
         await self.access.stop()  # writes the last usage

@@ -26,6 +26,7 @@ import pytest
 
 from service.jobs.store import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from service.jobs.store import (
+    SCHEMA_VERSION,
     Chunk,
     InvalidCursor,
     Job,

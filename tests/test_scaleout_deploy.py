@@ -16,8 +16,9 @@ K8S = ROOT / "deploy" / "k8s"
 
 
 def _routes(config: dict) -> list[dict]:
+    """The routes that forward (not those that answer directly, like the upload size cap's 413)."""
     manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    return manager["route_config"]["virtual_hosts"][0]["routes"]
+    return [route for route in manager["route_config"]["virtual_hosts"][0]["routes"] if "route" in route]
 
 
 @pytest.mark.parametrize(
@@ -57,6 +58,10 @@ def test_replicas_get_balancing_health_checks_and_retries_only_where_safe() -> N
     # Not idempotent: retried only when the call never reached a replica.
     assert policies["/"] == "connect-failure,refused-stream"
     assert policies["/v1/async/embeddings"] == "connect-failure,refused-stream"
+    # The Batch API: uploads are not replayed; reads and cancelling are.
+    assert policies["/embeddings.v1.FileService/CreateFile"] == "connect-failure,refused-stream"
+    assert "reset" in policies["/embeddings.v1.BatchService/RetrieveBatch"]
+    assert "reset" in policies["/embeddings.v1.FileService/ListFiles"]
 
 
 def _manifests() -> dict[str, dict]:

@@ -174,6 +174,149 @@ HTTPBODY_RESPONSES: dict[str, dict[str, Any]] = {
     "embeddings.v1.OpsService.GetConsole": _HTML_PAGE,
     "embeddings.v1.OpsService.GetConsoleAsset": _PAGE_ASSET,
 }
+# The Batch API's objects (OpenAI's shapes), written by the FileService and BatchService HttpBody methods.
+_FILE = {
+    "type": "object",
+    "required": ["id", "object", "bytes", "created_at", "filename", "purpose", "status"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"type": "string", "enum": ["file"]},
+        "bytes": {"type": "integer"},
+        "created_at": {"type": "integer"},
+        "expires_at": {"type": "integer", "nullable": True},
+        "filename": {"type": "string"},
+        "purpose": {"type": "string", "enum": ["batch", "batch_output"]},
+        "status": {"type": "string", "enum": ["processed"]},
+        "status_details": {"type": "string", "nullable": True},
+    },
+}
+_TIMESTAMP = {"type": "integer", "nullable": True, "description": "Unix seconds, or null."}
+_BATCH = {
+    "type": "object",
+    "required": ["id", "object", "endpoint", "input_file_id", "completion_window", "status", "created_at"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"type": "string", "enum": ["batch"]},
+        "endpoint": {"type": "string", "enum": ["/v1/embeddings"]},
+        "model": {"type": "string", "nullable": True},
+        "errors": {
+            "type": "object",
+            "nullable": True,
+            "properties": {
+                "object": {"type": "string", "enum": ["list"]},
+                "data": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "code": {"type": "string"},
+                            "message": {"type": "string"},
+                            "param": {"type": "string", "nullable": True},
+                            "line": {"type": "integer", "nullable": True},
+                        },
+                    },
+                },
+            },
+        },
+        "input_file_id": {"type": "string"},
+        "completion_window": {"type": "string", "enum": ["24h"]},
+        "status": {
+            "type": "string",
+            "enum": [
+                "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"
+            ],
+        },
+        "output_file_id": {"type": "string", "nullable": True},
+        "error_file_id": {"type": "string", "nullable": True},
+        **{
+            name: _TIMESTAMP
+            for name in (
+                "in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at", "expired_at",
+                "cancelling_at", "cancelled_at",
+            )
+        },
+        "created_at": {"type": "integer"},
+        "request_counts": {
+            "type": "object",
+            "required": ["total", "completed", "failed"],
+            "properties": {name: {"type": "integer"} for name in ("total", "completed", "failed")},
+        },
+        "usage": {"type": "object", "nullable": True},
+        "metadata": {"type": "object", "nullable": True, "additionalProperties": {"type": "string"}},
+    },
+}  # fmt: skip
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": schema}}}
+
+
+def _list_of(ref: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["object", "data", "has_more"],
+        "properties": {
+            "object": {"type": "string", "enum": ["list"]},
+            "data": {"type": "array", "items": {"$ref": ref}},
+            "first_id": {"type": "string", "nullable": True},
+            "last_id": {"type": "string", "nullable": True},
+            "has_more": {"type": "boolean"},
+        },
+    }
+
+
+_FILE_REF, _BATCH_REF = "#/components/schemas/OpenAIFile", "#/components/schemas/Batch"
+HTTPBODY_RESPONSES.update(
+    {
+        "embeddings.v1.FileService.CreateFile": _json("The uploaded file.", {"$ref": _FILE_REF}),
+        "embeddings.v1.FileService.ListFiles": _json("One page of files.", _list_of(_FILE_REF)),
+        "embeddings.v1.FileService.RetrieveFile": _json("The file.", {"$ref": _FILE_REF}),
+        "embeddings.v1.FileService.DeleteFile": _json(
+            "The deleted file.",
+            {
+                "type": "object",
+                "required": ["id", "object", "deleted"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "object": {"type": "string", "enum": ["file"]},
+                    "deleted": {"type": "boolean"},
+                },
+            },
+        ),
+        "embeddings.v1.FileService.GetFileContent": {
+            "description": "The file's bytes (JSONL for batch files), streamed.",
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        "embeddings.v1.BatchService.CreateBatch": _json("The batch, validating.", {"$ref": _BATCH_REF}),
+        "embeddings.v1.BatchService.RetrieveBatch": _json("The batch.", {"$ref": _BATCH_REF}),
+        "embeddings.v1.BatchService.CancelBatch": _json("The batch, cancelling.", {"$ref": _BATCH_REF}),
+        "embeddings.v1.BatchService.ListBatches": _json("One page of batches, newest first.", _list_of(_BATCH_REF)),
+    }
+)
+# Request bodies the descriptor cannot describe: client-streaming google.api.HttpBody uploads, keyed by method.
+HTTPBODY_REQUESTS: dict[str, dict[str, Any]] = {
+    "embeddings.v1.FileService.CreateFile": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "purpose"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "A .jsonl file of requests, up to 200 MiB and 50,000 lines.",
+                        },
+                        "purpose": {"type": "string", "enum": ["batch"]},
+                        "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
+                        "expires_after[seconds]": {"type": "integer", "minimum": 3600, "maximum": 2592000},
+                    },
+                }
+            }
+        },
+    }
+}
 ERROR_ENVELOPE = {
     "type": "object",
     "description": "OpenAI's error envelope: every error, from the server or from the gateway.",
@@ -354,7 +497,9 @@ def _operation(route: Route, builder: SchemaBuilder, operation_id: str) -> dict[
         "tags": [route.service.rsplit(".", 1)[-1]],
     }
     path_fields = frozenset(route.path_params)
-    if route.body == "*":
+    if route.full_method in HTTPBODY_REQUESTS:
+        operation["requestBody"] = HTTPBODY_REQUESTS[route.full_method]
+    elif route.body == "*":
         schema = builder.message_schema(request_name, skip=path_fields)
         operation["requestBody"] = {"required": True, "content": {_JSON: {"schema": schema}}}
     else:
@@ -389,14 +534,16 @@ def build_document(files: list[descriptor_pb2.FileDescriptorProto]) -> dict[str,
         paths.setdefault(route.path, {})[route.verb] = _operation(route, builder, operation_id)
     builder.schemas["CreateEmbeddingResponse"] = _EMBEDDING_LIST
     builder.schemas["Error"] = ERROR_ENVELOPE
+    builder.schemas["OpenAIFile"] = _FILE
+    builder.schemas["Batch"] = _BATCH
     return {
         "openapi": "3.0.3",
         "info": {
             "title": "Embeddings service",
             "version": "v1",
-            "description": "OpenAI-compatible embeddings, async jobs, webhooks and operator routes, served by Envoy's "
-            "gRPC-JSON transcoder from the embeddings.v1 contract. Generated from the descriptor set by "
-            "tools/openapi.py.",
+            "description": "OpenAI-compatible embeddings, the Batch API (files and batches), async jobs, webhooks and "
+            "operator routes, served by Envoy's gRPC-JSON transcoder from the embeddings.v1 contract. Generated from "
+            "the descriptor set by tools/openapi.py.",
         },
         "servers": [{"url": "http://127.0.0.1:8080"}],
         "paths": dict(sorted(paths.items())),

@@ -38,8 +38,17 @@ OPEN_METHODS = frozenset(
 ADMIN_SERVICE_PREFIX = "/embeddings.v1.AdminService/"
 ADMIN_PREFIXES = (ADMIN_SERVICE_PREFIX, "/embeddings.v1.OpsService/GetMetrics")
 JOB_SUBMISSION = "/embeddings.v1.JobService/AsyncEmbed"
-# Calls that count one request against the requests-per-minute limits, charged here before they run.
-METERED_METHODS = frozenset({JOB_SUBMISSION, "/embeddings.v1.JobService/CreateWebhook"})
+# Calls that count one request against the requests-per-minute limits, charged here before they run. The Batch
+# API: an upload (up to 200 MiB) and a batch's creation each count one request; a batch's tokens are charged and
+# metered per chunk, as an async job's.
+METERED_METHODS = frozenset(
+    {
+        JOB_SUBMISSION,
+        "/embeddings.v1.JobService/CreateWebhook",
+        "/embeddings.v1.FileService/CreateFile",
+        "/embeddings.v1.BatchService/CreateBatch",
+    }
+)
 # Embedding calls count one request too, charged with their tokens once counted (scope.MeteredModel): all or
 # nothing, so a call refused on tokens takes no request either.
 

@@ -168,7 +168,8 @@ class Delivery:
     event_type: str
     event_created_at: int
     payload: str
-    job_id: str
+    # None for an event of a batch (service/batches).
+    job_id: str | None
     webhook_id: str
     url: str
     secret: str
@@ -190,7 +191,8 @@ class DeliveryAttempt:
     delivery_id: str
     event_id: str
     event_type: str
-    job_id: str
+    # None for an event of a batch (service/batches).
+    job_id: str | None
     webhook_id: str
     attempted_at: int
     # None when no response came (timeout, connection error).
@@ -243,8 +245,10 @@ class JobStore(Protocol):
         inputs: Sequence[str],
         chunk_size: int,
         now: int,
+        job_id: str | None = None,
     ) -> Job:
-        """The job and all its chunks, in one transaction. NotFound if the webhook is not this tenant's."""
+        """The job and all its chunks, in one transaction. NotFound if the webhook is not this tenant's. `job_id`:
+        the id to give it (default: a new one); a duplicate fails the insert."""
         ...
 
     def get_job(self, tenant: str, job_id: str) -> Job | None: ...
@@ -440,6 +444,116 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 2: failures are counted apart from claims (a takeover of a lease that ran out is not a failure).
     ("ALTER TABLE chunks ADD COLUMN failures INTEGER NOT NULL DEFAULT 0",),
+    # 3: the Batch API (service/batches/store.py): files stored in parts, batches, the jobs they run as and their
+    # requests; events belong to a job or to a batch (rebuilt: SQLite cannot drop a NOT NULL; foreign keys are off
+    # while migrations run, see `_migrate`).
+    (
+        """CREATE TABLE files (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            tenant TEXT NOT NULL,
+            purpose TEXT NOT NULL,
+            filename TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('uploading', 'processed', 'deleted')),
+            bytes INTEGER NOT NULL DEFAULT 0,
+            lines INTEGER NOT NULL DEFAULT 0,
+            created_at INTEGER NOT NULL,
+            expires_at INTEGER,
+            deleted_at INTEGER
+        )""",
+        "CREATE INDEX files_tenant ON files (tenant, seq)",
+        "CREATE INDEX files_expiry ON files (expires_at) WHERE status = 'processed'",
+        "CREATE INDEX files_uploading ON files (created_at) WHERE status = 'uploading'",
+        """CREATE TABLE file_parts (
+            file_id TEXT NOT NULL REFERENCES files (id),
+            idx INTEGER NOT NULL,
+            data BLOB NOT NULL,
+            PRIMARY KEY (file_id, idx)
+        )""",
+        """CREATE TABLE batches (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            tenant TEXT NOT NULL,
+            key_id TEXT,
+            models TEXT,
+            status TEXT NOT NULL CHECK (status IN ('validating', 'failed', 'in_progress', 'finalizing', 'completed',
+                                                   'expired', 'cancelling', 'cancelled')),
+            endpoint TEXT NOT NULL,
+            completion_window TEXT NOT NULL,
+            input_file_id TEXT NOT NULL REFERENCES files (id),
+            output_file_id TEXT REFERENCES files (id),
+            error_file_id TEXT REFERENCES files (id),
+            output_expires_after INTEGER NOT NULL,
+            model TEXT,
+            metadata TEXT NOT NULL,
+            webhook_id TEXT REFERENCES webhooks (id),
+            errors TEXT,
+            total INTEGER NOT NULL DEFAULT 0,
+            completed INTEGER NOT NULL DEFAULT 0,
+            failed INTEGER NOT NULL DEFAULT 0,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            created_at INTEGER NOT NULL,
+            in_progress_at INTEGER,
+            expires_at INTEGER NOT NULL,
+            finalizing_at INTEGER,
+            completed_at INTEGER,
+            failed_at INTEGER,
+            expired_at INTEGER,
+            cancelling_at INTEGER,
+            cancelled_at INTEGER,
+            lease_owner TEXT,
+            lease_expires_at INTEGER
+        )""",
+        "CREATE INDEX batches_tenant ON batches (tenant, seq)",
+        "CREATE INDEX batches_active ON batches (seq)"
+        " WHERE status IN ('validating', 'in_progress', 'finalizing', 'cancelling')",
+        """CREATE TABLE batch_jobs (
+            batch_id TEXT NOT NULL REFERENCES batches (id),
+            part INTEGER NOT NULL,
+            job_id TEXT NOT NULL REFERENCES jobs (id),
+            PRIMARY KEY (batch_id, part)
+        )""",
+        """CREATE TABLE batch_requests (
+            batch_id TEXT NOT NULL REFERENCES batches (id),
+            line INTEGER NOT NULL,
+            custom_id TEXT NOT NULL,
+            part INTEGER,
+            start INTEGER,
+            count INTEGER,
+            first_chunk INTEGER,
+            last_chunk INTEGER,
+            encoding_format TEXT,
+            error TEXT,
+            PRIMARY KEY (batch_id, line)
+        )""",
+        "CREATE INDEX batch_requests_part ON batch_requests (batch_id, part, start)",
+        # How many requests span each run of chunks [first_chunk, last_chunk] of a part: progress without a scan.
+        """CREATE TABLE batch_spans (
+            batch_id TEXT NOT NULL REFERENCES batches (id),
+            part INTEGER NOT NULL,
+            first_chunk INTEGER NOT NULL,
+            last_chunk INTEGER NOT NULL,
+            requests INTEGER NOT NULL,
+            PRIMARY KEY (batch_id, part, first_chunk, last_chunk)
+        )""",
+        """CREATE TABLE events_v2 (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            tenant TEXT NOT NULL DEFAULT 'default',
+            job_id TEXT REFERENCES jobs (id),
+            batch_id TEXT REFERENCES batches (id),
+            type TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            CHECK ((job_id IS NULL) <> (batch_id IS NULL)),
+            UNIQUE (job_id, type),
+            UNIQUE (batch_id, type)
+        )""",
+        "INSERT INTO events_v2 (seq, id, tenant, job_id, type, payload, created_at)"
+        " SELECT seq, id, tenant, job_id, type, payload, created_at FROM events",
+        "DROP TABLE events",
+        "ALTER TABLE events_v2 RENAME TO events",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -587,15 +701,27 @@ class SqliteJobStore:
     # --- plumbing
 
     def _migrate(self) -> None:
-        with self._write() as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            current = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
-            if current > SCHEMA_VERSION:
-                raise JobStoreError(f"{self.path}: schema version {current} is newer than this code ({SCHEMA_VERSION})")
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[version - 1]:
-                    conn.execute(statement)
-                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+        """Apply missing migrations in one transaction, foreign keys off (they cannot be switched inside one):
+        SQLite changes a column's constraints by rebuilding its table, which a live foreign key would refuse. The
+        keys are checked before the commit."""
+        self._writer.execute("PRAGMA foreign_keys = OFF")
+        try:
+            with self._write() as conn:
+                conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+                current = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
+                if current > SCHEMA_VERSION:
+                    raise JobStoreError(
+                        f"{self.path}: schema version {current} is newer than this code ({SCHEMA_VERSION})"
+                    )
+                for version in range(current + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS[version - 1]:
+                        conn.execute(statement)
+                    conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+                broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise JobStoreError(f"{self.path}: migration left broken foreign keys: {broken[:5]}")
+        finally:
+            self._writer.execute("PRAGMA foreign_keys = ON")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -677,12 +803,13 @@ class SqliteJobStore:
         inputs: Sequence[str],
         chunk_size: int,
         now: int,
+        job_id: str | None = None,
     ) -> Job:
         if not inputs:
             raise ValueError("a job needs at least one input")
         if chunk_size < 1:
             raise ValueError("chunk_size must be positive")
-        job_id = new_id("job")
+        job_id = job_id or new_id("job")
         # Encoded before taking the lock: other writers wait only for the inserts.
         chunks = [
             (job_id, idx, start, len(part), _dumps(part))

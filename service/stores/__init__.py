@@ -12,8 +12,9 @@ from pathlib import Path
 
 from service.access.limits import LocalRateLimiter, RateLimiter
 from service.access.store import AccessStore, SqliteAccessStore
+from service.batches.store import SqliteStore
 from service.config import Settings
-from service.jobs.store import Announce, JobStore, SqliteJobStore
+from service.jobs.store import Announce, JobStore
 
 SHARED_SCHEMES = ("postgresql://", "postgres://")
 
@@ -28,12 +29,13 @@ def shared(settings: Settings) -> bool:
 
 
 def open_job_store(settings: Settings, announce: Announce | None = None) -> JobStore:
+    """Jobs and webhooks, with the Batch API's files and batches (service/batches/store.py) beside them."""
     if shared(settings):
-        from service.stores.postgres import PostgresJobStore
+        from service.stores.postgres import PostgresStore
 
-        return PostgresJobStore(settings.store_url, retention_s=settings.results_retention_s, announce=announce)
+        return PostgresStore(settings.store_url, retention_s=settings.results_retention_s, announce=announce)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-    return SqliteJobStore(
+    return SqliteStore(
         Path(settings.data_dir) / "jobs.sqlite3", retention_s=settings.results_retention_s, announce=announce
     )
 

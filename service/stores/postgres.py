@@ -35,6 +35,7 @@ import psycopg
 import psycopg.errors
 
 from service.access.store import KeySnapshot, SqliteAccessStore, TenantRecord, UsageDelta, _key
+from service.batches.store import BatchStoreMixin
 from service.jobs.store import DEFAULT_RETENTION_S, Announce, JobStoreError, SqliteJobStore
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,101 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 2: failures are counted apart from claims (a takeover of a lease that ran out is not a failure).
     ("ALTER TABLE chunks ADD COLUMN failures INTEGER NOT NULL DEFAULT 0",),
+    # 3: the Batch API (service/batches/store.py), as in the SQLite store's migration 3.
+    (
+        """CREATE TABLE files (
+            seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            tenant TEXT NOT NULL,
+            purpose TEXT NOT NULL,
+            filename TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('uploading', 'processed', 'deleted')),
+            bytes BIGINT NOT NULL DEFAULT 0,
+            lines BIGINT NOT NULL DEFAULT 0,
+            created_at BIGINT NOT NULL,
+            expires_at BIGINT,
+            deleted_at BIGINT
+        )""",
+        "CREATE INDEX files_tenant ON files (tenant, seq)",
+        "CREATE INDEX files_expiry ON files (expires_at) WHERE status = 'processed'",
+        "CREATE INDEX files_uploading ON files (created_at) WHERE status = 'uploading'",
+        """CREATE TABLE file_parts (
+            file_id TEXT NOT NULL REFERENCES files (id),
+            idx INTEGER NOT NULL,
+            data BYTEA NOT NULL,
+            PRIMARY KEY (file_id, idx)
+        )""",
+        """CREATE TABLE batches (
+            seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            tenant TEXT NOT NULL,
+            key_id TEXT,
+            models TEXT,
+            status TEXT NOT NULL CHECK (status IN ('validating', 'failed', 'in_progress', 'finalizing', 'completed',
+                                                   'expired', 'cancelling', 'cancelled')),
+            endpoint TEXT NOT NULL,
+            completion_window TEXT NOT NULL,
+            input_file_id TEXT NOT NULL REFERENCES files (id),
+            output_file_id TEXT REFERENCES files (id),
+            error_file_id TEXT REFERENCES files (id),
+            output_expires_after BIGINT NOT NULL,
+            model TEXT,
+            metadata TEXT NOT NULL,
+            webhook_id TEXT REFERENCES webhooks (id),
+            errors TEXT,
+            total INTEGER NOT NULL DEFAULT 0,
+            completed INTEGER NOT NULL DEFAULT 0,
+            failed INTEGER NOT NULL DEFAULT 0,
+            prompt_tokens BIGINT NOT NULL DEFAULT 0,
+            created_at BIGINT NOT NULL,
+            in_progress_at BIGINT,
+            expires_at BIGINT NOT NULL,
+            finalizing_at BIGINT,
+            completed_at BIGINT,
+            failed_at BIGINT,
+            expired_at BIGINT,
+            cancelling_at BIGINT,
+            cancelled_at BIGINT,
+            lease_owner TEXT,
+            lease_expires_at BIGINT
+        )""",
+        "CREATE INDEX batches_tenant ON batches (tenant, seq)",
+        "CREATE INDEX batches_active ON batches (seq)"
+        " WHERE status IN ('validating', 'in_progress', 'finalizing', 'cancelling')",
+        """CREATE TABLE batch_jobs (
+            batch_id TEXT NOT NULL REFERENCES batches (id),
+            part INTEGER NOT NULL,
+            job_id TEXT NOT NULL REFERENCES jobs (id),
+            PRIMARY KEY (batch_id, part)
+        )""",
+        """CREATE TABLE batch_requests (
+            batch_id TEXT NOT NULL REFERENCES batches (id),
+            line INTEGER NOT NULL,
+            custom_id TEXT NOT NULL,
+            part INTEGER,
+            start INTEGER,
+            count INTEGER,
+            first_chunk INTEGER,
+            last_chunk INTEGER,
+            encoding_format TEXT,
+            error TEXT,
+            PRIMARY KEY (batch_id, line)
+        )""",
+        "CREATE INDEX batch_requests_part ON batch_requests (batch_id, part, start)",
+        # How many requests span each run of chunks [first_chunk, last_chunk] of a part: progress without a scan.
+        """CREATE TABLE batch_spans (
+            batch_id TEXT NOT NULL REFERENCES batches (id),
+            part INTEGER NOT NULL,
+            first_chunk INTEGER NOT NULL,
+            last_chunk INTEGER NOT NULL,
+            requests INTEGER NOT NULL,
+            PRIMARY KEY (batch_id, part, first_chunk, last_chunk)
+        )""",
+        "ALTER TABLE events ALTER COLUMN job_id DROP NOT NULL",
+        "ALTER TABLE events ADD COLUMN batch_id TEXT REFERENCES batches (id)",
+        "ALTER TABLE events ADD CONSTRAINT events_subject CHECK ((job_id IS NULL) <> (batch_id IS NULL))",
+        "ALTER TABLE events ADD CONSTRAINT events_batch_type UNIQUE (batch_id, type)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -361,6 +457,25 @@ class PostgresJobStore(SqliteJobStore):
     record_attempt = retry_conflicts(SqliteJobStore.record_attempt)
     delete_webhook = retry_conflicts(SqliteJobStore.delete_webhook)
     disable_webhook = retry_conflicts(SqliteJobStore.disable_webhook)
+
+
+class PostgresStore(BatchStoreMixin, PostgresJobStore):
+    """The shared-mode store: jobs, webhooks and the Batch API on PostgreSQL."""
+
+    append_file_part = retry_conflicts(BatchStoreMixin.append_file_part)
+    finish_file = retry_conflicts(BatchStoreMixin.finish_file)
+    discard_file = retry_conflicts(BatchStoreMixin.discard_file)
+    delete_file = retry_conflicts(BatchStoreMixin.delete_file)
+    expire_files = retry_conflicts(BatchStoreMixin.expire_files)
+    cancel_batch = retry_conflicts(BatchStoreMixin.cancel_batch)
+    claim_batch = retry_conflicts(BatchStoreMixin.claim_batch)
+    renew_batch_lease = retry_conflicts(BatchStoreMixin.renew_batch_lease)
+    release_batch = retry_conflicts(BatchStoreMixin.release_batch)
+    add_batch_job = retry_conflicts(BatchStoreMixin.add_batch_job)
+    start_batch = retry_conflicts(BatchStoreMixin.start_batch)
+    fail_batch = retry_conflicts(BatchStoreMixin.fail_batch)
+    begin_finalizing = retry_conflicts(BatchStoreMixin.begin_finalizing)
+    finish_batch = retry_conflicts(BatchStoreMixin.finish_batch)
 
 
 class PostgresAccessStore(SqliteAccessStore):
