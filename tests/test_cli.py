@@ -93,7 +93,9 @@ def test_errors_name_the_file_line_not_the_position_in_a_batch(server, gateway, 
     lines = [f"short line {i}" for i in range(7)] + ["word " * 400] + ["after"]
     source.write_text("\n".join(lines) + "\n")
     for url in (server.address, f"grpc://{server.address}", gateway.base_url):
-        done = cli_at(url, "embed", str(source), "--output", str(tmp_path / "x.npy"), "--batch-size", "3")
+        # --no-truncate: the server would otherwise cut the long line to the model's limit (auto_truncate).
+        output = ("--output", str(tmp_path / "x.npy"))
+        done = cli_at(url, "embed", str(source), *output, "--batch-size", "3", "--no-truncate")
         assert done.returncode == 1, done.stderr
         # Line 8 was input 1 of the third request: the message names the line only.
         assert f"{source}:8: this input is too long" in done.stderr, (url, done.stderr)
@@ -273,7 +275,18 @@ def test_ctrl_c_mid_job_leaves_the_job_running(held_jobs, tmp_path):
             assert job.status in ("queued", "in_progress") and time.monotonic() < end, job.status
             time.sleep(0.2)
     done = subprocess.run(
-        [sys.executable, "-m", "client", "--address", held.address, "jobs", "results", job_id, "--output", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "embeddings_client",
+            "--address",
+            held.address,
+            "jobs",
+            "results",
+            job_id,
+            "-o",
+            str(out),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
