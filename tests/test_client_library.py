@@ -177,7 +177,7 @@ def test_errors_are_typed_with_the_servers_reason_and_the_callers_positions(serv
     for client in (EmbeddingsClient(server.address, model=FP32), RestEmbeddingsClient(gateway.base_url, model=FP32)):
         with client:
             with pytest.raises(InvalidRequestError) as too_long:
-                client.embed(texts, batch_size=4)  # the long text is input 1 of the third request
+                client.embed(texts, batch_size=4, truncate=False)  # the long text is input 1 of the third request
             err = too_long.value
             assert (err.code, err.reason, err.index) == ("INVALID_ARGUMENT", "context_length_exceeded", 9)
             assert err.message.startswith("Input 9 is too long") and "input 9 has 402 tokens" in err.message
@@ -189,7 +189,7 @@ def test_errors_are_typed_with_the_servers_reason_and_the_callers_positions(serv
             assert dims.value.reason == "dimensions_not_supported" and dims.value.field == "dimensions"
     assert err.http_status == 400 and too_long.value.metadata == {}  # REST: the envelope's code, no ErrorInfo
     with EmbeddingsClient(server.address, model=FP32) as client, pytest.raises(InvalidRequestError) as grpc_err:
-        client.embed(texts, batch_size=4)
+        client.embed(texts, batch_size=4, truncate=False)
     assert grpc_err.value.field == "inputs[9]" and grpc_err.value.metadata["tokens"] == "402"
     assert grpc_err.value.metadata["limit"] == "256" and grpc_err.value.metadata["index"] == "9"
 
@@ -211,7 +211,7 @@ async def test_async_client_equals_the_sync_client(server, stub):
         assert np.allclose(await client.embed(TEXTS, batch_size=5), expected, atol=1e-6)
         assert FP32 in [m.id for m in await client.models()] and (await client.model()).dimensions == 384
         with pytest.raises(InvalidRequestError) as too_long:
-            await client.embed([*TEXTS[:6], "word " * 400], batch_size=2)
+            await client.embed([*TEXTS[:6], "word " * 400], batch_size=2, truncate=False)
         assert too_long.value.index == 6 and too_long.value.message.startswith("Input 6 ")
         job = await client.submit_job(TEXTS, metadata={"corpus": "async"})
         done = await client.wait_job(job.id, poll_interval_s=0.1)

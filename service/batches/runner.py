@@ -429,25 +429,26 @@ class BatchWorkers:
             except errors.ApiError as err:
                 entry.error = err
             entries.append(entry)
-        await self._check_lengths([e for e in entries if e.error is None and not e.parsed.options.truncate])
+        refusing = [e for e in entries if e.error is None and not e.parsed.model.truncates(e.parsed.options)]
+        await self._check_lengths(refusing)
         return entries
 
     async def _check_lengths(self, entries: list[_Parsed]) -> None:
-        """context_length_exceeded for requests with an input over the model's limit, one tokenizer call a block."""
+        """context_length_exceeded for requests with an input over the model's limit, one tokenizer call a block
+        (only counts are kept, and each input is read up to the model's bound, as a live call reads it)."""
         if not entries:
             return
         model = entries[0].parsed.model
         texts = [text for entry in entries for text in entry.parsed.texts]
         loop = asyncio.get_running_loop()
-        lengths = await loop.run_in_executor(self._registry.tokenize_executor, model.tokenizer.lengths, texts)
-        limit = model.tokenizer.max_tokens
+        measured = await loop.run_in_executor(self._registry.tokenize_executor, model.tokenizer.measure, texts)
         offset = 0
         for entry in entries:
             count = len(entry.parsed.texts)
-            for index, length in enumerate(lengths[offset : offset + count]):
-                if length > limit:
-                    entry.error = as_rest_error(errors.context_length_exceeded(index, length, limit, model.id))
-                    break
+            try:
+                model.refuse_over_limit(measured[offset : offset + count])
+            except errors.ApiError as err:
+                entry.error = as_rest_error(err)
             offset += count
 
     @staticmethod

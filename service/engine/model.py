@@ -129,10 +129,11 @@ class ServedModel:
             loop = asyncio.get_running_loop()
             tokens = await loop.run_in_executor(self._tokenize_executor, self.tokenizer.encode, texts, truncate)
         if not truncate:
-            self._refuse_over_limit(tokens)
+            self.refuse_over_limit(tokens)
         return tokens
 
-    def _refuse_over_limit(self, tokens: Sequence[TokenizedInput], offset: int = 0) -> None:
+    def refuse_over_limit(self, tokens: Sequence[TokenizedInput], offset: int = 0) -> None:
+        """context_length_exceeded for the first input over the limit (indexes counted from `offset`)."""
         for index, item in enumerate(tokens):
             if self.tokenizer.over_limit(item):
                 raise errors.context_length_exceeded(
@@ -152,7 +153,7 @@ class ServedModel:
         for start in range(0, len(texts), slice_size):
             part = texts[start : start + slice_size]
             tokens = await loop.run_in_executor(self._tokenize_executor, self.tokenizer.measure, part)
-            self._refuse_over_limit(tokens, start)
+            self.refuse_over_limit(tokens, start)
 
     async def embed(
         self,
