@@ -18,6 +18,8 @@ class TokenizedInput:
     type_ids: np.ndarray
     # Tokens the input had before any truncation.
     original_length: int
+    # Leading tokens pooling leaves out: the prompt's, for models that pool without it (include_prompt=false).
+    prompt_length: int = 0
 
     @property
     def length(self) -> int:
