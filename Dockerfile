@@ -21,7 +21,9 @@ COPY client client
 COPY tools tools
 COPY proto proto
 RUN pip install -e '.[build]'
-RUN python -m tools.genproto && python -m tools.modelrepo build-defaults --repo /models
+# Built-in models to bake in (e.g. --build-arg MODELS=all-minilm-l6-v2,all-mpnet-base-v2); empty: all-MiniLM-L6-v2.
+ARG MODELS=""
+RUN python -m tools.genproto && python -m tools.modelrepo build-defaults --repo /models ${MODELS:+--models "$MODELS"}
 
 FROM python:3.12-slim AS runtime
 WORKDIR /app

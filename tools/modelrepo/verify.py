@@ -24,6 +24,9 @@ from tools.modelrepo.sources import Source
 
 FP32_MAX_ABS_DIFF = 1e-3  # ORT vs torch on token embeddings; float32 re-association stays far below this
 REFERENCE_MIN_COSINE = 0.9999  # the served pipeline vs sentence-transformers
+# int8's first plan is kept when every verification text stays this close to fp32 (MiniLM: 0.98), else the
+# outlier-aware plan is used (quantize.quantize_int8).
+INT8_MIN_COSINE = 0.97
 FP16_MIN_COSINE = 0.99  # float16 vs float32 (measured ~0.99999 on MiniLM); below it the conversion broke something
 # Traced once: two lengths, so the exported graph is built with padding present.
 EXPORT_TEXTS = ("hello world", "a somewhat longer sentence to trace the export with padding present")
@@ -61,6 +64,11 @@ def tokenize(
 def sample_batch(tokenizer_path: Path, max_tokens: int) -> dict[str, np.ndarray]:
     """The padded example the export is traced with."""
     return pad_batch(tokenize(tokenizer_path, EXPORT_TEXTS, max_tokens)).feeds
+
+
+def verification_feeds(tokenizer_path: Path, max_tokens: int) -> dict[str, np.ndarray]:
+    """The verification texts as one padded batch (int8 calibrates on it)."""
+    return pad_batch(tokenize(tokenizer_path, VERIFY_TEXTS, max_tokens)).feeds
 
 
 def serve_like_engine(
