@@ -198,7 +198,7 @@ def _build_into(
         record["conversion"] = convert_fp16(fp32_path, work / MODEL_FILE)
         checks.append(verify.against_fp32(work / MODEL_FILE, fp32_path, work, manifest, "fp16", verify.FP16_MIN_COSINE))
     shutil.rmtree(work / "fp32", ignore_errors=True)
-    record["verification"] = checks[0] if len(checks) == 1 else checks
+    record["verification"] = checks
     if not (work / MODEL_FILE).is_file():
         raise BuildError(f"{manifest.id}: no {MODEL_FILE} was written")
     return manifest, record
