@@ -203,9 +203,12 @@ def test_large_model_keeps_weights_beside_the_graph(sources: dict[str, Path], tm
     monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 0)
     assert run(["import", str(sources["cls"]), "--repo", str(tmp_path), "--id", "big"]) == 0
     assert run(["import", str(sources["cls"]), "--repo", str(tmp_path), "--id", "big-int8", "--precision", "int8"]) == 0
-    for name in ("big", "big-int8"):
-        assert (tmp_path / name / "model.onnx.data").stat().st_size > (tmp_path / name / MODEL_FILE).stat().st_size
-    assert cosines(serve_like_engine(tmp_path / "big"), reference_embed(sources["cls"], TEXTS)).min() >= 0.9999
+    graph = tmp_path / "big" / MODEL_FILE
+    assert (tmp_path / "big" / "model.onnx.data").stat().st_size > graph.stat().st_size  # the weights moved out
+    assert (tmp_path / "big-int8" / "model.onnx.data").stat().st_size > 0  # int8 writes its variant alike
+    reference = reference_embed(sources["cls"], TEXTS)
+    assert cosines(serve_like_engine(tmp_path / "big"), reference).min() >= 0.9999
+    assert cosines(serve_like_engine(tmp_path / "big-int8"), reference).min() >= 0.9
 
 
 def test_bad_arguments_fail_clearly(sources: dict[str, Path], tmp_path: Path) -> None:
