@@ -21,7 +21,9 @@ COPY embeddings_client embeddings_client
 COPY tools tools
 COPY proto proto
 RUN pip install -e '.[build]'
-RUN python -m tools.genproto && python -m tools.modelrepo build-defaults --repo /models
+# Built-in models to bake in (e.g. --build-arg MODELS=all-minilm-l6-v2,all-mpnet-base-v2); empty: all-MiniLM-L6-v2.
+ARG MODELS=""
+RUN python -m tools.genproto && python -m tools.modelrepo build-defaults --repo /models ${MODELS:+--models "$MODELS"}
 # Swagger UI's files for GET /docs, from npm as `make setup` installs them (same version as the Makefile).
 RUN apt-get update && apt-get install -y --no-install-recommends npm \
     && npm install --no-audit --no-fund --prefix build/swagger-ui swagger-ui-dist@5.35.0

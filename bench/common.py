@@ -31,7 +31,7 @@ import orjson
 from embeddings.v1 import embeddings_pb2 as pb
 from embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 
-from service.engine.pooling import finalize
+from service.engine.pooling import EmbeddingHead, finalize
 from service.engine.runtime import OnnxEncoder, RuntimeOptions
 from service.engine.tokenize import TextTokenizer, TokenizedInput
 from service.manifest import MODEL_FILE, TOKENIZER_FILE, ModelManifest
@@ -193,8 +193,9 @@ class InProcessBaseline:
         self.tokenizer = TextTokenizer(model_dir / TOKENIZER_FILE, manifest.max_input_tokens)
         model = model_dir / MODEL_FILE
         # One session using every core (ONNX Runtime's default), and one for parallel single-threaded batches.
-        self.encoder = OnnxEncoder(model, manifest.pooling, RuntimeOptions())
-        self.single_thread_encoder = OnnxEncoder(model, manifest.pooling, RuntimeOptions(intra_op_threads=1))
+        head = EmbeddingHead.from_manifest(manifest, model_dir)
+        self.encoder = OnnxEncoder(model, head, RuntimeOptions())
+        self.single_thread_encoder = OnnxEncoder(model, head, RuntimeOptions(intra_op_threads=1))
         self.pool = ThreadPoolExecutor(max(c.workers for c in BASELINE_CONFIGS))
         self.normalize = manifest.normalize
         self.dimensions = manifest.dimensions

@@ -2,8 +2,10 @@
 
 A model repository is a directory with one sub-directory per model (Triton-style). Each holds
 `model.onnx` (inputs `input_ids`, `attention_mask` and optionally `token_type_ids`, int64
-[batch, seq]; first output the token embeddings [batch, seq, hidden]), `tokenizer.json` (padding
-and truncation disabled: the engine does both) and `manifest.json`, described by `ModelManifest`.
+[batch, seq]; first output the token embeddings [batch, seq, hidden]; a model over 2 GB keeps its
+weights beside it in `model.onnx.data`), `tokenizer.json` (padding and truncation disabled: the
+engine does both), `dense_<i>.npz` for each Dense layer applied after pooling, and `manifest.json`,
+described by `ModelManifest`.
 
 This module has no heavy dependencies so that both the server and the offline build tools use it.
 """
@@ -18,11 +20,39 @@ from typing import Any
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
-POOLING_MODES = ("mean", "cls")
+# sentence-transformers' pooling modes; several may be combined ("cls+mean"): their vectors are concatenated.
+POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
+POOLING_SEPARATOR = "+"
+# Runtimes a manifest may name; each is a backend of service/engine (ONNX Runtime: runtime.OnnxEncoder).
+BACKENDS = ("onnxruntime",)
+# Activations of a Dense layer, by their lower-case torch.nn class name.
+ACTIVATIONS = ("identity", "tanh", "relu", "sigmoid", "silu")
+# Prompt names the API's input_type selects; a manifest may hold other names (kept from the source model).
+INPUT_TYPE_PROMPTS = ("query", "document")
 
 
 class ManifestError(ValueError):
     """A manifest is missing, malformed or inconsistent."""
+
+
+@dataclass(frozen=True)
+class DenseLayer:
+    """A sentence-transformers Dense module after pooling: y = activation(x @ W.T + b) (+ x, or x @ R.T).
+
+    Its weights are in `file` (an .npz beside the model: `weight` [out, in], `bias` [out] if `bias`, `residual`
+    [out, in] if a residual connection changes the size).
+    """
+
+    file: str
+    in_features: int
+    out_features: int
+    activation: str = "identity"
+    bias: bool = True
+    residual: bool = False
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DenseLayer:
+        return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -32,13 +62,25 @@ class ModelManifest:
     id: str
     dimensions: int
     max_input_tokens: int
+    # One of POOLING_MODES, or several joined by "+" (concatenated in that order).
     pooling: str = "mean"
+    # False: the prompt's tokens are left out of pooling (sentence-transformers' include_prompt).
+    include_prompt: bool = True
+    # Dense layers applied after pooling, in order; the last one's out_features is `dimensions`.
+    dense: tuple[DenseLayer, ...] = ()
     normalize: bool = True
     aliases: tuple[str, ...] = ()
     # Sizes a caller may shorten vectors to with `dimensions` (Matryoshka-style). Empty: no shortening.
     shortened_dimensions: tuple[int, ...] = ()
-    query_prefix: str = ""
-    document_prefix: str = ""
+    # Text prepended to inputs, by prompt name: "query" and "document" are the API's input types.
+    prompts: dict[str, str] = field(default_factory=dict)
+    # The prompt of calls that name no input type ("" for none), as sentence-transformers' default_prompt_name.
+    default_prompt_name: str = ""
+    # The runtime that runs model.onnx (one of BACKENDS).
+    backend: str = "onnxruntime"
+    # The network, as Hugging Face names it (config.json model_type: "bert", "qwen3", ...). ONNX Runtime does not
+    # need it (the graph is self-contained); a backend that builds the network itself does.
+    architecture: str = ""
     owned_by: str = "organization-owner"
     created: int = 0
     # Where the weights came from and how they were built (source package, quantization, scores).
@@ -49,8 +91,12 @@ class ModelManifest:
     def __post_init__(self) -> None:
         if not self.id or "\n" in self.id:
             raise ManifestError("manifest: 'id' must be a non-empty single-line string")
-        if self.pooling not in POOLING_MODES:
-            raise ManifestError(f"manifest {self.id}: pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
+        unknown = [mode for mode in self.pooling_modes if mode not in POOLING_MODES]
+        if not self.pooling_modes or unknown:
+            raise ManifestError(
+                f"manifest {self.id}: pooling must be one of {POOLING_MODES} (or several joined by "
+                f"'{POOLING_SEPARATOR}'), got {self.pooling!r}"
+            )
         if self.dimensions < 1 or self.max_input_tokens < 2:
             raise ManifestError(f"manifest {self.id}: dimensions and max_input_tokens must be positive")
         if self.auto_truncate is not None and not isinstance(self.auto_truncate, bool):
@@ -58,11 +104,49 @@ class ModelManifest:
         bad = [d for d in self.shortened_dimensions if not 1 <= d <= self.dimensions]
         if bad:
             raise ManifestError(f"manifest {self.id}: shortened_dimensions {bad} outside 1..{self.dimensions}")
+        if self.backend not in BACKENDS:
+            raise ManifestError(f"manifest {self.id}: backend {self.backend!r} is not one of {BACKENDS}")
+        if self.default_prompt_name and self.default_prompt_name not in self.prompts:
+            raise ManifestError(f"manifest {self.id}: default_prompt_name {self.default_prompt_name!r} is not a prompt")
+        self._check_dense()
+
+    def _check_dense(self) -> None:
+        for index, layer in enumerate(self.dense):
+            where = f"manifest {self.id}: dense[{index}]"
+            if layer.activation not in ACTIVATIONS:
+                raise ManifestError(f"{where}: activation {layer.activation!r} is not one of {ACTIVATIONS}")
+            if min(layer.in_features, layer.out_features) < 1 or "/" in layer.file or layer.file.startswith("."):
+                raise ManifestError(f"{where}: needs positive sizes and a file name inside the model directory")
+            if index and self.dense[index - 1].out_features != layer.in_features:
+                raise ManifestError(f"{where}: in_features {layer.in_features} != previous out_features")
+        if self.dense and self.dense[-1].out_features != self.dimensions:
+            raise ManifestError(
+                f"manifest {self.id}: the last dense layer gives {self.dense[-1].out_features} "
+                f"dimensions, the manifest says {self.dimensions}"
+            )
+
+    @property
+    def pooling_modes(self) -> tuple[str, ...]:
+        return tuple(mode for mode in self.pooling.split(POOLING_SEPARATOR) if mode)
 
     @property
     def names(self) -> tuple[str, ...]:
         """The id followed by every alias: all the names a caller may use."""
         return (self.id, *self.aliases)
+
+    @property
+    def query_prefix(self) -> str:
+        return self.prompts.get("query", "")
+
+    @property
+    def document_prefix(self) -> str:
+        return self.prompts.get("document", "")
+
+    def prompt(self, input_type: str) -> str:
+        """The text prepended to an input of `input_type`; a type without a prompt of its own (or "", for calls
+        naming none) gets the default prompt, as sentence-transformers' encode_query/encode_document do."""
+        name = input_type if input_type in self.prompts else self.default_prompt_name
+        return self.prompts.get(name, "")
 
     def allows_dimensions(self, dimensions: int) -> bool:
         return dimensions == self.dimensions or dimensions in self.shortened_dimensions
@@ -73,32 +157,46 @@ class ModelManifest:
         data["shortened_dimensions"] = list(self.shortened_dimensions)
         if self.auto_truncate is None:
             del data["auto_truncate"]  # the server's setting applies
-        return json.dumps(data, indent=2, sort_keys=False) + "\n"
+        data["dense"] = [asdict(layer) for layer in self.dense]
+        return json.dumps(data, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelManifest:
+        values = _upgrade(dict(data))
         known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(values) - known)
         if unknown:
             raise ManifestError(f"manifest {data.get('id', '?')}: unknown keys {unknown}")
         try:
-            values = dict(data)
             values["aliases"] = tuple(values.get("aliases", ()))
             values["shortened_dimensions"] = tuple(int(d) for d in values.get("shortened_dimensions", ()))
+            values["dense"] = tuple(DenseLayer.from_dict(layer) for layer in values.get("dense", ()))
+            values["prompts"] = {str(k): str(v) for k, v in values.get("prompts", {}).items()}
             return cls(**values)
-        except TypeError as exc:
+        except (TypeError, AttributeError) as exc:
             raise ManifestError(f"manifest {data.get('id', '?')}: {exc}") from exc
 
     @classmethod
     def load(cls, model_dir: Path) -> ModelManifest:
         path = Path(model_dir) / MANIFEST_FILE
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise ManifestError(f"cannot read {path}: {exc}") from exc
         return cls.from_dict(data)
 
     def save(self, model_dir: Path) -> Path:
         path = Path(model_dir) / MANIFEST_FILE
-        path.write_text(self.to_json())
+        path.write_text(self.to_json(), encoding="utf-8")
         return path
+
+
+def _upgrade(values: dict[str, Any]) -> dict[str, Any]:
+    """Manifests written before `prompts` existed name their two prompts query_prefix and document_prefix."""
+    legacy = {name: values.pop(f"{name}_prefix", "") for name in INPUT_TYPE_PROMPTS}
+    prompts = dict(values.get("prompts") or {})
+    for name, text in legacy.items():
+        if text:
+            prompts.setdefault(name, text)
+    values["prompts"] = prompts
+    return values

@@ -12,7 +12,9 @@ import numpy as np
 from service import errors
 from service.config import Settings
 from service.engine.batcher import Batcher, BatchLimits
-from service.engine.model import ServedModel
+from service.engine.model import INPUT_TYPES, ServedModel
+from service.engine.pooling import EmbeddingHead
+from service.engine.prompts import Prompts
 from service.engine.runtime import (
     CPU,
     OnnxEncoder,
@@ -27,11 +29,16 @@ from service.manifest import MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE, Manifest
 log = logging.getLogger(__name__)
 
 
+# The runtime behind each manifest `backend`; every one takes (model file, embedding head, runtime options).
+BACKENDS = {"onnxruntime": OnnxEncoder}
+
+
 @dataclass(frozen=True)
 class _Loaded:
     manifest: ModelManifest
     tokenizer: TextTokenizer
     encoder: OnnxEncoder
+    prompts: Prompts
 
 
 def discover(repo: Path, wanted: tuple[str, ...] = ()) -> list[Path]:
@@ -56,10 +63,18 @@ def _load_model(model_dir: Path, options: RuntimeOptions, limits: BatchLimits) -
     for required in (MODEL_FILE, TOKENIZER_FILE):
         if not (model_dir / required).is_file():
             raise ManifestError(f"{model_dir} lacks {required}")
-    encoder = OnnxEncoder(model_dir / MODEL_FILE, manifest.pooling, options)
+    backend = BACKENDS.get(manifest.backend)
+    if backend is None:
+        raise ManifestError(f"{model_dir}: backend {manifest.backend!r} is not available; known: {sorted(BACKENDS)}")
+    try:
+        head = EmbeddingHead.from_manifest(manifest, model_dir)
+    except (OSError, KeyError, ValueError) as exc:
+        raise ManifestError(f"{model_dir}: cannot load its dense layers: {exc}") from exc
+    encoder = backend(model_dir / MODEL_FILE, head, options)
     tokenizer = TextTokenizer(model_dir / TOKENIZER_FILE, manifest.max_input_tokens)
+    prompts = Prompts.load(manifest, model_dir / TOKENIZER_FILE, INPUT_TYPES)
     _warm_up(encoder, tokenizer, limits)
-    return _Loaded(manifest, tokenizer, encoder)
+    return _Loaded(manifest, tokenizer, encoder, prompts)
 
 
 def _warm_up(encoder: OnnxEncoder, tokenizer: TextTokenizer, limits: BatchLimits) -> None:
@@ -156,6 +171,7 @@ class ModelRegistry:
                     batcher,
                     self._tokenize,
                     self._settings.max_inputs_per_request,
+                    loaded.prompts,
                     auto_truncate=_auto_truncate(loaded.manifest, self._settings),
                 )
             )

@@ -18,13 +18,35 @@ from tests.tiny_bert import build_tiny_sources
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def _repo_path() -> Path:
+    return Path(os.environ.get("EMBED_MODEL_REPO") or REPO_ROOT / "models").resolve()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked `model(id, ...)` need models built only on request: skipped with the command that builds them
+    when absent, or failed when EMBED_REQUIRE_MODELS=1 (CI builds them, so a skip there would hide a broken build)."""
+    repo = _repo_path()
+    for marker in item.iter_markers("model"):
+        missing = [name for name in marker.args if not (repo / name / "manifest.json").is_file()]
+        if not missing:
+            continue
+        families = sorted({name.removesuffix("-int8").removesuffix("-fp16") for name in missing})
+        reason = (
+            f"{', '.join(missing)} not built in {repo} "
+            f"(make models MODELS=all-minilm-l6-v2,{','.join(families)} MODEL_REPO={repo})"
+        )
+        if os.environ.get("EMBED_REQUIRE_MODELS") == "1":
+            pytest.fail(f"EMBED_REQUIRE_MODELS=1 and {reason}")
+        pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def model_repo() -> Path:
     """A model repository holding the default models: $EMBED_MODEL_REPO or <repo>/models.
 
     Built with the real CLI; tools.modelrepo skips models that are already up to date, so this is cheap when built.
     """
-    repo = Path(os.environ.get("EMBED_MODEL_REPO") or REPO_ROOT / "models").resolve()
+    repo = _repo_path()
     command = [sys.executable, "-m", "tools.modelrepo", "build-defaults", "--repo", str(repo)]
     done = subprocess.run(
         command, cwd=REPO_ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}

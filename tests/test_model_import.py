@@ -41,7 +41,8 @@ def import_ok(*args: str | Path) -> subprocess.CompletedProcess[str]:
 
 
 def onnx_embed(model_dir: Path, texts: list[str]) -> np.ndarray:
-    """Tokenize, truncate to max_input_tokens, pad, run ORT and pool per the manifest: what the server does."""
+    """Tokenize, truncate to max_input_tokens, pad, run ORT and pool per the manifest: what the server does,
+    written out independently of the engine (mean or cls pooling)."""
     manifest = ModelManifest.load(model_dir)
     tokenizer = Tokenizer.from_file(str(model_dir / TOKENIZER_FILE))
     tokenizer.enable_truncation(manifest.max_input_tokens)
@@ -58,6 +59,13 @@ def onnx_embed(model_dir: Path, texts: list[str]) -> np.ndarray:
     if manifest.normalize:
         pooled = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
     return pooled
+
+
+def serve_like_engine(model_dir: Path) -> np.ndarray:
+    """The engine's own path (every pooling mode, Dense, prompts): what the server computes for TEXTS."""
+    from tools.modelrepo.verify import serve_like_engine as engine
+
+    return engine(model_dir / MODEL_FILE, model_dir, ModelManifest.load(model_dir), TEXTS)
 
 
 def reference_embed(source: Path, texts: list[str]) -> np.ndarray:
@@ -147,11 +155,60 @@ def test_import_quantized_int8(sources: dict[str, Path], tmp_path: Path) -> None
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 
-def test_unsupported_pooling_fails_clearly(sources: dict[str, Path], tmp_path: Path) -> None:
-    done = run_cli("import", sources["max"], "--repo", tmp_path)
+def test_max_pooling_imports(sources: dict[str, Path], tmp_path: Path) -> None:
+    import_ok(sources["max"], "--repo", tmp_path)
+    model_dir = tmp_path / "tiny-max"
+    assert ModelManifest.load(model_dir).pooling == "max"
+    assert cosines(serve_like_engine(model_dir), reference_embed(sources["max"], TEXTS)).min() >= 0.9999
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("layernorm", "module 'sentence_transformers.sentence_transformer.modules.layer_norm.LayerNorm'"),
+        ("gelu", "activation 'torch.nn.modules.activation.GELU'"),
+    ],
+)
+def test_unsupported_modules_fail_clearly(sources: dict[str, Path], tmp_path: Path, source: str, message: str) -> None:
+    done = run_cli("import", sources[source], "--repo", tmp_path)
     assert done.returncode != 0
-    assert "pooling ['max'] is not supported" in done.stderr and "Traceback" not in done.stderr
+    assert message in done.stderr and "is not supported" in done.stderr and "Traceback" not in done.stderr
     assert not [p for p in tmp_path.iterdir() if p.name != ".modelrepo.lock"]
+
+
+def test_fp16_variant_stays_with_fp32(sources: dict[str, Path], tmp_path: Path) -> None:
+    """fp16 is for GPUs; ONNX Runtime's CPU runs it too, so it is verified against fp32 here and served alike."""
+    import onnx
+
+    done = import_ok(sources["mean"], "--repo", tmp_path, "--precision", "fp16")
+    assert "verified fp16 against fp32" in done.stdout
+    model_dir = tmp_path / "tiny-mean-fp16"
+    manifest = ModelManifest.load(model_dir)
+    assert manifest.provenance["precision"] == "fp16" and manifest.provenance["verification"][-1]["min_cosine"] >= 0.99
+    graph = onnx.load(str(model_dir / MODEL_FILE)).graph
+    floats = [
+        t.data_type for t in graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    ]
+    assert floats.count(onnx.TensorProto.FLOAT16) > 0.9 * len(floats)  # weights are half precision
+    assert [i.name for i in graph.input] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # float32 out, pooled as ever
+    assert cosines(serve_like_engine(model_dir), reference_embed(sources["mean"], TEXTS)).min() >= 0.999
+
+
+def test_large_model_keeps_weights_beside_the_graph(sources: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
+    """Past protobuf's 2 GB a graph keeps its weights in model.onnx.data (forced here by lowering the threshold)."""
+    from tools.modelrepo import export
+    from tools.modelrepo.cli import run
+
+    monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 0)
+    assert run(["import", str(sources["cls"]), "--repo", str(tmp_path), "--id", "big"]) == 0
+    assert run(["import", str(sources["cls"]), "--repo", str(tmp_path), "--id", "big-int8", "--precision", "int8"]) == 0
+    graph = tmp_path / "big" / MODEL_FILE
+    assert (tmp_path / "big" / "model.onnx.data").stat().st_size > graph.stat().st_size  # the weights moved out
+    assert (tmp_path / "big-int8" / "model.onnx.data").stat().st_size > 0  # int8 writes its variant alike
+    reference = reference_embed(sources["cls"], TEXTS)
+    assert cosines(serve_like_engine(tmp_path / "big"), reference).min() >= 0.9999
+    assert cosines(serve_like_engine(tmp_path / "big-int8"), reference).min() >= 0.9
 
 
 def test_bad_arguments_fail_clearly(sources: dict[str, Path], tmp_path: Path) -> None:

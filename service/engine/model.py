@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
@@ -13,6 +14,7 @@ import numpy as np
 from service import errors
 from service.engine.batcher import Batcher, BatchFailed, CallTimings, DeadlineExceeded, QueueFull
 from service.engine.pooling import finalize, non_finite_rows
+from service.engine.prompts import Prompts
 from service.engine.tokenize import TextTokenizer, TokenizedInput
 from service.manifest import ModelManifest
 
@@ -69,12 +71,15 @@ class ServedModel:
         batcher: Batcher,
         tokenize_executor: Executor,
         max_inputs: int,
+        prompts: Prompts | None = None,
         auto_truncate: bool = False,
     ) -> None:
         """`auto_truncate`: what a call that does not say `truncate` gets (the model's manifest overrides the
         server's setting)."""
         self.manifest = manifest
         self.auto_truncate = auto_truncate
+        # Without a tokenizer to measure them, prompts are prepended but never left out of pooling.
+        self.prompts = prompts or Prompts({kind: manifest.prompt(kind) for kind in INPUT_TYPES})
         self.tokenizer = tokenizer
         self.batcher = batcher
         self._tokenize_executor = tokenize_executor
@@ -116,9 +121,10 @@ class ServedModel:
         """Whether inputs over the limit are cut (else refused) for a call with these options."""
         return self.auto_truncate if options.truncate is None else options.truncate
 
-    def _with_prefix(self, texts: Sequence[str], input_type: str) -> Sequence[str]:
-        prefix = {"query": self.manifest.query_prefix, "document": self.manifest.document_prefix}.get(input_type, "")
-        return [prefix + text for text in texts] if prefix else texts
+    def _without_prompt(self, tokens: list[TokenizedInput], input_type: str) -> list[TokenizedInput]:
+        """Mark the prompt's tokens for pooling to leave out (models pooling with include_prompt=false)."""
+        excluded = self.prompts.excluded(input_type)
+        return [dataclasses.replace(item, prompt_length=excluded) for item in tokens] if excluded else tokens
 
     async def tokenize(self, texts: Sequence[str], truncate: bool) -> list[TokenizedInput]:
         """Tokenize (off the event loop unless tiny); enforce the length limit or truncate to it. The cost is bounded
@@ -168,7 +174,8 @@ class ServedModel:
         or raise (rate limits), so a refused call costs no inference."""
         self.validate(texts, options)
         tokenize_started = time.perf_counter()
-        tokens = await self.tokenize(self._with_prefix(texts, options.input_type), self.truncates(options))
+        tokens = await self.tokenize(self.prompts.prepend(texts, options.input_type), self.truncates(options))
+        tokens = self._without_prompt(tokens, options.input_type)
         tokenize_s = time.perf_counter() - tokenize_started
         if admit is not None:
             await admit(sum(item.length for item in tokens))

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.engine.pooling import pool
+from service.engine.pooling import EmbeddingHead
 from service.engine.tokenize import TokenizedInput
 
 log = logging.getLogger(__name__)
@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
+# What a model graph may take: int64 [batch, seq] each (token_type_ids only if the network has them).
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @dataclass(frozen=True)
@@ -125,13 +127,20 @@ def _session(model_path: Path, options: RuntimeOptions, intra_op_threads: int) -
 
 
 class OnnxEncoder:
-    """Runs a model's ONNX graph on padded batches and pools the token embeddings per its manifest."""
+    """Runs a model's ONNX graph on padded batches and pools the token embeddings per its manifest.
 
-    def __init__(self, model_path: Path, pooling: str, options: RuntimeOptions) -> None:
+    Batches are padded on the right. A causal (decoder) graph is unaffected by padding after a token, so every
+    row's last real token sees exactly what it would alone; the head finds it from the mask.
+    """
+
+    def __init__(self, model_path: Path, head: EmbeddingHead, options: RuntimeOptions) -> None:
         self.session = _session(model_path, options, options.intra_op_threads)
         self._solo = _session(model_path, options, options.solo_threads) if options.solo_threads else self.session
-        self.pooling = pooling
+        self.head = head
         self._input_names = {i.name for i in self.session.get_inputs()}
+        unknown = sorted(self._input_names - set(INPUT_NAMES))
+        if unknown or not {"input_ids", "attention_mask"} <= self._input_names:
+            raise ValueError(f"{model_path}: inputs must be {INPUT_NAMES} (token_type_ids optional), got {unknown}")
         self._output_name = self.session.get_outputs()[0].name
         log.info("loaded %s with %s", model_path, ", ".join(self.session.get_providers()))
 
@@ -144,17 +153,36 @@ class OnnxEncoder:
 
         `solo`: the batch runs alone, so it may use the session that spreads it over every core.
         """
-        longest = max(item.length for item in batch)
-        input_ids = np.zeros((len(batch), longest), dtype=np.int64)
-        type_ids = np.zeros((len(batch), longest), dtype=np.int64)
-        mask = np.zeros((len(batch), longest), dtype=np.int64)
-        for row, item in enumerate(batch):
-            input_ids[row, : item.length] = item.ids
-            type_ids[row, : item.length] = item.type_ids
-            mask[row, : item.length] = 1
-        feeds = {"input_ids": input_ids, "attention_mask": mask}
-        if "token_type_ids" in self._input_names:
-            feeds["token_type_ids"] = type_ids
+        padded = pad_batch(batch)
+        feeds = {name: padded.feeds[name] for name in self._input_names}
         session = self._solo if solo else self.session
         (token_embeddings,) = session.run([self._output_name], feeds)
-        return pool(token_embeddings, mask, self.pooling)
+        return self.head(token_embeddings, padded.attention_mask, padded.prompt_lengths)
+
+
+@dataclass(frozen=True)
+class PaddedBatch:
+    """A batch as the network takes it: right-padded int64 [batch, longest] arrays, and what pooling skips."""
+
+    feeds: dict[str, np.ndarray]  # input_ids, attention_mask, token_type_ids
+    prompt_lengths: np.ndarray  # [batch]
+
+    @property
+    def attention_mask(self) -> np.ndarray:
+        return self.feeds["attention_mask"]
+
+
+def pad_batch(batch: Sequence[TokenizedInput]) -> PaddedBatch:
+    """Pad a batch on the right to its longest input (the mask marks the real tokens)."""
+    longest = max(item.length for item in batch)
+    input_ids = np.zeros((len(batch), longest), dtype=np.int64)
+    type_ids = np.zeros((len(batch), longest), dtype=np.int64)
+    mask = np.zeros((len(batch), longest), dtype=np.int64)
+    prompt_lengths = np.zeros(len(batch), dtype=np.int64)
+    for row, item in enumerate(batch):
+        input_ids[row, : item.length] = item.ids
+        type_ids[row, : item.length] = item.type_ids
+        mask[row, : item.length] = 1
+        prompt_lengths[row] = item.prompt_length
+    feeds = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": type_ids}
+    return PaddedBatch(feeds, prompt_lengths)

