@@ -59,6 +59,9 @@ class Settings:
     # unless allow_open. Rate limits per minute, 0 = unlimited: per key (a key may override them) and per tenant (a
     # tenant may override them); async jobs leave job_rate_limit_reserve of every token bucket to interactive calls.
     allow_open: bool = False
+    # Where a gateway in front of this server listens (Envoy's REST and gRPC address; gateway.run and gateway.cluster
+    # pass it): open mode needs these on loopback too, since they reach the server without a key as well.
+    gateway_hosts: tuple[str, ...] = ()
     rate_limit_rpm: int = 3000
     rate_limit_tpm: int = 1_000_000
     tenant_rate_limit_rpm: int = 0

@@ -21,7 +21,7 @@ from embeddings.v1 import (
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service.access.control import AccessControl, Limits, is_loopback, open_mode_refusal
+from service.access.control import AccessControl, Limits, OpenMode
 from service.access.interceptor import AuthInterceptor
 from service.access.scope import ScopedRegistry
 from service.api.admin import ADMIN_SERVICE, add_admin_service
@@ -143,6 +143,8 @@ class EmbeddingServer:
         log.info("ready: serving %s on %s:%d", names, self.settings.host, self.port)
         if self.access.running_open:
             log.warning("running open (no API keys): every caller has full access, admin included")
+        elif self.access.active_keys == 0:
+            log.warning("no active API key: every call is refused until one is created (python -m service.admin)")
 
     def _watch_engine(self) -> None:
         """Per-batch metrics from every model's batcher; queue depth read at scrape time."""
@@ -169,11 +171,12 @@ class EmbeddingServer:
 
 def access_control(settings: Settings) -> AccessControl:
     """Keys, limits and metering on the job store's database; ValueError when it must not start: no active key and
-    a non-loopback address, unless `allow_open`."""
+    a non-loopback address (its own or a gateway's), unless `allow_open`."""
     if not 0 <= settings.job_rate_limit_reserve < 1:
         raise ValueError(f"job_rate_limit_reserve must be in [0, 1), got {settings.job_rate_limit_reserve}")
     store = open_access_store(settings)
-    refusal = open_mode_refusal([settings.host], store.active_key_count(), settings.allow_open)
+    mode = OpenMode((settings.host, *settings.gateway_hosts), settings.allow_open)
+    refusal = mode.refusal(store.snapshot())
     if refusal is not None:
         store.close()
         raise ValueError(refusal)
@@ -187,7 +190,7 @@ def access_control(settings: Settings) -> AccessControl:
     return AccessControl(
         store,
         limits,
-        open_allowed=settings.allow_open or is_loopback(settings.host),
+        open_mode=mode,
         limiter=open_rate_limiter(settings),
     )
 

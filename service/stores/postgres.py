@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import psycopg
 import psycopg.errors
 
-from service.access.store import KeySnapshot, SqliteAccessStore, TenantRecord, UsageDelta, _key
+from service.access.store import _READ_KEYS_REQUIRED, KeySnapshot, SqliteAccessStore, TenantRecord, UsageDelta, _key
 from service.jobs.store import DEFAULT_RETENTION_S, Announce, JobStoreError, SqliteJobStore
 
 log = logging.getLogger(__name__)
@@ -167,6 +167,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (day, tenant, key_id, model)
         )""",
     ),
+    (
+        # A store that ever held a key never runs open again (service/access/store.py).
+        """CREATE TABLE access_flags (
+            name TEXT PRIMARY KEY,
+            set_at BIGINT NOT NULL
+        )""",
+        "INSERT INTO access_flags (name, set_at) SELECT 'keys_required', MIN(created_at) FROM access_keys"
+        " HAVING COUNT(*) > 0",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -250,7 +259,8 @@ class Database:
                 except psycopg.OperationalError as exc:
                     # An OSError, so start-up reports it as a configuration error. psycopg's message names the
                     # host, port and user, never the password.
-                    raise ConnectionError(f"cannot connect to the PostgreSQL store: {exc}") from exc
+                    reason = " ".join(str(exc).split())  # one line: start-up prints it as such
+                    raise ConnectionError(f"cannot connect to the PostgreSQL store: {reason}") from exc
                 self._all.append(raw)
             conn = self._local.conn = Connection(raw)
         return conn
@@ -383,9 +393,10 @@ class PostgresAccessStore(SqliteAccessStore):
                 " FROM access_keys WHERE revoked_at IS NULL"
             ).fetchall()
             tenant_rows = conn.execute("SELECT name, rpm, tpm FROM access_tenants").fetchall()
+            required = conn.execute(_READ_KEYS_REQUIRED).fetchone()[0] > 0
         active = {r["id"]: _key(r) for r in rows}
         tenants = {r["name"]: TenantRecord(r["name"], r["rpm"], r["tpm"]) for r in tenant_rows}
-        return KeySnapshot(active, tenants, len(active))
+        return KeySnapshot(active, tenants, len(active), required)
 
     @retry_conflicts
     def add_usage(self, deltas: Iterable[UsageDelta]) -> None:
