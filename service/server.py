@@ -85,7 +85,6 @@ class EmbeddingServer:
             webhook_allow_private=settings.webhook_allow_private,
         )
         self.workers: JobWorkers | None = None
-        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
         # SQLite under data_dir, or PostgreSQL shared with other replicas (store_url).
         self.store = open_job_store(settings, announce)
         jobs = JobServicer(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from service.access.control import OpenMode
 from service.access.limits import LocalRateLimiter, Quota, format_duration
 from service.access.store import KeySnapshot, SqliteAccessStore
+from service.jobs.store import SqliteJobStore
 from tests.serving import ROOT, ServerProcess, free_port, http
 
 
@@ -208,3 +210,25 @@ def test_running_open_key_management_still_needs_an_admin_key(gateway):
     status, _, raw = http(gateway, "POST", "/v1/admin/keys", {"tenant": "t", "name": "n"})
     assert status == 403 and json.loads(raw)["error"]["code"] == "insufficient_permissions"
     assert http(gateway, "POST", "/v1/embeddings", {"model": "all-minilm-l6-v2", "input": "open"})[0] == 200
+
+
+def test_the_store_files_are_private(tmp_path):
+    """Key hashes, webhook secrets and jobs: the data directory we create is 0700, the database and its WAL 0600."""
+    data_dir = tmp_path / "new" / "data"
+    access = SqliteAccessStore.in_data_dir(data_dir)
+    jobs = SqliteJobStore(data_dir / "jobs.sqlite3")
+    access.create_key("acme", "ci", now=1)
+    jobs.create_webhook("acme", "https://example.com/hook", "", "whsec_c2VjcmV0", now=1)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in data_dir.iterdir()}
+    access.close()
+    jobs.close()
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    assert modes == {"jobs.sqlite3": 0o600, "jobs.sqlite3-wal": 0o600, "jobs.sqlite3-shm": 0o600}
+
+
+def test_an_existing_store_readable_by_others_is_tightened(tmp_path):
+    SqliteAccessStore.in_data_dir(tmp_path).close()
+    database = tmp_path / "jobs.sqlite3"
+    database.chmod(0o644)
+    SqliteAccessStore.in_data_dir(tmp_path).close()
+    assert stat.S_IMODE(database.stat().st_mode) == 0o600

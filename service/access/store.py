@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from service.access import keys
+from service.private_files import private_sqlite_file
 
 DB_NAME = "jobs.sqlite3"
 BUSY_TIMEOUT_MS = 10_000
@@ -195,8 +196,7 @@ class SqliteAccessStore:
     """`AccessStore` on `<data_dir>/jobs.sqlite3`. Thread-safe: one connection behind a lock (calls are small)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = private_sqlite_file(path)  # it holds key hashes: 0600
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000

@@ -29,6 +29,8 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 
+from service.private_files import private_sqlite_file
+
 DEFAULT_TENANT = "default"
 # How long results stay after a job finishes (completed, failed or cancelled); `expire_results` drops them then.
 DEFAULT_RETENTION_S = 7 * 24 * 3600
@@ -558,7 +560,7 @@ class SqliteJobStore:
         """`announce` builds the event to record, atomically, when a job finishes (completed, failed, cancelled):
         a crash right after the transition can then never lose its webhook. It runs inside the write transaction,
         so it must be quick and must not call the store."""
-        self.path = Path(path)
+        self.path = private_sqlite_file(path)  # webhook secrets and the jobs' texts and vectors: 0600
         self.retention_s = retention_s
         self._announce = announce
         self._write_lock = threading.Lock()
