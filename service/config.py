@@ -55,6 +55,8 @@ class Settings:
     webhook_retry_schedule: str = "5s,30s,2m,10m,30m,2h,5h"
     webhook_timeout_s: float = 10.0
     webhook_allow_private: bool = False
+    # Webhook endpoints one tenant may have at once (0: no cap).
+    max_webhooks_per_tenant: int = 100
     # Access control (service/access): with no active API key the server runs open, but only on a loopback address
     # unless allow_open. Rate limits per minute, 0 = unlimited: per key (a key may override them) and per tenant (a
     # tenant may override them); async jobs leave job_rate_limit_reserve of every token bucket to interactive calls.

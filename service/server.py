@@ -94,6 +94,7 @@ class EmbeddingServer:
             chunk_size=settings.job_chunk_size,
             max_inputs_per_job=settings.max_inputs_per_job,
             allow_private_webhooks=settings.webhook_allow_private,
+            max_webhooks_per_tenant=settings.max_webhooks_per_tenant,
             on_new_job=lambda: self.workers.notify() if self.workers else None,
         )
         jobs_pb2_grpc.add_JobServiceServicer_to_server(jobs, self._server)

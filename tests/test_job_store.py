@@ -34,6 +34,7 @@ from service.jobs.store import (
     ResultsNotReady,
     ResultsRemoved,
     SqliteJobStore,
+    TooManyWebhooks,
 )
 from tests.shared_stores import temp_schema
 
@@ -528,6 +529,37 @@ def test_webhooks_are_per_tenant(store):
         make_job(store, webhook_id=hook.id)
     disabled = store.disable_webhook(other.id, "410 Gone", T0 + 3)
     assert (disabled.disabled_at, disabled.disabled_reason) == (T0 + 3, "410 Gone")
+
+
+def test_webhooks_per_tenant_are_capped(store):
+    hooks = [store.create_webhook("default", f"https://example.com/{i}", "", "whsec_x", T0, 3) for i in range(3)]
+    with pytest.raises(TooManyWebhooks):
+        store.create_webhook("default", "https://example.com/4", "", "whsec_x", T0, 3)
+    store.create_webhook("other", "https://example.com/o", "", "whsec_x", T0, 3)  # per tenant
+    assert store.delete_webhook("default", hooks[0].id, T0)
+    store.create_webhook("default", "https://example.com/5", "", "whsec_x", T0, 3)  # deleted ones do not count
+    assert len(store.list_webhooks("default")) == 3
+
+
+def test_concurrent_webhook_creation_stays_under_the_cap(backend):
+    stores = [backend.open(), backend.open()]
+    created, refused = [], []
+
+    def create(store, n: int) -> None:
+        try:
+            created.append(store.create_webhook("default", f"https://example.com/{n}", "", "whsec_x", T0, 5))
+        except TooManyWebhooks:
+            refused.append(n)
+
+    threads = [threading.Thread(target=create, args=(stores[n % 2], n)) for n in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(created) == 5 and len(refused) == 7
+    assert len(stores[0].list_webhooks("default")) == 5
+    for store in stores:
+        store.close()
 
 
 def test_events_enqueue_one_delivery_exactly_once(store):

@@ -65,6 +65,10 @@ class ResultsNotReady(JobStoreError):
     """The requested range holds inputs that are not embedded (yet, or ever: the job failed or was cancelled)."""
 
 
+class TooManyWebhooks(JobStoreError):
+    """The tenant already has the most webhook endpoints allowed."""
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_urlsafe(ID_RANDOM_BYTES)}"
 
@@ -290,7 +294,11 @@ class JobStore(Protocol):
         """Delete the chunks of up to `limit` jobs past `expires_at`; returns their ids."""
         ...
 
-    def create_webhook(self, tenant: str, url: str, description: str, secret: str, now: int) -> Webhook: ...
+    def create_webhook(
+        self, tenant: str, url: str, description: str, secret: str, now: int, max_per_tenant: int = 0
+    ) -> Webhook:
+        """A new endpoint; TooManyWebhooks if the tenant already has `max_per_tenant` (0: no cap)."""
+        ...
 
     def list_webhooks(self, tenant: str) -> list[Webhook]: ...
 
@@ -549,6 +557,9 @@ class SqliteJobStore:
     # database), " FOR UPDATE" and " FOR UPDATE SKIP LOCKED" in the PostgreSQL store, where writers run concurrently.
     _FOR_UPDATE = ""
     _SKIP_LOCKED = ""
+    # Serializes webhook creation per tenant, so the cap holds with concurrent writers (PostgreSQL); a SQLite write
+    # transaction already holds the whole database.
+    _LOCK_TENANT_WEBHOOKS = ""
 
     def __init__(
         self,
@@ -933,9 +944,19 @@ class SqliteJobStore:
 
     # --- webhooks
 
-    def create_webhook(self, tenant: str, url: str, description: str, secret: str, now: int) -> Webhook:
+    def create_webhook(
+        self, tenant: str, url: str, description: str, secret: str, now: int, max_per_tenant: int = 0
+    ) -> Webhook:
         webhook = Webhook(new_id("wh"), tenant, url, description, secret, now, None, None)
         with self._write() as conn:
+            if max_per_tenant:
+                if self._LOCK_TENANT_WEBHOOKS:
+                    conn.execute(self._LOCK_TENANT_WEBHOOKS, (tenant,))
+                count = conn.execute(
+                    "SELECT COUNT(*) FROM webhooks WHERE tenant = ? AND deleted_at IS NULL", (tenant,)
+                ).fetchone()[0]
+                if count >= max_per_tenant:
+                    raise TooManyWebhooks(tenant)
             conn.execute(
                 f"INSERT INTO webhooks ({_WEBHOOK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (webhook.id, tenant, url, description, secret, now, None, None),

@@ -322,6 +322,7 @@ class PostgresJobStore(SqliteJobStore):
 
     _FOR_UPDATE = " FOR UPDATE"
     _SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
+    _LOCK_TENANT_WEBHOOKS = "SELECT pg_advisory_xact_lock(hashtext('embeddings-webhooks:' || ?))"
 
     def __init__(self, url: str, *, retention_s: int = DEFAULT_RETENTION_S, announce: Announce | None = None) -> None:
         self.path = Path("postgresql")  # for messages only; never the URL (it may hold a password)
