@@ -37,7 +37,12 @@ def private_sqlite_file(path: str | Path) -> Path:
     """Create the SQLite database file `path` 0600 (its directory 0700 if new) before SQLite opens it."""
     path = Path(path)
     private_directory(path.parent)
-    os.close(os.open(path, os.O_CREAT | os.O_RDWR, FILE_MODE))
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE))
+    except FileExistsError:
+        # Never open an existing database here: closing any descriptor of a file drops every POSIX lock this
+        # process holds on it, SQLite's included (another process would then see no reader and reset the WAL).
+        pass
     for candidate in (path, *(path.with_name(path.name + suffix) for suffix in SQLITE_COMPANIONS)):
         _tighten(candidate)
     return path
