@@ -7,6 +7,7 @@ others (made by an older version) is tightened to 0600 when opened.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -37,12 +38,10 @@ def private_sqlite_file(path: str | Path) -> Path:
     """Create the SQLite database file `path` 0600 (its directory 0700 if new) before SQLite opens it."""
     path = Path(path)
     private_directory(path.parent)
-    try:
+    # Never open an existing database here: closing any descriptor of a file drops every POSIX lock this process
+    # holds on it, SQLite's included (another process would then see no reader and reset the WAL).
+    with contextlib.suppress(FileExistsError):
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE))
-    except FileExistsError:
-        # Never open an existing database here: closing any descriptor of a file drops every POSIX lock this
-        # process holds on it, SQLite's included (another process would then see no reader and reset the WAL).
-        pass
     for candidate in (path, *(path.with_name(path.name + suffix) for suffix in SQLITE_COMPANIONS)):
         _tighten(candidate)
     return path

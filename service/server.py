@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service.access.control import AccessControl, Limits, OpenMode
+from service.access.ext_authz import add_authorization_service
 from service.access.interceptor import AuthInterceptor
 from service.access.scope import ScopedRegistry
 from service.api.admin import ADMIN_SERVICE, add_admin_service
@@ -99,6 +100,7 @@ class EmbeddingServer:
         )
         jobs_pb2_grpc.add_JobServiceServicer_to_server(jobs, self._server)
         add_admin_service(self.access, self._server)
+        add_authorization_service(self.access, self._server)
         ops = OpsServicer(self.metrics, self.store.count_jobs_by_status, OPENAPI_DOCUMENT)
         ops_pb2_grpc.add_OpsServiceServicer_to_server(ops, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)

@@ -22,7 +22,8 @@ from service.access.control import AccessControl, Principal, permission_denied
 
 log = logging.getLogger(__name__)
 
-OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+# Envoy's pre-body check (service/access/ext_authz.py) carries the caller's headers in its message, not its own.
+OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.", "/envoy.service.auth.v3.Authorization/")
 # Health and the public API description need no key.
 OPEN_METHODS = frozenset({"/embeddings.v1.RestService/CheckHealth", "/embeddings.v1.OpsService/GetOpenApiDocument"})
 # Operator-only: key management and usage, and the metrics (they name tenants and models).
