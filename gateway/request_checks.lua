@@ -7,7 +7,8 @@
 --    envelope here (envoy.yaml's local_reply_config, matched on the metadata set below), before authentication and
 --    before any upstream sees it. Native gRPC calls (content-type application/grpc) keep their metadata: deadlines
 --    and binary headers are theirs to send.
--- 2. Which requests the pre-body authorization (ext_authz) checks: those whose body may be large, i.e. all but
+-- 2. Native gRPC calls are marked, so that Envoy's own replies to them stay gRPC (grpc-message in plain text).
+-- 3. Which requests the pre-body authorization (ext_authz) checks: those whose body may be large, i.e. all but
 --    those that declare a body of at most PREAUTHORIZE_ABOVE bytes. A small request is authenticated by the server
 --    itself before it reads the request (so Envoy holds at most that much of an unauthenticated caller's body), and
 --    skips the extra round trip to the server, which costs about as much as a tiny call (bench/preauth.py).
@@ -22,7 +23,11 @@ end
 function envoy_on_request(handle)
   local headers = handle:headers()
   local content_type = headers:get("content-type") or ""
-  if string.find(content_type, "application/grpc", 1, true) ~= 1 then
+  if string.find(content_type, "application/grpc", 1, true) == 1 then
+    -- Envoy's own replies to it must stay gRPC (local_reply_config); the transcoder rewrites content-type of
+    -- REST requests to application/grpc, so the request's headers cannot tell later.
+    handle:streamInfo():dynamicMetadata():set(NAMESPACE, "native_grpc", true)
+  else
     for name, _ in pairs(headers) do
       if reserved(name) then
         handle:streamInfo():dynamicMetadata():set(NAMESPACE, "refused", "reserved_header")
