@@ -48,6 +48,7 @@ OPS_SERVICE = ops_pb2.DESCRIPTOR.services_by_name["OpsService"].full_name
 OPENAPI_DOCUMENT = Path(__file__).resolve().parent.parent / "build" / "openapi.json"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+METADATA_LIMIT_BYTES = 64 * 1024
 
 
 class EmbeddingServer:
@@ -69,6 +70,10 @@ class EmbeddingServer:
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
+                # Metadata: enough for anything the gateway lets through (16 KiB of headers, plus the copy of the
+                # path and the few headers it adds), the same for direct callers; beyond, RESOURCE_EXHAUSTED.
+                ("grpc.max_metadata_size", METADATA_LIMIT_BYTES),
+                ("grpc.absolute_max_metadata_size", METADATA_LIMIT_BYTES),
                 ("grpc.so_reuseport", 0),
             ],
         )
