@@ -111,7 +111,7 @@ def workloads(sentences: list[str]) -> dict[str, tuple[str, str, list[bytes | No
         "2,048 sentences/request (104 KiB), 1 client": (
             "POST",
             "/v1/embeddings",
-            [orjson.dumps({"model": MODEL, "input": sentences[:2048], "encoding_format": "base64"})] * 3,
+            [orjson.dumps({"model": MODEL, "input": sentences[:2048], "encoding_format": "base64"})],
             1,
         ),
         "GET /v1/models, 1 client": ("GET", "/v1/models", [None] * 300, 1),
@@ -181,7 +181,7 @@ def report(summary: dict, facts: dict, rounds: int) -> str:
         for variant, row in by_variant.items():
             disturbed = " (disturbed)" if row["disturbed_runs"] else ""
             lines.append(
-                f"| {name} | {variant}{disturbed} | {row['calls_per_s']:.0f} | {row['p50_ms']:.2f} "
+                f"| {name} | {variant}{disturbed} | {row['calls_per_s']:.3g} | {row['p50_ms']:.2f} "
                 f"| {row['p90_ms']:.2f} "
                 f"| {row['server_and_envoy_cpu_ms_per_call']:.2f} | {row['calls_per_s'] / base['calls_per_s']:.2f}x "
                 f"| {row['p50_ms'] / base['p50_ms']:.2f}x |"

@@ -191,11 +191,11 @@ class AccessControl:
             for key_id, key in snapshot.keys.items()
         }
         self._tenants = snapshot.tenants
-        closed = self._active_keys and not snapshot.active_keys and not self.open_mode.serves_open(snapshot)
-        if closed:
+        serves_open = self.open_mode.serves_open(snapshot)
+        if self._active_keys and not snapshot.active_keys and not serves_open:
             log.warning("no active API key left: every call is refused until a key is created")
         self._active_keys = snapshot.active_keys
-        self._open = self.open_mode.serves_open(snapshot)
+        self._open = serves_open
 
     @property
     def running_open(self) -> bool:

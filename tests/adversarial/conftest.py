@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.adversarial.probes import Stack, rss_mib, warm_up
+from tests.adversarial.probes import Stack, assert_still_serving, rss_mib, warm_up
 from tests.serving import ROOT, EnvoyProcess, ServerProcess
 
 MAX_GROWTH_MIB = 50
@@ -65,3 +65,10 @@ def stack(model_repo: Path, tmp_path_factory: pytest.TempPathFactory):
         after = Memory(rss_mib(server.proc.pid), rss_mib(envoy.proc.pid))
         assert after.server_mib - before.server_mib <= MAX_GROWTH_MIB, (before, after)
         assert after.envoy_mib - before.envoy_mib <= MAX_GROWTH_MIB, (before, after)
+
+
+@pytest.fixture(autouse=True)
+def still_serving_after(stack: Stack):
+    """After every probe: the service still answers (health, and a keyed call on each port)."""
+    yield
+    assert_still_serving(stack)
