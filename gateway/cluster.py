@@ -26,10 +26,11 @@ from gateway.run import (
     add_envoy_flags,
     checked_config,
     open_refusal,
+    server_command,
+    settings_or_exit,
     start_envoy,
     upstream_host,
 )
-from service.config import load_settings
 from service.stores import shared
 
 
@@ -52,7 +53,7 @@ def _reap(proc: subprocess.Popen, timeout: float) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args, server_args = parse(argv)
-    settings = load_settings(server_args)
+    settings = settings_or_exit(server_args, "cluster")
     if args.replicas < 1:
         print("cluster: --replicas must be at least 1", file=sys.stderr)
         return 2
@@ -78,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     # The last --port wins: each replica gets its own.
     replicas = [
         subprocess.Popen(
-            [sys.executable, "-m", "service", *server_args, "--port", str(port)], cwd=ROOT, start_new_session=True
+            [*server_command(server_args, settings, args.http_host), "--port", str(port)],
+            cwd=ROOT,
+            start_new_session=True,
         )
         for port in ports
     ]

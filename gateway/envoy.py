@@ -158,7 +158,8 @@ def add_replicas(config: dict, upstreams: Sequence[tuple[str, int]], dns: bool =
     - least-request balancing (a replica busy with a long batch gets fewer new calls);
     - active gRPC health checks (grpc.health.v1, every second): a replica that is loading models or draining
       (NOT_SERVING) or gone gets no new calls;
-    - outlier detection: a replica whose connections fail or that answers 5xx is ejected at once, for 10 s and more;
+    - outlier detection: a replica whose connections fail (or reset, or time out) is ejected at once, for 10 s and
+      more; answers, 5xx included, never eject one (see there);
     - retries (4, each to another replica, with back-off) of idempotent calls on reset, connect failure, refused
       stream and gRPC UNAVAILABLE, so the calls in flight on a replica that dies are answered by another; other
       calls only when they never reached a replica. A retry budget keeps retries from amplifying an overload: at
@@ -189,10 +190,17 @@ def add_replicas(config: dict, upstreams: Sequence[tuple[str, int]], dns: bool =
         }
     ]
     cluster["outlier_detection"] = {
-        "consecutive_5xx": 5,
-        "consecutive_gateway_failure": 1,
-        "consecutive_local_origin_failure": 1,
+        # Only a replica that fails to answer (connect failure, reset, timeout) is ejected, never for what it
+        # answers: every 5xx this service gives is caused by the request (a client's deadline, a request that
+        # makes it fail) or is a state the health check reports (UNAVAILABLE while loading or draining), so
+        # ejecting on answers would let any caller eject healthy replicas.
         "split_external_local_origin_errors": True,
+        "consecutive_local_origin_failure": 1,
+        "enforcing_consecutive_local_origin_failure": 100,
+        "enforcing_consecutive_5xx": 0,
+        "enforcing_consecutive_gateway_failure": 0,
+        "enforcing_success_rate": 0,
+        "enforcing_local_origin_success_rate": 0,
         "interval": "1s",
         "base_ejection_time": "10s",
         "max_ejection_percent": 50,

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.envoy import ROOT, GatewayPorts, envoy_command, validate, write_rendered
-from service.access.control import open_mode_refusal
+from service.access.control import OpenMode
 from service.config import Settings, load_settings
 from service.stores import open_access_store
 
@@ -78,13 +78,32 @@ class StopSignals:
 
 
 def open_refusal(http_host: str, settings: Settings) -> str | None:
-    """The server's rule, applied to Envoy's address too: no active API key -> loopback only, unless allow_open."""
-    store = open_access_store(settings)
+    """Why the server would refuse to start, checked before anything starts: the server's own rule (OpenMode) with
+    Envoy's address among its listeners, or a store it cannot open (one line, as `python -m service` says it)."""
+    mode = OpenMode((http_host, settings.host, *settings.gateway_hosts), settings.allow_open)
     try:
-        active_keys = store.active_key_count()
+        store = open_access_store(settings)
+    except (ValueError, OSError) as exc:
+        return f"configuration error: {exc}"
+    try:
+        return mode.refusal(store.snapshot())
     finally:
         store.close()
-    return open_mode_refusal([http_host, settings.host], active_keys, settings.allow_open)
+
+
+def server_command(server_args: Sequence[str], settings: Settings, http_host: str) -> list[str]:
+    """`python -m service` with these flags, told where Envoy listens (its open-mode rule counts that address)."""
+    gateway_hosts = ",".join((*settings.gateway_hosts, http_host))
+    return [sys.executable, "-m", "service", *server_args, "--gateway-hosts", gateway_hosts]
+
+
+def settings_or_exit(server_args: list[str], program: str) -> Settings:
+    """The server's settings, or exit 2 with one line (as `python -m service` does)."""
+    try:
+        return load_settings(server_args)
+    except (ValueError, OSError) as exc:
+        print(f"{program}: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _stop(proc: subprocess.Popen, timeout: float) -> int:
@@ -100,7 +119,7 @@ def _stop(proc: subprocess.Popen, timeout: float) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args, server_args = parse(argv)
-    settings = load_settings(server_args)
+    settings = settings_or_exit(server_args, "gateway")
     refusal = open_refusal(args.http_host, settings)
     if refusal is not None:
         print(f"gateway: {refusal}", file=sys.stderr)
@@ -110,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     if config is None:
         return 2
     stop = StopSignals()
-    server = subprocess.Popen([sys.executable, "-m", "service", *server_args], cwd=ROOT, start_new_session=True)
+    server = subprocess.Popen(server_command(server_args, settings, args.http_host), cwd=ROOT, start_new_session=True)
     envoy = start_envoy(config, args)
     print(f"gateway: REST on http://{args.http_host}:{args.http_port}/v1 -> gRPC {settings.address}", file=sys.stderr)
     while not stop.requested and server.poll() is None and envoy.poll() is None:

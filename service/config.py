@@ -65,10 +65,15 @@ class Settings:
     webhook_retry_schedule: str = "5s,30s,2m,10m,30m,2h,5h"
     webhook_timeout_s: float = 10.0
     webhook_allow_private: bool = False
+    # Webhook endpoints one tenant may have at once (0: no cap).
+    max_webhooks_per_tenant: int = 100
     # Access control (service/access): with no active API key the server runs open, but only on a loopback address
     # unless allow_open. Rate limits per minute, 0 = unlimited: per key (a key may override them) and per tenant (a
     # tenant may override them); async jobs leave job_rate_limit_reserve of every token bucket to interactive calls.
     allow_open: bool = False
+    # Where a gateway in front of this server listens (Envoy's REST and gRPC address; gateway.run and gateway.cluster
+    # pass it): open mode needs these on loopback too, since they reach the server without a key as well.
+    gateway_hosts: tuple[str, ...] = ()
     rate_limit_rpm: int = 3000
     rate_limit_tpm: int = 1_000_000
     tenant_rate_limit_rpm: int = 0

@@ -15,6 +15,17 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 ERROR_DOMAIN = "embeddings.v1"
+# What an error may echo of the request (a model name, an id) is bounded: the message and details travel in gRPC
+# trailers, which Envoy and clients cap (an oversized one is a protocol error, a 502 that ejects a replica).
+MAX_MESSAGE_CHARS = 1024
+MAX_METADATA_CHARS = 256
+
+
+def _bounded(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    suffix = f"... ({len(text)} characters)"
+    return text[: limit - len(suffix)] + suffix
 
 
 @dataclass
@@ -31,6 +42,8 @@ class ApiError(Exception):
     headers: dict[str, str] = dataclass_field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.message = _bounded(self.message, MAX_MESSAGE_CHARS)
+        self.metadata = {key: _bounded(value, MAX_METADATA_CHARS) for key, value in self.metadata.items()}
         super().__init__(self.message)
 
     def to_status(self) -> grpc.Status:

@@ -23,7 +23,8 @@ from embeddings.v1 import (
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service.access.control import AccessControl, Limits, is_loopback, open_mode_refusal
+from service.access.control import AccessControl, Limits, OpenMode
+from service.access.ext_authz import add_authorization_service
 from service.access.interceptor import AuthInterceptor
 from service.access.scope import ScopedRegistry
 from service.api.admin import ADMIN_SERVICE, add_admin_service
@@ -57,6 +58,7 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # Keepalive pings a client may send, even between calls (embeddings_client's grpc_config.json pings every 30 s).
 MIN_CLIENT_PING_INTERVAL_MS = 20_000
+METADATA_LIMIT_BYTES = 64 * 1024
 
 
 class EmbeddingServer:
@@ -78,6 +80,10 @@ class EmbeddingServer:
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
+                # Metadata: enough for anything the gateway lets through (16 KiB of headers, plus the copy of the
+                # path and the few headers it adds), the same for direct callers; beyond, RESOURCE_EXHAUSTED.
+                ("grpc.max_metadata_size", METADATA_LIMIT_BYTES),
+                ("grpc.absolute_max_metadata_size", METADATA_LIMIT_BYTES),
                 ("grpc.so_reuseport", 0),
                 # Accept the keepalive pings of the shipped client configuration (every 30 s, also between calls);
                 # gRPC's default would answer pings more often than every 5 min with GOAWAY (too_many_pings).
@@ -99,7 +105,6 @@ class EmbeddingServer:
             webhook_allow_private=settings.webhook_allow_private,
         )
         self.workers: JobWorkers | None = None
-        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
         # SQLite under data_dir, or PostgreSQL shared with other replicas (store_url).
         self.store = open_job_store(settings, announce)
         jobs = JobServicer(
@@ -109,6 +114,7 @@ class EmbeddingServer:
             chunk_size=settings.job_chunk_size,
             max_inputs_per_job=settings.max_inputs_per_job,
             allow_private_webhooks=settings.webhook_allow_private,
+            max_webhooks_per_tenant=settings.max_webhooks_per_tenant,
             on_new_job=lambda: self.workers.notify() if self.workers else None,
         )
         jobs_pb2_grpc.add_JobServiceServicer_to_server(jobs, self._server)
@@ -130,6 +136,7 @@ class EmbeddingServer:
         )
         batches_pb2_grpc.add_BatchServiceServicer_to_server(batch_servicer, self._server)
         add_admin_service(self.access, self._server)
+        add_authorization_service(self.access, self._server)
         ops = OpsServicer(self.metrics, self.store.count_jobs_by_status, OPENAPI_DOCUMENT, SWAGGER_UI)
         ops_pb2_grpc.add_OpsServiceServicer_to_server(ops, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
@@ -180,6 +187,8 @@ class EmbeddingServer:
         log.info("ready: serving %s on %s:%d", names, self.settings.host, self.port)
         if self.access.running_open:
             log.warning("running open (no API keys): every caller has full access, admin included")
+        elif self.access.active_keys == 0:
+            log.warning("no active API key: every call is refused until one is created (python -m service.admin)")
 
     def _watch_engine(self) -> None:
         """Per-batch metrics from every model's batcher; queue depth read at scrape time."""
@@ -208,11 +217,12 @@ class EmbeddingServer:
 
 def access_control(settings: Settings) -> AccessControl:
     """Keys, limits and metering on the job store's database; ValueError when it must not start: no active key and
-    a non-loopback address, unless `allow_open`."""
+    a non-loopback address (its own or a gateway's), unless `allow_open`."""
     if not 0 <= settings.job_rate_limit_reserve < 1:
         raise ValueError(f"job_rate_limit_reserve must be in [0, 1), got {settings.job_rate_limit_reserve}")
     store = open_access_store(settings)
-    refusal = open_mode_refusal([settings.host], store.active_key_count(), settings.allow_open)
+    mode = OpenMode((settings.host, *settings.gateway_hosts), settings.allow_open)
+    refusal = mode.refusal(store.snapshot())
     if refusal is not None:
         store.close()
         raise ValueError(refusal)
@@ -226,7 +236,7 @@ def access_control(settings: Settings) -> AccessControl:
     return AccessControl(
         store,
         limits,
-        open_allowed=settings.allow_open or is_loopback(settings.host),
+        open_mode=mode,
         limiter=open_rate_limiter(settings),
     )
 

@@ -34,6 +34,7 @@ from service.jobs.store import (
     ResultsNotReady,
     ResultsRemoved,
     SqliteJobStore,
+    TooManyWebhooks,
 )
 from tests.shared_stores import temp_schema
 
@@ -262,13 +263,15 @@ def test_takeovers_are_not_failures_and_released_chunks_are_claimed_at_once(stor
 
 
 def undo_batch_api(backend: Backend) -> list[str]:
-    """Statements that take a store back from schema 3 (the Batch API's tables) to schema 2."""
+    """Statements that take a store back to schema 2: the Batch API's tables (3) and, on PostgreSQL, where jobs and
+    keys share one schema, the access flags (4)."""
     drops = [
         f"DROP TABLE {table}" for table in ("batch_spans", "batch_requests", "batch_jobs", "batches", "file_parts")
     ]
     if backend.name == "sqlite":  # migration 3 rebuilds events with a nullable job_id; running it again is harmless
         return [*drops, "DELETE FROM events WHERE batch_id IS NOT NULL", "DROP TABLE files"]
     return [
+        "DROP TABLE access_flags",
         "ALTER TABLE events DROP CONSTRAINT events_batch_type",
         "ALTER TABLE events DROP CONSTRAINT events_subject",
         "ALTER TABLE events DROP COLUMN batch_id",
@@ -283,7 +286,7 @@ def test_a_store_of_schema_1_gains_failure_counts(backend):
         job = make_job(store, n=6, chunk_size=3)
         store.claim_chunk("w1", T0, LEASE_S)
     table = "schema_version" if backend.name == "sqlite" else "schema_migrations"
-    for statement in undo_batch_api(backend):  # migration 3, then 2: as a store written at schema 1
+    for statement in undo_batch_api(backend):  # back to schema 2, then 1: as a store written at schema 1
         backend.query(statement, ())
     backend.query("ALTER TABLE chunks DROP COLUMN failures", ())
     backend.query(f"DELETE FROM {table} WHERE version > 1", ())
@@ -592,6 +595,37 @@ def test_webhooks_are_per_tenant(store):
         make_job(store, webhook_id=hook.id)
     disabled = store.disable_webhook(other.id, "410 Gone", T0 + 3)
     assert (disabled.disabled_at, disabled.disabled_reason) == (T0 + 3, "410 Gone")
+
+
+def test_webhooks_per_tenant_are_capped(store):
+    hooks = [store.create_webhook("default", f"https://example.com/{i}", "", "whsec_x", T0, 3) for i in range(3)]
+    with pytest.raises(TooManyWebhooks):
+        store.create_webhook("default", "https://example.com/4", "", "whsec_x", T0, 3)
+    store.create_webhook("other", "https://example.com/o", "", "whsec_x", T0, 3)  # per tenant
+    assert store.delete_webhook("default", hooks[0].id, T0)
+    store.create_webhook("default", "https://example.com/5", "", "whsec_x", T0, 3)  # deleted ones do not count
+    assert len(store.list_webhooks("default")) == 3
+
+
+def test_concurrent_webhook_creation_stays_under_the_cap(backend):
+    stores = [backend.open(), backend.open()]
+    created, refused = [], []
+
+    def create(store, n: int) -> None:
+        try:
+            created.append(store.create_webhook("default", f"https://example.com/{n}", "", "whsec_x", T0, 5))
+        except TooManyWebhooks:
+            refused.append(n)
+
+    threads = [threading.Thread(target=create, args=(stores[n % 2], n)) for n in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(created) == 5 and len(refused) == 7
+    assert len(stores[0].list_webhooks("default")) == 5
+    for store in stores:
+        store.close()
 
 
 def test_events_enqueue_one_delivery_exactly_once(store):

@@ -48,6 +48,7 @@ def test_keys_and_usage_written_by_one_replica_are_seen_by_the_other(pg_url):
         assert rotated is not None and first.get_key(record.id).secret_hash == rotated[0].secret_hash
         assert first.revoke_key(record.id, T0 + 2).revoked_at == T0 + 2
         assert second.active_key_count() == 0 and second.rotate_key(record.id, T0 + 3) is None
+        assert second.snapshot().keys_required  # held a key once: never open again
     finally:
         first.close()
         second.close()

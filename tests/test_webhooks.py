@@ -251,6 +251,8 @@ PUBLIC_URLS = [
     "http://example.com:8080/hook?token=abc",
     "https://93.184.216.34/hook",
     "https://[2606:4700::6810:85e5]/hook",
+    "https://[2002:808:808::1]/hook",  # 6to4 of a public address
+    "https://[64:ff9b::808:808]/hook",  # NAT64 of a public address
 ]
 PRIVATE_URLS = [
     "http://localhost:8000/hook",
@@ -268,6 +270,17 @@ PRIVATE_URLS = [
     "http://[::ffff:127.0.0.1]/hook",
     "http://[64:ff9b::a00:1]/hook",
     "http://[2002:7f00:1::]/hook",
+    # IPv6 forms that embed a private IPv4 address (compatible, translated, 6to4, Teredo, NAT64):
+    "http://[::127.0.0.1]/hook",
+    "http://[::169.254.169.254]/latest/meta-data",
+    "http://[::ffff:0:7f00:1]/hook",
+    "http://[::ffff:0:a9fe:a9fe]/hook",
+    "http://[::a00:1]/hook",
+    "http://[2002:a9fe:a9fe::1]/hook",
+    "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/hook",  # Teredo whose client is 127.0.0.1
+    "http://[64:ff9b::a9fe:a9fe]/hook",
+    "http://[64:ff9b:1::a9fe:a9fe]/hook",
+    "http://[64:ff9b:1:7f00:1::]/hook",
 ]
 ALWAYS_BAD_URLS = [
     ("", "empty"),
@@ -493,7 +506,21 @@ async def test_dns_name_with_any_private_address_is_refused(monkeypatch: pytest.
     await fake_resolver(monkeypatch, ["93.184.216.34", "10.0.0.7"])
     async with WebhookSender() as sender:
         attempt = await sender.send("https://hooks.example.com/a", SECRET, EVENT_ID, body_for(), now=NOW)
-    assert attempt.outcome == "retry" and "10.0.0.7" in attempt.error
+    assert attempt.outcome == "retry" and "private, loopback or reserved" in attempt.error
+    assert "10.0.0.7" not in attempt.error  # the tenant reads this: it must not map the internal network
+
+
+@pytest.mark.parametrize("address", ["::127.0.0.1", "::ffff:0:a9fe:a9fe", "64:ff9b::a00:7", "2002:a9fe:a9fe::1"])
+async def test_a_name_resolving_to_an_embedded_private_ipv4_is_refused(
+    monkeypatch: pytest.MonkeyPatch, address: str
+) -> None:
+    await fake_resolver(monkeypatch, [address])
+    async with WebhookSender() as sender:
+        attempt = await sender.send("https://hooks.example.com/a", SECRET, EVENT_ID, body_for(), now=NOW)
+    assert (
+        attempt.outcome == "retry"
+        and attempt.error == "refused: hooks.example.com resolves to a private, loopback or reserved address"
+    )
 
 
 async def test_logs_hold_no_secret_body_or_path(

@@ -1,8 +1,8 @@
 """What a call may do, decided in one place: who it is (API key), which models, how fast, and what it used.
 
 `AccessControl` keeps a snapshot of the active keys and tenant limits, re-read from the store every second (so the
-admin CLI's changes apply to a running server), the rate limiter and the usage meter. With no active key the
-server runs open, but only where that was allowed at start (loopback, or `allow_open`).
+admin CLI's changes apply to a running server), the rate limiter and the usage meter. Whether calls without a key
+are served is `OpenMode`'s decision, taken again at every refresh.
 """
 
 from __future__ import annotations
@@ -83,16 +83,38 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def open_mode_refusal(hosts: list[str], active_keys: int, allow_open: bool) -> str | None:
-    """Why the service must not start (keys missing on a non-loopback address), or None if it may."""
-    public = [h for h in hosts if not is_loopback(h)]
-    if active_keys or allow_open or not public:
-        return None
-    return (
-        f"refusing to listen on {', '.join(public)} without API keys: anyone who can reach it could use it. "
-        "Create a key first (python -m service.admin keys create --tenant NAME --name NAME --admin), bind to "
-        "127.0.0.1, or set allow_open (--allow-open true) to run open on purpose."
-    )
+@dataclass(frozen=True)
+class OpenMode:
+    """Whether calls without an API key are served: decided here and nowhere else.
+
+    The service runs open (every caller is an admin of tenant `default`) only while no key is active, and only on
+    purpose: with `allow_open`, or when every address a caller can reach it on (the gRPC listener and any gateway
+    in front of it) is loopback and the store never held a key. So revoking the last key closes the service (401
+    to everything) instead of opening it, and a REST listener on 0.0.0.0 counts as much as the gRPC one.
+    """
+
+    # Every address the service is reachable on: the gRPC host and the gateway's (Envoy's) REST/gRPC host(s).
+    listeners: tuple[str, ...]
+    allow_open: bool
+
+    def public_listeners(self) -> list[str]:
+        return [host for host in self.listeners if not is_loopback(host)]
+
+    def serves_open(self, snapshot: KeySnapshot) -> bool:
+        if snapshot.active_keys:
+            return False
+        return self.allow_open or (not snapshot.keys_required and not self.public_listeners())
+
+    def refusal(self, snapshot: KeySnapshot) -> str | None:
+        """Why the service must not start (no active key on a non-loopback address), or None if it may."""
+        public = self.public_listeners()
+        if snapshot.active_keys or self.allow_open or not public:
+            return None
+        return (
+            f"refusing to listen on {', '.join(public)} without API keys: anyone who can reach it could use it. "
+            "Create a key first (python -m service.admin keys create --tenant NAME --name NAME --admin), bind to "
+            "127.0.0.1, or set allow_open (--allow-open true) to run open on purpose."
+        )
 
 
 def unauthenticated(message: str) -> errors.ApiError:
@@ -147,13 +169,13 @@ class AccessControl:
         store: AccessStore,
         limits: Limits,
         *,
-        open_allowed: bool,
+        open_mode: OpenMode,
         limiter: RateLimiter | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.limits = limits
-        self.open_allowed = open_allowed
+        self.open_mode = open_mode
         self.limiter = limiter or LocalRateLimiter()
         self.meter = UsageMeter(store)
         self._clock = clock
@@ -162,6 +184,7 @@ class AccessControl:
         self._keys: dict[str, tuple[str, Principal]] = {}
         self._tenants: dict[str, TenantRecord] = {}
         self._active_keys = 0
+        self._open = False
         self._task: asyncio.Task | None = None
         self.refresh()
 
@@ -177,18 +200,28 @@ class AccessControl:
             for key_id, key in snapshot.keys.items()
         }
         self._tenants = snapshot.tenants
+        serves_open = self.open_mode.serves_open(snapshot)
+        if self._active_keys and not snapshot.active_keys and not serves_open:
+            log.warning("no active API key left: every call is refused until a key is created")
         self._active_keys = snapshot.active_keys
+        self._open = serves_open
 
     @property
     def running_open(self) -> bool:
-        return self._active_keys == 0 and self.open_allowed
+        return self._open
+
+    @property
+    def active_keys(self) -> int:
+        return self._active_keys
 
     def authenticate(self, authorization: str | None) -> Principal:
         """The caller's principal, or 401 `invalid_api_key`. Never logs or echoes the key (only a mask)."""
         if self._active_keys == 0:
-            if self.open_allowed:
+            if self._open:
                 return OPEN_PRINCIPAL
-            raise unauthenticated("This server has no active API keys and does not run open on this address.")
+            raise unauthenticated(
+                "This server has no active API keys and does not run open: ask your administrator for a key."
+            )
         token = keys.bearer_token(authorization or "")
         if token is None:
             raise unauthenticated(

@@ -1,17 +1,18 @@
 """The one place where calls are authenticated: a gRPC server interceptor in front of every service.
 
 It checks the `authorization` metadata (REST clients' `Authorization: Bearer` header arrives as such through
-Envoy), refuses admin RPCs to non-admin keys, charges one request to the rate limits of job submissions and webhook
-creations (embedding calls are charged with their tokens, see scope.MeteredModel), and runs
-the servicer with the caller's principal in a contextvar. It adds the `x-ratelimit-*` headers to whatever initial
-metadata the servicer sends (through Envoy: HTTP response headers), on success and on error, and meters usage once
-the call has succeeded. Health checks and reflection stay open.
+Envoy), refuses admin RPCs to non-admin keys, charges one request to the rate limits of job submissions, webhook
+creations and Batch API uploads and batches (embedding calls are charged with their tokens, see
+scope.MeteredModel), and runs the servicer with the caller's principal in a contextvar; all of that before the
+request message is read, so a refused caller's body is never received. It adds the `x-ratelimit-*` headers to
+whatever initial metadata the servicer sends (through Envoy: HTTP response headers), on success and on error, and
+meters usage once the call has succeeded. Health checks and reflection stay open.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -22,7 +23,8 @@ from service.access.control import AccessControl, Principal, permission_denied
 
 log = logging.getLogger(__name__)
 
-OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+# Envoy's pre-body check (service/access/ext_authz.py) carries the caller's headers in its message, not its own.
+OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.", "/envoy.service.auth.v3.Authorization/")
 # Health, the public API description and the browser pages with their files need no key (the pages' calls do).
 OPEN_METHODS = frozenset(
     {
@@ -100,11 +102,16 @@ def _record_usage(call: scope.Call) -> None:
 
 
 def _guarded(handler: grpc.RpcMethodHandler, control: AccessControl, method: str) -> grpc.RpcMethodHandler:
-    """`handler`, authenticating and limiting each call before running it with its principal in the contextvar.
+    """`handler` as a request-streaming handler that authenticates, authorizes and limits each call before reading
+    its request, then runs it with its principal in the contextvar.
 
-    The checks run inside the call (not in `intercept_service`), so the handler holds no per-call state and other
-    interceptors may cache it.
+    grpc reads a unary request whole before calling its handler; a request-streaming handler reads when asked. So
+    a caller without a valid key is refused once its headers are in: its message is never read, and HTTP/2 flow
+    control stops it from sending more than a window's worth. Clients see no difference (the wire format of a
+    unary call is a stream of one message). The checks run inside the call, so the handler holds no per-call
+    state and other interceptors may cache it.
     """
+    behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
 
     async def admit(context: grpc.aio.ServicerContext) -> scope.Call:
         principal: Principal | None = None
@@ -128,58 +135,47 @@ def _guarded(handler: grpc.RpcMethodHandler, control: AccessControl, method: str
         assert principal is not None
         return scope.Call(principal, control, method)
 
-    def unary(behavior: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
-        async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            call = await admit(context)
-            token = scope.enter(call)
-            try:
-                wrapped = _HeaderContext(context, call)
-                response = await behavior(request, wrapped)
+    async def request_of(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+        """What the wrapped behavior takes: the one message of a unary request, else the stream itself."""
+        if handler.request_streaming:
+            return requests
+        async for request in requests:
+            return request
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "The call carried no request message.")
+
+    async def unary_response(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+        call = await admit(context)
+        request = await request_of(requests, context)
+        token = scope.enter(call)
+        try:
+            wrapped = _HeaderContext(context, call)
+            response = await behavior(request, wrapped)
+            await wrapped.flush()
+            _record_usage(call)
+            return response
+        finally:
+            scope.leave(token)
+
+    async def streaming_response(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext):
+        call = await admit(context)
+        request = await request_of(requests, context)
+        token = scope.enter(call)
+        try:
+            wrapped = _HeaderContext(context, call)
+            async for item in behavior(request, wrapped):
                 await wrapped.flush()
-                _record_usage(call)
-                return response
-            finally:
-                scope.leave(token)
+                yield item
+            _record_usage(call)
+        finally:
+            scope.leave(token)
 
-        return run
-
-    def streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
-        async def run(request: Any, context: grpc.aio.ServicerContext):
-            call = await admit(context)
-            token = scope.enter(call)
-            try:
-                wrapped = _HeaderContext(context, call)
-                async for item in behavior(request, wrapped):
-                    await wrapped.flush()
-                    yield item
-                _record_usage(call)
-            finally:
-                scope.leave(token)
-
-        return run
-
-    if handler.unary_unary is not None:
-        return _replace(handler, unary(handler.unary_unary), None)
-    if handler.unary_stream is not None:
-        return _replace(handler, None, streaming(handler.unary_stream))
-    if handler.stream_unary is not None:
-        return _replace(handler, unary(handler.stream_unary), None)
-    return _replace(handler, None, streaming(handler.stream_stream))
-
-
-def _replace(handler: grpc.RpcMethodHandler, unary: Any, streaming: Any) -> grpc.RpcMethodHandler:
-    """`handler` with its behavior swapped, keeping its shape and (de)serializers."""
     serializers = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(unary, **serializers)
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(streaming, **serializers)
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(unary, **serializers)
-    return grpc.stream_stream_rpc_method_handler(streaming, **serializers)
+    if handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(streaming_response, **serializers)
+    return grpc.stream_unary_rpc_method_handler(unary_response, **serializers)
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from service.access import keys
+from service.private_files import private_sqlite_file
 
 DB_NAME = "jobs.sqlite3"
 BUSY_TIMEOUT_MS = 10_000
@@ -53,7 +54,19 @@ SCHEMA = (
         job_tokens INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (day, tenant, key_id, model)
     )""",
+    # Facts about the store that never revert. `keys_required`: a key was created here once, so the service never
+    # runs open on this store again (not even after every key is revoked) unless told to (allow_open).
+    """CREATE TABLE IF NOT EXISTS access_flags (
+        name TEXT PRIMARY KEY,
+        set_at INTEGER NOT NULL
+    )""",
+    # Stores made before the flag existed: one that holds keys has held keys.
+    "INSERT OR IGNORE INTO access_flags (name, set_at) SELECT 'keys_required', MIN(created_at) FROM access_keys"
+    " HAVING COUNT(*) > 0",
 )
+
+_SET_KEYS_REQUIRED = "INSERT INTO access_flags (name, set_at) VALUES ('keys_required', ?) ON CONFLICT (name) DO NOTHING"
+_READ_KEYS_REQUIRED = "SELECT COUNT(*) FROM access_flags WHERE name = 'keys_required'"
 
 _KEY_COLUMNS = "id, tenant, name, secret_hash, role, models, rpm, tpm, created_at, rotated_at, revoked_at"
 
@@ -116,6 +129,8 @@ class KeySnapshot:
     keys: dict[str, KeyRecord]
     tenants: dict[str, TenantRecord]
     active_keys: int
+    # A key was ever created in this store (it stays true after every key is revoked).
+    keys_required: bool = False
 
 
 class AccessStore(Protocol):
@@ -181,8 +196,7 @@ class SqliteAccessStore:
     """`AccessStore` on `<data_dir>/jobs.sqlite3`. Thread-safe: one connection behind a lock (calls are small)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = private_sqlite_file(path)  # it holds key hashes: 0600
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
@@ -253,6 +267,7 @@ class SqliteAccessStore:
                     None,
                 ),
             )
+            conn.execute(_SET_KEYS_REQUIRED, (now,))
         return record, new.token
 
     def list_keys(self, tenant: str | None = None) -> list[KeyRecord]:
@@ -307,11 +322,12 @@ class SqliteAccessStore:
             try:
                 rows = self._conn.execute(f"SELECT {_KEY_COLUMNS} FROM access_keys WHERE revoked_at IS NULL").fetchall()
                 tenant_rows = self._conn.execute("SELECT name, rpm, tpm FROM access_tenants").fetchall()
+                required = self._conn.execute(_READ_KEYS_REQUIRED).fetchone()[0] > 0
             finally:
                 self._conn.execute("ROLLBACK")
         active = {r["id"]: _key(r) for r in rows}
         tenants = {r["name"]: TenantRecord(r["name"], r["rpm"], r["tpm"]) for r in tenant_rows}
-        return KeySnapshot(active, tenants, len(active))
+        return KeySnapshot(active, tenants, len(active), required)
 
     # --- usage
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import grpc
 import orjson
@@ -23,10 +23,48 @@ from service.api.embeddings import rpc_errors
 from service.api.rest import TokenIdDecoder, as_rest_error, parse_request
 from service.jobs import webhooks
 from service.jobs.runner import KEY_ID_OPTION, now_s
-from service.jobs.store import InvalidCursor, Job, JobStore, NotFound, ResultsNotReady, ResultsRemoved
+from service.jobs.store import (
+    InvalidCursor,
+    Job,
+    JobStore,
+    NotFound,
+    ResultsNotReady,
+    ResultsRemoved,
+    TooManyWebhooks,
+)
 from service.registry import ModelRegistry
 
 DEFAULT_PAGE, MAX_PAGE = 1000, 10000
+# OpenAI's limits on `metadata`: 16 pairs, keys up to 64 characters, values up to 512.
+MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
+MAX_DESCRIPTION = 512
+
+
+def _too_long(param: str, what: str, length: int, limit: int) -> errors.ApiError:
+    """OpenAI's wording and code for a string over its maximum length."""
+    return errors.invalid_input(
+        f"Invalid '{what}': string too long. Expected a string with maximum length {limit}, but got a string with "
+        f"length {length} instead.",
+        field=param,
+        reason="string_above_max_length",
+    )
+
+
+def checked_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    """A job's metadata within OpenAI's limits, else 400 (checked before any work on the inputs)."""
+    if len(metadata) > MAX_METADATA_PAIRS:
+        raise errors.invalid_input(
+            f"Invalid 'metadata': too many properties. Expected an object with at most {MAX_METADATA_PAIRS} "
+            f"properties, but got an object with {len(metadata)} properties instead.",
+            field="metadata",
+            reason="object_above_max_properties",
+        )
+    for key, value in metadata.items():
+        if len(key) > MAX_METADATA_KEY:
+            raise _too_long("metadata", "metadata key", len(key), MAX_METADATA_KEY)
+        if len(value) > MAX_METADATA_VALUE:
+            raise _too_long("metadata", f"metadata.{key}", len(value), MAX_METADATA_VALUE)
+    return dict(metadata)
 
 
 def _not_found(kind: str, ident: str) -> errors.ApiError:
@@ -92,6 +130,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
         max_inputs_per_job: int,
         allow_private_webhooks: bool,
         on_new_job: Callable[[], None],
+        max_webhooks_per_tenant: int = 0,
     ) -> None:
         self._store = store
         self._registry = registry
@@ -99,6 +138,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
         self._chunk_size = chunk_size
         self._max_inputs = max_inputs_per_job
         self._allow_private = allow_private_webhooks
+        self._max_webhooks = max_webhooks_per_tenant
         self._on_new_job = on_new_job
 
     async def _validated_inputs(self, request: pb.AsyncEmbedRequest) -> tuple[str, list[str], dict]:
@@ -115,8 +155,8 @@ class JobServicer(pb_grpc.JobServiceServicer):
 
     @rpc_errors
     async def AsyncEmbed(self, request: pb.AsyncEmbedRequest, context) -> pb.Job:
+        metadata = checked_metadata(request.metadata)
         model_id, texts, options = await self._validated_inputs(request)
-        metadata = dict(request.metadata)
         webhook_id = metadata.get("webhook_id") or None
         try:
             job = await asyncio.to_thread(
@@ -201,14 +241,31 @@ class JobServicer(pb_grpc.JobServiceServicer):
 
     @rpc_errors
     async def CreateWebhook(self, request: pb.CreateWebhookRequest, context) -> pb.Webhook:
+        if len(request.url) > webhooks.MAX_URL_LENGTH:
+            raise _too_long("url", "url", len(request.url), webhooks.MAX_URL_LENGTH)
+        if len(request.description) > MAX_DESCRIPTION:
+            raise _too_long("description", "description", len(request.description), MAX_DESCRIPTION)
         try:
             url = webhooks.validate_url(request.url, self._allow_private)
         except ValueError as exc:
             raise errors.invalid_input(str(exc), field="url") from None
         secret = webhooks.generate_secret()
-        hook = await asyncio.to_thread(
-            self._store.create_webhook, current_tenant(), url, request.description, secret, now_s()
-        )
+        try:
+            hook = await asyncio.to_thread(
+                self._store.create_webhook,
+                current_tenant(),
+                url,
+                request.description,
+                secret,
+                now_s(),
+                self._max_webhooks,
+            )
+        except TooManyWebhooks:
+            raise errors.invalid_input(
+                f"This tenant already has {self._max_webhooks} webhook endpoints, the most allowed: delete one "
+                "first (DELETE /v1/webhooks/{id}).",
+                reason="webhook_limit_reached",
+            ) from None
         message = _webhook_message(hook)
         message.secret = secret
         return message

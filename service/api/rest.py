@@ -250,4 +250,4 @@ class RestServicer(pb_grpc.RestServiceServicer):
     async def CheckHealth(self, request: pb.CheckHealthRequest, context) -> pb.CheckHealthResponse:
         if not self._is_serving():
             raise errors.unavailable("The server is starting or shutting down.")
-        return pb.CheckHealthResponse(status="SERVING", models=[m.id for m in self._registry.models()])
+        return pb.CheckHealthResponse(status="SERVING")

@@ -29,6 +29,8 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 
+from service.private_files import private_sqlite_file
+
 DEFAULT_TENANT = "default"
 # How long results stay after a job finishes (completed, failed or cancelled); `expire_results` drops them then.
 DEFAULT_RETENTION_S = 7 * 24 * 3600
@@ -61,6 +63,10 @@ class ResultsRemoved(JobStoreError):
 
 class ResultsNotReady(JobStoreError):
     """The requested range holds inputs that are not embedded (yet, or ever: the job failed or was cancelled)."""
+
+
+class TooManyWebhooks(JobStoreError):
+    """The tenant already has the most webhook endpoints allowed."""
 
 
 def new_id(prefix: str) -> str:
@@ -300,7 +306,11 @@ class JobStore(Protocol):
         """Delete the chunks of up to `limit` jobs past `expires_at`; returns their ids."""
         ...
 
-    def create_webhook(self, tenant: str, url: str, description: str, secret: str, now: int) -> Webhook: ...
+    def create_webhook(
+        self, tenant: str, url: str, description: str, secret: str, now: int, max_per_tenant: int = 0
+    ) -> Webhook:
+        """A new endpoint; TooManyWebhooks if the tenant already has `max_per_tenant` (0: no cap)."""
+        ...
 
     def list_webhooks(self, tenant: str) -> list[Webhook]: ...
 
@@ -671,6 +681,9 @@ class SqliteJobStore:
     # database), " FOR UPDATE" and " FOR UPDATE SKIP LOCKED" in the PostgreSQL store, where writers run concurrently.
     _FOR_UPDATE = ""
     _SKIP_LOCKED = ""
+    # Serializes webhook creation per tenant, so the cap holds with concurrent writers (PostgreSQL); a SQLite write
+    # transaction already holds the whole database.
+    _LOCK_TENANT_WEBHOOKS = ""
 
     def __init__(
         self,
@@ -682,7 +695,7 @@ class SqliteJobStore:
         """`announce` builds the event to record, atomically, when a job finishes (completed, failed, cancelled):
         a crash right after the transition can then never lose its webhook. It runs inside the write transaction,
         so it must be quick and must not call the store."""
-        self.path = Path(path)
+        self.path = private_sqlite_file(path)  # webhook secrets and the jobs' texts and vectors: 0600
         self.retention_s = retention_s
         self._announce = announce
         self._write_lock = threading.Lock()
@@ -1080,9 +1093,19 @@ class SqliteJobStore:
 
     # --- webhooks
 
-    def create_webhook(self, tenant: str, url: str, description: str, secret: str, now: int) -> Webhook:
+    def create_webhook(
+        self, tenant: str, url: str, description: str, secret: str, now: int, max_per_tenant: int = 0
+    ) -> Webhook:
         webhook = Webhook(new_id("wh"), tenant, url, description, secret, now, None, None)
         with self._write() as conn:
+            if max_per_tenant:
+                if self._LOCK_TENANT_WEBHOOKS:
+                    conn.execute(self._LOCK_TENANT_WEBHOOKS, (tenant,))
+                count = conn.execute(
+                    "SELECT COUNT(*) FROM webhooks WHERE tenant = ? AND deleted_at IS NULL", (tenant,)
+                ).fetchone()[0]
+                if count >= max_per_tenant:
+                    raise TooManyWebhooks(tenant)
             conn.execute(
                 f"INSERT INTO webhooks ({_WEBHOOK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (webhook.id, tenant, url, description, secret, now, None, None),

@@ -49,8 +49,13 @@ DEFAULT_TOLERANCE_S = 300
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Outcome = Literal["succeeded", "retry", "disable"]
 
-# NAT64 prefixes embed an IPv4 address that a gateway will connect to: judge them by that address.
+# IPv6 ranges that carry an IPv4 address a packet really goes to (a host's stack, a tunnel or a gateway translates).
+# Each is judged by that IPv4 address; ::ffff:0:0/96 (mapped), 2002::/16 (6to4) and 2001::/32 (Teredo) are found
+# by the ipaddress module itself.
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # ::a.b.c.d (deprecated, still routed by some stacks)
+_IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # ::ffff:0:a.b.c.d (SIIT)
 _NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")
+# The local-use NAT64 prefix may embed the IPv4 address at any of several offsets: refused as a whole.
 _NAT64_LOCAL_USE = ipaddress.ip_network("64:ff9b:1::/48")
 
 
@@ -143,23 +148,32 @@ def event_body(event_id: str, type: str, created_at: int, data: dict[str, Any]) 
 # --- endpoint URLs ------------------------------------------------------------------------------------------------
 
 
-def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 one stands for (mapped, 6to4, NAT64), which is where packets really go."""
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 one stands for (mapped, compatible, translated, 6to4, Teredo, NAT64): where packets
+    to it really go. Empty for a plain IPv6 address."""
     if address.ipv4_mapped is not None:
-        return address.ipv4_mapped
+        return [address.ipv4_mapped]
     if address.sixtofour is not None:
-        return address.sixtofour
-    if address in _NAT64_WELL_KNOWN:
-        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    return None
+        return [address.sixtofour]
+    if address.teredo is not None:
+        return list(address.teredo)  # the relay server and the (de-obfuscated) client
+    low32 = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address in _IPV4_COMPATIBLE and int(address) > 1:  # :: and ::1 are themselves (unspecified, loopback)
+        return [low32]
+    if address in _IPV4_TRANSLATED or address in _NAT64_WELL_KNOWN:
+        return [low32]
+    return []
 
 
 def address_allowed(address: IpAddress, allow_private: bool) -> bool:
-    """Whether a webhook may connect to this address: public unicast only, unless private ones are allowed."""
+    """Whether a webhook may connect to this address: public unicast only, unless private ones are allowed. An IPv6
+    address that embeds IPv4 ones is judged by them, every one of them."""
     if isinstance(address, ipaddress.IPv6Address):
         if address in _NAT64_LOCAL_USE and not allow_private:
             return False
-        address = _embedded_ipv4(address) or address
+        embedded = _embedded_ipv4(address)
+        if embedded:
+            return all(address_allowed(v4, allow_private) for v4 in embedded)
     if address.is_multicast or address.is_unspecified:
         return False
     # is_global excludes loopback, RFC 1918, link-local (cloud metadata at 169.254.169.254), CGNAT, ULA, reserved.
@@ -253,9 +267,9 @@ async def _pin_public_address(url: httpx.URL) -> tuple[httpx.URL, dict[str, str]
         addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
     if not addresses:
         raise BlockedAddress(f"{host} did not resolve")
-    blocked = [str(a) for a in addresses if not address_allowed(a, allow_private=False)]
-    if blocked:
-        raise BlockedAddress(f"{host} resolves to a private, loopback or reserved address ({blocked[0]})")
+    if not all(address_allowed(a, allow_private=False) for a in addresses):
+        # Which address is not said: the error is shown to the tenant, who must not learn the internal network.
+        raise BlockedAddress(f"{host} resolves to a private, loopback or reserved address")
     if literal is not None:
         return url, {}, {}
     headers = {"host": url.netloc.decode("ascii"), "connection": "close"}

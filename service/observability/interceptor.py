@@ -1,6 +1,7 @@
 """One gRPC server interceptor for everything per call: request id, metrics, tracing and a debug access line.
 
-It wraps unary-unary handlers only (every API method; health watch and reflection streams pass untouched), and
+It wraps the handlers with a unary response (every API method, whose request the access interceptor turns into a
+stream so it can refuse a caller before reading it; health watch and reflection streams pass untouched), and
 caches the wrapped handler per method, so a call costs a contextvar, two clock reads and a few metric updates.
 Since it owns the wrapper, it also answers a request that does not decode with INVALID_ARGUMENT instead of grpc's
 INTERNAL: Envoy's transcoder emits corrupt protobuf for some malformed JSON (an object as a map value).
@@ -12,7 +13,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -45,6 +46,14 @@ def _lenient(deserializer: Callable | None) -> Callable | None:
             return _Undecodable(exc)
 
     return deserialize
+
+
+async def _decoded(requests: AsyncIterator, context: grpc.aio.ServicerContext) -> AsyncIterator:
+    """The messages of a request stream, a message that did not decode answered with INVALID_ARGUMENT."""
+    async for request in requests:
+        if isinstance(request, _Undecodable):
+            await context.abort_with_status(undecodable(request).to_status())
+        yield request
 
 
 def request_id_of(metadata) -> str:
@@ -93,17 +102,19 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         if cached is not None:
             return cached
         handler = await continuation(details)
-        if handler is None or handler.request_streaming or handler.response_streaming:
+        if handler is None or handler.response_streaming:
             return handler
-        wrapped = grpc.unary_unary_rpc_method_handler(
-            self._observed(details.method.lstrip("/"), handler.unary_unary),
+        streaming = handler.request_streaming
+        make = grpc.stream_unary_rpc_method_handler if streaming else grpc.unary_unary_rpc_method_handler
+        wrapped = make(
+            self._observed(details.method.lstrip("/"), handler.stream_unary or handler.unary_unary, streaming),
             request_deserializer=_lenient(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
         self._handlers[details.method] = wrapped
         return wrapped
 
-    def _observed(self, rpc: str, behavior: Callable) -> Callable:
+    def _observed(self, rpc: str, behavior: Callable, streaming: bool) -> Callable:
         metrics, tracing = self._metrics, self._tracing
         short = rpc.rsplit(".", 1)[-1]  # "RestService/CreateEmbedding"
 
@@ -115,7 +126,9 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
                 tracing.start_call(info, metadata)
             error: BaseException | None = None
             try:
-                if isinstance(request, _Undecodable):
+                if streaming:  # read by the behavior (after authentication): check each message as it comes
+                    request = _decoded(request, context)
+                elif isinstance(request, _Undecodable):
                     await context.abort_with_status(undecodable(request).to_status())
                 return await behavior(request, context)
             except BaseException as exc:

@@ -34,7 +34,6 @@ def open_job_store(settings: Settings, announce: Announce | None = None) -> JobS
         from service.stores.postgres import PostgresStore
 
         return PostgresStore(settings.store_url, retention_s=settings.results_retention_s, announce=announce)
-    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     return SqliteStore(
         Path(settings.data_dir) / "jobs.sqlite3", retention_s=settings.results_retention_s, announce=announce
     )

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import psycopg
 import psycopg.errors
 
-from service.access.store import KeySnapshot, SqliteAccessStore, TenantRecord, UsageDelta, _key
+from service.access.store import _READ_KEYS_REQUIRED, KeySnapshot, SqliteAccessStore, TenantRecord, UsageDelta, _key
 from service.batches.store import BatchStoreMixin
 from service.jobs.store import DEFAULT_RETENTION_S, Announce, JobStoreError, SqliteJobStore
 
@@ -265,6 +265,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE events ADD CONSTRAINT events_subject CHECK ((job_id IS NULL) <> (batch_id IS NULL))",
         "ALTER TABLE events ADD CONSTRAINT events_batch_type UNIQUE (batch_id, type)",
     ),
+    # 4: a store that ever held a key never runs open again (service/access/store.py).
+    (
+        """CREATE TABLE access_flags (
+            name TEXT PRIMARY KEY,
+            set_at BIGINT NOT NULL
+        )""",
+        "INSERT INTO access_flags (name, set_at) SELECT 'keys_required', MIN(created_at) FROM access_keys"
+        " HAVING COUNT(*) > 0",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -348,7 +357,8 @@ class Database:
                 except psycopg.OperationalError as exc:
                     # An OSError, so start-up reports it as a configuration error. psycopg's message names the
                     # host, port and user, never the password.
-                    raise ConnectionError(f"cannot connect to the PostgreSQL store: {exc}") from exc
+                    reason = " ".join(str(exc).split())  # one line: start-up prints it as such
+                    raise ConnectionError(f"cannot connect to the PostgreSQL store: {reason}") from exc
                 self._all.append(raw)
             conn = self._local.conn = Connection(raw)
         return conn
@@ -410,6 +420,7 @@ class PostgresJobStore(SqliteJobStore):
 
     _FOR_UPDATE = " FOR UPDATE"
     _SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
+    _LOCK_TENANT_WEBHOOKS = "SELECT pg_advisory_xact_lock(hashtext('embeddings-webhooks:' || ?))"
 
     def __init__(self, url: str, *, retention_s: int = DEFAULT_RETENTION_S, announce: Announce | None = None) -> None:
         self.path = Path("postgresql")  # for messages only; never the URL (it may hold a password)
@@ -501,9 +512,10 @@ class PostgresAccessStore(SqliteAccessStore):
                 " FROM access_keys WHERE revoked_at IS NULL"
             ).fetchall()
             tenant_rows = conn.execute("SELECT name, rpm, tpm FROM access_tenants").fetchall()
+            required = conn.execute(_READ_KEYS_REQUIRED).fetchone()[0] > 0
         active = {r["id"]: _key(r) for r in rows}
         tenants = {r["name"]: TenantRecord(r["name"], r["rpm"], r["tpm"]) for r in tenant_rows}
-        return KeySnapshot(active, tenants, len(active))
+        return KeySnapshot(active, tenants, len(active), required)
 
     @retry_conflicts
     def add_usage(self, deltas: Iterable[UsageDelta]) -> None:
