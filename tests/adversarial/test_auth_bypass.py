@@ -2,7 +2,7 @@
 
 No key, a wrong key and a revoked key each get UNAUTHENTICATED `invalid_api_key` (gRPC, straight to the server and
 through Envoy's listener) or 401 in OpenAI's envelope (REST); a non-admin key gets PERMISSION_DENIED
-`insufficient_permissions` / 403 on admin operations. Only health, reflection and the API description are open.
+`insufficient_permissions` / 403 on admin operations. Only health, reflection, the API description and the browser pages (docs, console) are open.
 """
 
 from __future__ import annotations
@@ -11,21 +11,29 @@ import json
 
 import grpc
 import pytest
-from embeddings.v1 import admin_pb2, embeddings_pb2, jobs_pb2, ops_pb2, rest_pb2
+from embeddings.v1 import admin_pb2, batches_pb2, embeddings_pb2, jobs_pb2, ops_pb2, rest_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tests.adversarial.probes import WRONG_KEY, Stack, assert_openai_error, assert_still_serving, refused
 from tests.serving import ROOT
 
-OPEN_METHODS = {"/embeddings.v1.RestService/CheckHealth", "/embeddings.v1.OpsService/GetOpenApiDocument"}
+OPEN_METHODS = {
+    "/embeddings.v1.RestService/CheckHealth",
+    "/embeddings.v1.OpsService/GetOpenApiDocument",
+    # The browser pages and their static files (the pages' own calls carry the key).
+    "/embeddings.v1.OpsService/GetDocs",
+    "/embeddings.v1.OpsService/GetDocsAsset",
+    "/embeddings.v1.OpsService/GetConsole",
+    "/embeddings.v1.OpsService/GetConsoleAsset",
+}
 ADMIN_METHODS_EXTRA = {"/embeddings.v1.OpsService/GetMetrics"}
 OPENAPI = json.loads((ROOT / "build" / "openapi.json").read_text())
 
 
 def all_methods() -> list[str]:
     methods = []
-    for module in (embeddings_pb2, rest_pb2, jobs_pb2, admin_pb2, ops_pb2):
+    for module in (embeddings_pb2, rest_pb2, jobs_pb2, admin_pb2, ops_pb2, batches_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             methods += [f"/{service.full_name}/{method.name}" for method in service.methods]
     return methods
@@ -55,8 +63,10 @@ def test_the_enumeration_covers_every_service():
         "embeddings.v1.JobService",
         "embeddings.v1.AdminService",
         "embeddings.v1.OpsService",
+        "embeddings.v1.FileService",
+        "embeddings.v1.BatchService",
     }
-    assert len(GUARDED) == 22 and len(rest_routes()) == 21
+    assert len(GUARDED) == 31 and len(rest_routes()) == 30
 
 
 @pytest.mark.parametrize("method", GUARDED)
