@@ -77,7 +77,7 @@ lint: proto $(NPM_TOOLS)
 	$(BUF) lint
 
 test: setup lint models
-	EMBED_MODEL_REPO=$(abspath $(MODEL_REPO)) $(PY) -m pytest -q --ignore=tests/clients
+	EMBED_MODEL_REPO=$(abspath $(MODEL_REPO)) $(PY) -m pytest -q --durations=25 --ignore=tests/clients
 
 # The client matrix: langchain-openai, llama-index, litellm, haystack-ai and the openai SDKs (Python, Node) against
 # the real server through Envoy, vectors checked against sentence-transformers. Its packages (the `clients` extra)
@@ -87,7 +87,7 @@ $(VENV)/.installed-clients: $(VENV)/.installed pyproject.toml
 	touch $@
 
 test-clients: setup proto models $(VENV)/.installed-clients
-	EMBED_MODEL_REPO=$(abspath $(MODEL_REPO)) $(PY) -m pytest -q tests/clients
+	EMBED_MODEL_REPO=$(abspath $(MODEL_REPO)) $(PY) -m pytest -q --durations=10 tests/clients
 
 # The benchmark suite (~20 min): in-process limit, sentence-transformers, gRPC and REST load grid, int8, long texts,
 # memory soak. Writes bench/results/suite.{md,png,json}. Not part of `make test`.

@@ -40,9 +40,15 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.skip(reason)
 
 
+# The models every server in the suite loads: the default family. Models built on request (all-mpnet-base-v2) are
+# served only by the tests marked for them: loading and warming a 110M-parameter model in each test's server would
+# cost minutes over the suite.
+DEFAULT_MODELS = ("all-minilm-l6-v2", "all-minilm-l6-v2-int8")
+
+
 @pytest.fixture(scope="session")
-def model_repo() -> Path:
-    """A model repository holding the default models: $EMBED_MODEL_REPO or <repo>/models.
+def built_model_repo() -> Path:
+    """The whole model repository: $EMBED_MODEL_REPO or <repo>/models, with whatever was built on request.
 
     Built with the real CLI; tools.modelrepo skips models that are already up to date, so this is cheap when built.
     """
@@ -54,6 +60,15 @@ def model_repo() -> Path:
     if done.returncode != 0:
         pytest.fail(f"build-defaults failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return repo
+
+
+@pytest.fixture(scope="session")
+def model_repo(built_model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository of the default models alone (links into the built one), whatever else was built."""
+    view = tmp_path_factory.mktemp("default-models")
+    for name in DEFAULT_MODELS:
+        (view / name).symlink_to(built_model_repo / name)
+    return view
 
 
 @pytest.fixture(scope="session")

