@@ -32,9 +32,7 @@ TEXTS = [
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "tools.modelrepo", *map(str, args)]
     # The timeout is a hang guard only: a busy machine is slow.
-    return subprocess.run(
-        command, cwd=REPO_ROOT, capture_output=True, text=True, env={**os.environ}, timeout=900
-    )  # a hang guard: a busy machine is slow
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env={**os.environ}, timeout=900)
 
 
 def import_ok(*args: str | Path) -> subprocess.CompletedProcess[str]:
