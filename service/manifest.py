@@ -87,6 +87,10 @@ class ModelManifest:
     provenance: dict[str, Any] = field(default_factory=dict)
     # Cut inputs over max_input_tokens when a call does not say `truncate`; None: the server's `auto_truncate`.
     auto_truncate: bool | None = None
+    # Per-dimension {"min": [...], "max": [...]} of the model's vectors over a fixed corpus, by
+    # service.engine.quantize.ranges_key(dimensions, normalized): what the int8 and uint8 types scale by. Written at
+    # build time (tools.modelrepo calibrate); empty: those two types are unavailable for the model.
+    quantization_ranges: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.id or "\n" in self.id:
@@ -157,6 +161,8 @@ class ModelManifest:
         data["shortened_dimensions"] = list(self.shortened_dimensions)
         if self.auto_truncate is None:
             del data["auto_truncate"]  # the server's setting applies
+        if not self.quantization_ranges:
+            del data["quantization_ranges"]  # not calibrated
         data["dense"] = [asdict(layer) for layer in self.dense]
         return json.dumps(data, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
 

@@ -20,6 +20,14 @@ from service.registry import ModelRegistry
 log = logging.getLogger(__name__)
 
 _INPUT_TYPES = {pb.INPUT_TYPE_UNSPECIFIED: "", pb.INPUT_TYPE_QUERY: "query", pb.INPUT_TYPE_DOCUMENT: "document"}
+_EMBEDDING_TYPES = {
+    pb.EMBEDDING_TYPE_UNSPECIFIED: "float",
+    pb.EMBEDDING_TYPE_FLOAT: "float",
+    pb.EMBEDDING_TYPE_INT8: "int8",
+    pb.EMBEDDING_TYPE_UINT8: "uint8",
+    pb.EMBEDDING_TYPE_BINARY: "binary",
+    pb.EMBEDDING_TYPE_UBINARY: "ubinary",
+}
 
 
 def rpc_errors(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
@@ -74,20 +82,24 @@ def model_message(model: ServedModel, aliases: list[str]) -> pb.Model:
             k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in manifest.provenance.items()
         },
         max_inputs_per_request=model.max_inputs,
+        embedding_types=model.embedding_types,
     )
 
 
 def embed_response(result: EmbedResult, encoding: int) -> pb.EmbedResponse:
-    vectors = result.vectors.astype("<f4", copy=False)
+    compact = result.vectors.dtype.itemsize == 1  # int8/uint8 (and packed bits): always bytes
+    as_bytes = compact or encoding == pb.ENCODING_FORMAT_BYTES
+    vectors = result.vectors if compact else result.vectors.astype("<f4", copy=False)
     # Python floats fill a repeated float field ~5x faster than numpy scalars do.
-    rows = [row.tobytes() for row in vectors] if encoding == pb.ENCODING_FORMAT_BYTES else vectors.tolist()
-    field = "data" if encoding == pb.ENCODING_FORMAT_BYTES else "values"
+    rows = [row.tobytes() for row in vectors] if as_bytes else vectors.tolist()
+    field = "data" if as_bytes else "values"
     embeddings = [
         pb.Embedding(index=i, tokens=n, truncated=cut, **{field: row})
         for i, (row, n, cut) in enumerate(zip(rows, result.token_counts, result.truncated, strict=True))
     ]
     usage = pb.Usage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens)
-    return pb.EmbedResponse(model=result.model, embeddings=embeddings, usage=usage, dimensions=vectors.shape[1])
+    dimensions = result.dimensions or vectors.shape[1]
+    return pb.EmbedResponse(model=result.model, embeddings=embeddings, usage=usage, dimensions=dimensions)
 
 
 class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
@@ -105,6 +117,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             normalize=request.normalize if request.HasField("normalize") else None,
             truncate=request.truncate if request.HasField("truncate") else None,
             input_type=_INPUT_TYPES.get(request.input_type, "?"),
+            embedding_type=_EMBEDDING_TYPES.get(request.embedding_type, "?"),
         )
         result = await model.embed(list(request.inputs), options, deadline_of(context))
         note_result(result)

@@ -12,7 +12,7 @@ import base64
 import dataclasses
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 
 import grpc
@@ -26,10 +26,13 @@ from google.protobuf import struct_pb2
 from service import errors
 from service.api.embeddings import deadline_of, model_message, rpc_errors
 from service.engine.model import EmbedOptions, EmbedResult, ServedModel
+from service.engine.quantize import EMBEDDING_TYPES, FLOAT
 from service.observability.context import note_model, note_result, timing_headers
 from service.registry import ModelRegistry
 
 ENCODING_FORMATS = ("float", "base64")
+# encoding_format values that ask for a compact embedding type as JSON integers (an extension).
+COMPACT_FORMATS = tuple(t for t in EMBEDDING_TYPES if t != FLOAT)
 TOKEN_ID_ENCODING = "cl100k_base"
 _INPUT_SHAPES = "a string, an array of strings, an array of token ids, or an array of arrays of token ids"
 
@@ -123,18 +126,18 @@ class ParsedRequest:
 
 
 async def parse_request(
-    request, registry: ModelRegistry, decoder: TokenIdDecoder, max_inputs: int | None = None
+    request,
+    registry: ModelRegistry,
+    decoder: TokenIdDecoder,
+    max_inputs: int | None = None,
+    compact_types: bool = True,
 ) -> ParsedRequest:
     """Check and convert a CreateEmbeddingRequest or AsyncEmbedRequest (they share these fields).
 
-    `max_inputs` raises the input cap (async jobs). Errors name OpenAI's parameters (`input`, not `inputs[3]`).
+    `max_inputs` raises the input cap (async jobs). `compact_types`: whether int8/binary/... vectors may be asked
+    for (stored results, jobs and batches, hold floats). Errors name OpenAI's parameters (`input`, not `inputs[3]`).
     """
-    encoding_format = request.encoding_format or "float"
-    if encoding_format not in ENCODING_FORMATS:
-        raise errors.invalid_input(
-            f"'encoding_format' must be 'float' or 'base64', got {request.encoding_format!r}.",
-            field="encoding_format",
-        )
+    encoding_format, embedding_type = _vector_format(request, compact_types)
     if request.HasField("dimensions") and request.dimensions < 1:
         raise errors.invalid_input(f"'dimensions' must be at least 1, got {request.dimensions}.", field="dimensions")
     if not request.model:
@@ -152,6 +155,7 @@ async def parse_request(
         normalize=request.normalize if request.HasField("normalize") else None,
         truncate=request.truncate if request.HasField("truncate") else None,
         input_type=request.input_type,
+        embedding_type=embedding_type,
     )
     try:
         if token_ids:
@@ -162,6 +166,43 @@ async def parse_request(
     return ParsedRequest(model, texts, options, encoding_format)
 
 
+def _fields(request) -> Mapping[str, object]:
+    return request.DESCRIPTOR.fields_by_name
+
+
+def _vector_format(request, compact_types: bool) -> tuple[str, str]:
+    """(encoding_format, embedding_type): "float" or "base64", and the number type. `encoding_format: "int8"` is
+    `embedding_type: "int8"` as JSON integers. Where `compact_types` is false (stored results), only floats."""
+    encoding_format = request.encoding_format or "float"
+    embedding_type = (request.embedding_type if "embedding_type" in _fields(request) else "") or FLOAT
+    compact_types = compact_types and "embedding_type" in _fields(request)
+    allowed = ENCODING_FORMATS + COMPACT_FORMATS if compact_types else ENCODING_FORMATS
+    if encoding_format not in allowed:
+        raise errors.invalid_input(
+            f"'encoding_format' must be one of {', '.join(repr(f) for f in allowed)}, got {request.encoding_format!r}.",
+            field="encoding_format",
+        )
+    if embedding_type not in EMBEDDING_TYPES:
+        raise errors.invalid_input(
+            f"'embedding_type' must be one of {', '.join(repr(t) for t in EMBEDDING_TYPES)}, got {embedding_type!r}.",
+            field="embedding_type",
+        )
+    if embedding_type != FLOAT and not compact_types:
+        raise errors.invalid_input(
+            "Compact embedding types are not available here: stored results (jobs, batches) hold float vectors.",
+            field="embedding_type",
+        )
+    if encoding_format in COMPACT_FORMATS:
+        if embedding_type not in (FLOAT, encoding_format):
+            raise errors.invalid_input(
+                f"'encoding_format' {encoding_format!r} asks for {encoding_format} vectors, but 'embedding_type' "
+                f"says {embedding_type!r}.",
+                field="embedding_type",
+            )
+        return "float", encoding_format
+    return encoding_format, embedding_type
+
+
 def as_rest_error(err: errors.ApiError) -> errors.ApiError:
     """Engine fields (`inputs[3]`) become OpenAI's parameter names (`input`)."""
     if err.field and err.field.startswith("inputs"):
@@ -170,7 +211,9 @@ def as_rest_error(err: errors.ApiError) -> errors.ApiError:
 
 
 def _vector_items(result: EmbedResult, encoding_format: str) -> list[dict]:
-    vectors = result.vectors.astype("<f4", copy=False)
+    """OpenAI's items: floats as JSON numbers or base64 of little-endian float32; compact types (int8/uint8 arrays)
+    as JSON integers or base64 of their bytes."""
+    vectors = result.vectors if result.vectors.dtype.itemsize == 1 else result.vectors.astype("<f4", copy=False)
     if encoding_format == "base64":
         return [
             {"object": "embedding", "index": i, "embedding": base64.b64encode(row.tobytes()).decode("ascii")}

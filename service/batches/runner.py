@@ -425,7 +425,7 @@ class BatchWorkers:
                 entries.append(entry)
                 continue
             try:
-                entry.parsed = await parse_request(message, models, self._decoder)
+                entry.parsed = await parse_request(message, models, self._decoder, compact_types=False)
             except errors.ApiError as err:
                 entry.error = err
             entries.append(entry)

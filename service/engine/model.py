@@ -15,6 +15,7 @@ from service import errors
 from service.engine.batcher import Batcher, BatchFailed, CallTimings, DeadlineExceeded, QueueFull
 from service.engine.pooling import finalize, non_finite_rows
 from service.engine.prompts import Prompts
+from service.engine.quantize import EMBEDDING_TYPES, FLOAT, SCALAR_TYPES, ScalarRanges, quantize, ranges_key
 from service.engine.tokenize import TextTokenizer, TokenizedInput
 from service.manifest import ModelManifest
 
@@ -34,6 +35,9 @@ class EmbedOptions:
     # Cut inputs over the model's limit instead of refusing them. None: the server's or model's `auto_truncate`.
     truncate: bool | None = None
     input_type: str = ""
+    # float, or a compact type (service.engine.quantize.EMBEDDING_TYPES): int8/uint8 scaled by the model's calibrated
+    # ranges, binary/ubinary packed sign bits.
+    embedding_type: str = FLOAT
 
 
 @dataclass(slots=True)
@@ -48,11 +52,13 @@ class EmbedTimings:
 @dataclass(frozen=True)
 class EmbedResult:
     model: str
-    # [inputs, dimensions] float32, row i for input i.
+    # [inputs, dimensions] float32, row i for input i; int8/uint8 for the compact types (binary/ubinary: packed bits).
     vectors: np.ndarray
     token_counts: list[int]
     truncated: list[bool]
     timings: EmbedTimings = field(default_factory=EmbedTimings)
+    # The vectors' dimensions (packed bits hold fewer values than that).
+    dimensions: int = 0
 
     @property
     def prompt_tokens(self) -> int:
@@ -116,6 +122,35 @@ class ServedModel:
             )
         if options.input_type not in INPUT_TYPES:
             raise errors.invalid_input(f"input_type must be one of {INPUT_TYPES[1:]}.", field="input_type")
+        self._check_embedding_type(options)
+
+    @property
+    def embedding_types(self) -> list[str]:
+        """The types this model gives: int8/uint8 only with calibrated ranges (for its full size, at least)."""
+        calibrated = ranges_key(self.manifest.dimensions, self.manifest.normalize) in self.manifest.quantization_ranges
+        return [t for t in EMBEDDING_TYPES if calibrated or t not in SCALAR_TYPES]
+
+    def _normalizes(self, options: EmbedOptions) -> bool:
+        return self.manifest.normalize if options.normalize is None else options.normalize
+
+    def _scalar_ranges(self, options: EmbedOptions) -> ScalarRanges | None:
+        """The calibrated ranges int8/uint8 vectors of this call's size and normalization are scaled by."""
+        key = ranges_key(options.dimensions or self.manifest.dimensions, self._normalizes(options))
+        stored = self.manifest.quantization_ranges.get(key)
+        return ScalarRanges.from_dict(stored) if stored else None
+
+    def _check_embedding_type(self, options: EmbedOptions) -> None:
+        if options.embedding_type not in EMBEDDING_TYPES:
+            raise errors.invalid_input(
+                f"The embedding type must be one of {', '.join(EMBEDDING_TYPES)}; got {options.embedding_type!r}.",
+                field="embedding_type",
+            )
+        if options.embedding_type in SCALAR_TYPES and self._scalar_ranges(options) is None:
+            raise errors.invalid_input(
+                f"Model '{self.id}' has no calibrated ranges for {options.embedding_type} vectors of this size "
+                "(rebuild it with `python -m tools.modelrepo calibrate`); binary and ubinary need none.",
+                field="embedding_type",
+            )
 
     def truncates(self, options: EmbedOptions) -> bool:
         """Whether inputs over the limit are cut (else refused) for a call with these options."""
@@ -188,15 +223,15 @@ class ServedModel:
             raise errors.deadline_exceeded() from None
         except BatchFailed as exc:
             raise errors.internal(f"Inference failed on model '{self.id}': {exc}") from None
-        normalize = self.manifest.normalize if options.normalize is None else options.normalize
-        vectors = finalize(pooled, options.dimensions, normalize)
+        vectors = finalize(pooled, options.dimensions, self._normalizes(options))
         bad = non_finite_rows(vectors)
         if bad.size:
             raise errors.internal(f"Model '{self.id}' produced a non-finite vector for input {int(bad[0])}.")
         return EmbedResult(
             model=self.id,
-            vectors=vectors,
+            vectors=quantize(vectors, options.embedding_type, self._scalar_ranges(options)),
             token_counts=[item.length for item in tokens],
             truncated=[item.truncated for item in tokens],
             timings=EmbedTimings(tokenize_s, batch_timings.queue_s, batch_timings.inference_s),
+            dimensions=vectors.shape[1],
         )

@@ -1,4 +1,4 @@
-"""The command line: `python -m tools.modelrepo build-defaults | import`."""
+"""The command line: `python -m tools.modelrepo build-defaults | import | calibrate`."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from service.manifest import INPUT_TYPE_PROMPTS, ManifestError, ModelManifest
+from service.manifest import INPUT_TYPE_PROMPTS, MANIFEST_FILE, ManifestError, ModelManifest
 from tools.modelrepo import __doc__ as PACKAGE_DOC
 from tools.modelrepo.build import Target, build_model, repo_lock
+from tools.modelrepo.calibrate import calibrate
 from tools.modelrepo.common import DEFAULT_CACHE, BuildError, say
 from tools.modelrepo.defaults import build_defaults
 from tools.modelrepo.quantize import PRECISIONS
@@ -122,6 +123,12 @@ def parser() -> argparse.ArgumentParser:
     defaults.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where downloaded sources unpack")
     defaults.add_argument("--force", action="store_true", help="rebuild even when up to date")
 
+    cal = commands.add_parser(
+        "calibrate", help="store the int8/uint8 ranges of models built before calibration existed (builds do it)"
+    )
+    cal.add_argument("--repo", type=Path, required=True, help="model repository directory")
+    cal.add_argument("ids", nargs="*", default=[], help="model ids (default: every model in the repository)")
+    cal.add_argument("--force", action="store_true", help="recalibrate models that have ranges")
     imp = commands.add_parser("import", help="build a model from a local sentence-transformers or HF directory")
     imp.add_argument("src", type=Path, help="source model directory")
     imp.add_argument("--repo", type=Path, required=True, help="model repository directory")
@@ -171,9 +178,15 @@ def run(argv: list[str] | None = None) -> int:
     try:
         with repo_lock(args.repo):
             if args.command == "build-defaults":
-                build_defaults(args.repo, args.cache_dir, args.models, force=args.force)
+                built = build_defaults(args.repo, args.cache_dir, args.models, force=args.force)
+            elif args.command == "calibrate":
+                built = [args.repo / name for name in args.ids] or sorted(
+                    path.parent for path in args.repo.glob(f"*/{MANIFEST_FILE}")
+                )
             else:
-                import_model(args)
+                built = [import_model(args)]
+            for model_dir in built:
+                calibrate(model_dir, force=args.command == "calibrate" and args.force)
     except (BuildError, ManifestError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
