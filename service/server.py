@@ -32,16 +32,18 @@ from service.api.batches import BatchServicer, FileServicer
 from service.api.embeddings import EmbeddingServicer
 from service.api.jobs import JobServicer
 from service.api.ops import OpsServicer
-from service.api.rest import RestServicer, TokenIdDecoder
+from service.api.rest import RestServicer
 from service.batches.files import UploadLimits
 from service.batches.runner import BatchSettings, BatchWorkers, announce_batch
 from service.config import Settings
+from service.engine.batcher import BatchLimits
+from service.engine.registry import EngineOptions, ModelRegistry
+from service.engine.tokenize import TokenIdDecoder
 from service.jobs import webhooks
 from service.jobs.runner import JobSettings, JobWorkers, announce
 from service.observability.interceptor import TelemetryInterceptor
 from service.observability.metrics import Metrics
 from service.observability.tracing import Tracing
-from service.registry import ModelRegistry
 from service.stores import open_access_store, open_job_store, open_rate_limiter
 
 log = logging.getLogger(__name__)
@@ -61,13 +63,38 @@ MIN_CLIENT_PING_INTERVAL_MS = 20_000
 METADATA_LIMIT_BYTES = 64 * 1024
 
 
+def engine_options(settings: Settings) -> EngineOptions:
+    """What the engine is told of the server's settings."""
+    return EngineOptions(
+        model_repo=Path(settings.model_repo),
+        models=settings.models,
+        aliases=settings.alias_map(),
+        max_inputs_per_request=settings.max_inputs_per_request,
+        auto_truncate=settings.auto_truncate,
+        providers=settings.providers,
+        provider_options=settings.provider_option_map(),
+        inference_workers=settings.inference_workers,
+        intra_op_threads=settings.intra_op_threads,
+        inter_op_threads=settings.inter_op_threads,
+        tokenizer_threads=settings.tokenizer_threads,
+        batching=BatchLimits(
+            max_batch_tokens=settings.max_batch_tokens,
+            max_batch_size=settings.max_batch_size,
+            max_queued_inputs=settings.max_queued_inputs,
+            max_padding_ratio=settings.max_padding_ratio,
+            padding_slack_tokens=settings.padding_slack_tokens,
+            background_min_share=settings.job_min_share,
+        ),
+    )
+
+
 class EmbeddingServer:
     """The running server. Listens at once (health NOT_SERVING), turns SERVING once every model is loaded."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.access = access_control(settings)  # first: refuses to start open on a public address, at once
-        self.registry = ModelRegistry(settings)
+        self.registry = ModelRegistry(engine_options(settings))
         # What servicers see of the models: only the caller's key's, with its token limits charged.
         scoped = ScopedRegistry(self.registry)
         self.health = health.aio.HealthServicer()
