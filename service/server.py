@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 from pathlib import Path
+from typing import Any
 
 import grpc
 from embeddings.v1 import (
@@ -64,27 +66,20 @@ METADATA_LIMIT_BYTES = 64 * 1024
 
 
 def engine_options(settings: Settings) -> EngineOptions:
-    """What the engine is told of the server's settings."""
+    """What the engine is told of the server's settings: every field of the engine's options (and of its batch
+    limits) that a setting of the same name holds, plus the settings the engine takes parsed or renamed."""
+
+    def same_names(options: type) -> dict[str, Any]:
+        return {f.name: getattr(settings, f.name) for f in dataclasses.fields(options) if hasattr(settings, f.name)}
+
     return EngineOptions(
-        model_repo=Path(settings.model_repo),
-        models=settings.models,
-        aliases=settings.alias_map(),
-        max_inputs_per_request=settings.max_inputs_per_request,
-        auto_truncate=settings.auto_truncate,
-        providers=settings.providers,
-        provider_options=settings.provider_option_map(),
-        inference_workers=settings.inference_workers,
-        intra_op_threads=settings.intra_op_threads,
-        inter_op_threads=settings.inter_op_threads,
-        tokenizer_threads=settings.tokenizer_threads,
-        batching=BatchLimits(
-            max_batch_tokens=settings.max_batch_tokens,
-            max_batch_size=settings.max_batch_size,
-            max_queued_inputs=settings.max_queued_inputs,
-            max_padding_ratio=settings.max_padding_ratio,
-            padding_slack_tokens=settings.padding_slack_tokens,
-            background_min_share=settings.job_min_share,
-        ),
+        **{
+            **same_names(EngineOptions),
+            "model_repo": Path(settings.model_repo),
+            "aliases": settings.alias_map(),
+            "provider_options": settings.provider_option_map(),
+            "batching": BatchLimits(**same_names(BatchLimits), background_min_share=settings.job_min_share),
+        }
     )
 
 

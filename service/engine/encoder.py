@@ -17,6 +17,8 @@ class Encoder:
     def __init__(self, backend: Backend, head: EmbeddingHead) -> None:
         self.backend = backend
         self.head = head
+        # The backend returns sentence vectors itself (see Backend).
+        self._pooled = bool(getattr(backend, "pools", False))
 
     def embed(self, batch: Sequence[TokenizedInput], solo: bool = False) -> np.ndarray:
         """Vectors [len(batch), dimensions] for one batch, padded on the right to its longest input.
@@ -24,5 +26,7 @@ class Encoder:
         `solo`: the batch runs alone, so the backend may spread it over every core.
         """
         padded = pad_batch(batch)
-        token_embeddings = self.backend.run(padded, solo=solo)
-        return self.head(token_embeddings, padded.attention_mask, padded.prompt_lengths)
+        output = self.backend.run(padded, solo=solo)
+        if self._pooled:
+            return output
+        return self.head(output, padded.attention_mask, padded.prompt_lengths)

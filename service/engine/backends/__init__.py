@@ -81,7 +81,12 @@ def pad_batch(batch: Sequence[TokenizedInput]) -> PaddedBatch:
 
 
 class Backend(Protocol):
-    """What a runtime does: token embeddings for a padded batch. Called from several inference threads at once."""
+    """What a runtime does: token embeddings for a padded batch. Called from several inference threads at once.
+
+    A backend whose runtime pools by itself sets a class attribute `pools = True` (optional, false when absent):
+    its `run` then returns sentence vectors [batch, dimensions], which the engine takes as they are (no pooling,
+    no Dense layers; shortening and normalizing still apply).
+    """
 
     def run(self, batch: PaddedBatch, solo: bool = False) -> np.ndarray:
         """float32 (or float16) token embeddings [batch, seq, hidden] for the batch's right-padded token ids.

@@ -1,9 +1,9 @@
-"""The null backend: fixed, deterministic token embeddings at next to no cost, for measuring the serving path
-(tokenizing, batching, pooling, the API) without a network's compute. A model directory needs only its manifest
-(`"backend": "null"`) and tokenizer.json.
+"""The null backend: fixed, deterministic vectors at next to no cost, for measuring the serving path (tokenizing,
+batching, the API) without a network's compute. A model directory needs only its manifest (`"backend": "null"`)
+and tokenizer.json.
 
-Every token of every input gets the same embedding, so every input's vector is that embedding (pooled, through the
-Dense layers if any, normalized as the manifest says): a unit vector along the first axis, before the Dense layers.
+Every input's vector is the unit vector along the first axis (before shortening and normalization); the backend
+returns it as pooled (see Backend.pools): no token embeddings are made, no pooling or Dense layer runs.
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ from service.engine.manifest import ModelManifest
 
 
 class NullBackend:
+    pools = True
+
     def __init__(self, model_dir: Path, manifest: ModelManifest, options: RuntimeOptions) -> None:
-        hidden = manifest.dense[0].in_features if manifest.dense else manifest.dimensions
-        hidden //= len(manifest.pooling_modes)  # several modes concatenate a vector each
-        self.embedding = np.zeros(hidden, dtype=np.float32)
-        self.embedding[0] = 1.0
+        self.vector = np.zeros(manifest.dimensions, dtype=np.float32)
+        self.vector[0] = 1.0
 
     def run(self, batch: PaddedBatch, solo: bool = False) -> np.ndarray:
-        """A read-only view repeating the one embedding: nothing is computed or allocated per token."""
-        rows, tokens = batch.input_ids.shape
-        return np.broadcast_to(self.embedding, (rows, tokens, self.embedding.shape[0]))
+        """A read-only view repeating the one vector: nothing is computed or allocated per input."""
+        return np.broadcast_to(self.vector, (batch.input_ids.shape[0], self.vector.shape[0]))
