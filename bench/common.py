@@ -31,10 +31,12 @@ import orjson
 from embeddings.v1 import embeddings_pb2 as pb
 from embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 
+from service.engine.backends import RuntimeOptions
+from service.engine.backends.onnxruntime import OnnxRuntimeBackend
+from service.engine.encoder import Encoder
+from service.engine.manifest import MODEL_FILE, TOKENIZER_FILE, ModelManifest
 from service.engine.pooling import EmbeddingHead, finalize
-from service.engine.runtime import OnnxEncoder, RuntimeOptions
 from service.engine.tokenize import TextTokenizer, TokenizedInput
-from service.manifest import MODEL_FILE, TOKENIZER_FILE, ModelManifest
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REQUEST_SIZE = 32
@@ -194,8 +196,8 @@ class InProcessBaseline:
         model = model_dir / MODEL_FILE
         # One session using every core (ONNX Runtime's default), and one for parallel single-threaded batches.
         head = EmbeddingHead.from_manifest(manifest, model_dir)
-        self.encoder = OnnxEncoder(model, head, RuntimeOptions())
-        self.single_thread_encoder = OnnxEncoder(model, head, RuntimeOptions(intra_op_threads=1))
+        self.encoder = Encoder(OnnxRuntimeBackend(model, RuntimeOptions()), head)
+        self.single_thread_encoder = Encoder(OnnxRuntimeBackend(model, RuntimeOptions(intra_op_threads=1)), head)
         self.pool = ThreadPoolExecutor(max(c.workers for c in BASELINE_CONFIGS))
         self.normalize = manifest.normalize
         self.dimensions = manifest.dimensions

@@ -70,8 +70,8 @@ def load_text_sets(tokenizer: TextTokenizer) -> tuple[TextSet, TextSet]:
     """(STS-B test sentences, long passages from STS-B dev), with model-side token counts."""
 
     def counted(name: str, texts: list[str]) -> TextSet:
-        encoded = tokenizer.encode(texts)
-        return TextSet(name, texts, [min(item.length, tokenizer.max_tokens) for item in encoded])
+        encoded = tokenizer.encode(texts, truncate=True)  # cut as the server cuts them
+        return TextSet(name, texts, [item.length for item in encoded])
 
     short = counted("stsb", load_pairs("test").sentences)
     long = counted("long", long_passages(tokenizer, load_pairs("dev").sentences))

@@ -68,7 +68,7 @@ from bench.suite_spec import (
     service_cells,
     st_name,
 )
-from service.registry import discover
+from service.engine.registry import discover
 from tests.serving import EnvoyProcess, ServerProcess
 from tests.stsb import load_pairs, spearman_x100
 

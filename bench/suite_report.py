@@ -117,7 +117,7 @@ def _table(result: SuiteResult) -> list[str]:
     return [
         "## Every run",
         "",
-        "In-process: the engine's TextTokenizer + OnnxEncoder called directly, texts sorted by token count, fixed "
+        "In-process: the engine's TextTokenizer + Encoder called directly, texts sorted by token count, fixed "
         "batches (one session on both cores, or batches in parallel on one thread each), tokenization and "
         f"normalization timed; the best is the limit (`{stsb_limit}` on STS-B, `{long_limit}` on long texts) and "
         "`vs in-process` divides by the fp32 limit on the same data (int8 rows too). Service rows: "

@@ -48,7 +48,7 @@ from bench.common import (
     send_all_rest,
     summarize,
 )
-from service.registry import discover
+from service.engine.registry import discover
 from tests.serving import EnvoyProcess, ServerProcess
 from tests.stsb import load_pairs
 
@@ -184,7 +184,7 @@ def markdown(summary: Summary, facts: dict[str, object], args: argparse.Namespac
         f"Machine: {facts['cpu']}, {facts['cores']} cores, no GPU; onnxruntime {facts['onnxruntime']}, "
         f"grpcio {facts['grpcio']}, Python {facts['python']}.",
         "",
-        "In-process: the engine's TextTokenizer + OnnxEncoder called directly, sentences sorted by token count, fixed "
+        "In-process: the engine's TextTokenizer + Encoder called directly, sentences sorted by token count, fixed "
         "batches (one session on every core, or batches in parallel on one thread each), tokenization and "
         f"normalization timed; the best ({best.name}) is the limit.  ",
         f"gRPC: `python -m service` with default settings, {REQUEST_SIZE} sentences per Embed call in dataset order, "

@@ -44,6 +44,8 @@ class Settings:
     inter_op_threads: int = 1
     # "auto" (TensorRT/CUDA when usable, else CPU) or a comma-separated list of execution providers.
     providers: str = "auto"
+    # Execution provider options, "Provider:key=value" (e.g. "CUDAExecutionProvider:device_id=1").
+    provider_options: tuple[str, ...] = ()
     tokenizer_threads: int = 2
     max_message_bytes: int = 256 * 1024 * 1024
     # Async jobs: where the job store (SQLite) lives, and how jobs are cut and kept.
@@ -109,6 +111,17 @@ class Settings:
             if not sep or not alias.strip() or not target.strip():
                 raise ValueError(f"alias {entry!r} must look like 'alias=model-id'")
             result[alias.strip()] = target.strip()
+        return result
+
+    def provider_option_map(self) -> dict[str, dict[str, str]]:
+        """Parse `provider_options` into {provider: {key: value}}."""
+        result: dict[str, dict[str, str]] = {}
+        for entry in self.provider_options:
+            provider, _, option = entry.partition(":")
+            key, sep, value = option.partition("=")
+            if not sep or not provider.strip() or not key.strip():
+                raise ValueError(f"provider option {entry!r} must look like 'Provider:key=value'")
+            result.setdefault(provider.strip(), {})[key.strip()] = value.strip()
         return result
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 from pathlib import Path
+from typing import Any
 
 import grpc
 from embeddings.v1 import (
@@ -32,16 +34,18 @@ from service.api.batches import BatchServicer, FileServicer
 from service.api.embeddings import EmbeddingServicer
 from service.api.jobs import JobServicer
 from service.api.ops import OpsServicer
-from service.api.rest import RestServicer, TokenIdDecoder
+from service.api.rest import RestServicer
 from service.batches.files import UploadLimits
 from service.batches.runner import BatchSettings, BatchWorkers, announce_batch
 from service.config import Settings
+from service.engine.batcher import BatchLimits
+from service.engine.registry import EngineOptions, ModelRegistry
+from service.engine.tokenize import TokenIdDecoder
 from service.jobs import webhooks
 from service.jobs.runner import JobSettings, JobWorkers, announce
 from service.observability.interceptor import TelemetryInterceptor
 from service.observability.metrics import Metrics
 from service.observability.tracing import Tracing
-from service.registry import ModelRegistry
 from service.stores import open_access_store, open_job_store, open_rate_limiter
 
 log = logging.getLogger(__name__)
@@ -61,13 +65,31 @@ MIN_CLIENT_PING_INTERVAL_MS = 20_000
 METADATA_LIMIT_BYTES = 64 * 1024
 
 
+def engine_options(settings: Settings) -> EngineOptions:
+    """What the engine is told of the server's settings: every field of the engine's options (and of its batch
+    limits) that a setting of the same name holds, plus the settings the engine takes parsed or renamed."""
+
+    def same_names(options: type) -> dict[str, Any]:
+        return {f.name: getattr(settings, f.name) for f in dataclasses.fields(options) if hasattr(settings, f.name)}
+
+    return EngineOptions(
+        **{
+            **same_names(EngineOptions),
+            "model_repo": Path(settings.model_repo),
+            "aliases": settings.alias_map(),
+            "provider_options": settings.provider_option_map(),
+            "batching": BatchLimits(**same_names(BatchLimits), background_min_share=settings.job_min_share),
+        }
+    )
+
+
 class EmbeddingServer:
     """The running server. Listens at once (health NOT_SERVING), turns SERVING once every model is loaded."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.access = access_control(settings)  # first: refuses to start open on a public address, at once
-        self.registry = ModelRegistry(settings)
+        self.registry = ModelRegistry(engine_options(settings))
         # What servicers see of the models: only the caller's key's, with its token limits charged.
         scoped = ScopedRegistry(self.registry)
         self.health = health.aio.HealthServicer()

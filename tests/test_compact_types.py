@@ -12,7 +12,7 @@ import pytest
 from embeddings.v1 import embeddings_pb2 as pb
 from sentence_transformers.util.quantization import quantize_embeddings
 
-from service.manifest import ModelManifest
+from service.engine.manifest import ModelManifest
 from tests.serving import http
 from tests.stsb import load_pairs, spearman_x100
 

@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 from tokenizers import Tokenizer
 
-from service.manifest import MODEL_FILE, TOKENIZER_FILE, ModelManifest
+from service.engine.manifest import MODEL_FILE, TOKENIZER_FILE, ModelManifest
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "all-minilm-l6-v2.json"
 DIMENSIONS = 384

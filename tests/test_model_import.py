@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 from tokenizers import Tokenizer
 
-from service.manifest import MODEL_FILE, TOKENIZER_FILE, ModelManifest
+from service.engine.manifest import MODEL_FILE, TOKENIZER_FILE, ModelManifest
 from tests.tiny_bert import HIDDEN, build_tiny_sources
 
 os.environ["HF_HUB_OFFLINE"] = "1"

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.manifest import ModelManifest
+from service.engine.manifest import ModelManifest
 from tests.serving import EnvoyProcess, ServerProcess
 from tests.stsb import load_pairs, spearman_x100
 

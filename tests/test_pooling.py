@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from service.engine.manifest import POOLING_MODES, DenseLayer, ManifestError, ModelManifest
 from service.engine.pooling import EmbeddingHead, pool
-from service.manifest import POOLING_MODES, DenseLayer, ManifestError, ModelManifest
 
 LENGTHS = [5, 9, 2, 9, 7]
 HIDDEN = 6

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
+from service.engine.manifest import TOKENIZER_FILE
 from service.engine.tokenize import CHARS_PER_TOKEN, TextTokenizer
-from service.manifest import TOKENIZER_FILE
 
 FP32 = "all-minilm-l6-v2"
 LIMIT = 256

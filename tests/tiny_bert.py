@@ -9,7 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
-from service.manifest import TOKENIZER_FILE
+from service.engine.manifest import TOKENIZER_FILE
 
 HIDDEN = 32
 WORDS = [

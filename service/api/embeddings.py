@@ -13,9 +13,11 @@ from embeddings.v1 import embeddings_pb2 as pb
 from embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 
 from service import errors
+from service.api.engine_errors import as_api_error
+from service.engine.errors import EngineError
 from service.engine.model import EmbedOptions, EmbedResult, ServedModel
+from service.engine.registry import ModelRegistry
 from service.observability.context import note_model, note_result, timing_headers
-from service.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +33,15 @@ _EMBEDDING_TYPES = {
 
 
 def rpc_errors(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
-    """Answer `ApiError` with its rich status; anything else is a bug, logged and answered INTERNAL."""
+    """Answer `ApiError` (or the engine's error, mapped to one) with its rich status; anything else is a bug,
+    logged and answered INTERNAL."""
 
     @functools.wraps(method)
     async def wrapper(self, request, context: grpc.aio.ServicerContext):
         try:
             return await method(self, request, context)
-        except errors.ApiError as err:
+        except (errors.ApiError, EngineError) as exc:
+            err = as_api_error(exc)
             if err.headers:
                 await context.send_initial_metadata(tuple(err.headers.items()))
             await context.abort_with_status(err.to_status())

@@ -20,7 +20,10 @@ from google.api import httpbody_pb2
 from service import errors
 from service.access.scope import current_key_id, current_tenant
 from service.api.embeddings import rpc_errors
-from service.api.rest import TokenIdDecoder, as_rest_error, parse_request
+from service.api.rest import as_rest_error, parse_request
+from service.engine.errors import EngineError
+from service.engine.registry import ModelRegistry
+from service.engine.tokenize import TokenIdDecoder
 from service.jobs import webhooks
 from service.jobs.runner import KEY_ID_OPTION, now_s
 from service.jobs.store import (
@@ -32,7 +35,6 @@ from service.jobs.store import (
     ResultsRemoved,
     TooManyWebhooks,
 )
-from service.registry import ModelRegistry
 
 DEFAULT_PAGE, MAX_PAGE = 1000, 10000
 # OpenAI's limits on `metadata`: 16 pairs, keys up to 64 characters, values up to 512.
@@ -147,7 +149,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
         if not truncate:
             try:
                 await parsed.model.check_lengths(parsed.texts)  # context_length_exceeded before the job exists
-            except errors.ApiError as err:
+            except EngineError as err:
                 raise as_rest_error(err) from None
         stored = {"encoding_format": parsed.encoding_format, **dataclasses.asdict(parsed.options), "truncate": truncate}
         stored[KEY_ID_OPTION] = current_key_id()  # its chunks are metered, and rate-limited, as this key's

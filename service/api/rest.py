@@ -7,13 +7,11 @@ present, numbers as numbers - what the transcoder's own printing cannot give. Er
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
 import functools
 import time
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Executor
+from collections.abc import Callable, Mapping
 
 import grpc
 import orjson
@@ -25,58 +23,22 @@ from google.protobuf import struct_pb2
 
 from service import errors
 from service.api.embeddings import deadline_of, model_message, rpc_errors
+from service.api.engine_errors import as_api_error
+from service.engine.errors import EngineError
 from service.engine.model import EmbedOptions, EmbedResult, ServedModel
 from service.engine.quantize import EMBEDDING_TYPES, FLOAT
+from service.engine.registry import ModelRegistry
+from service.engine.tokenize import TokenIdDecoder, token_id_bound
 from service.observability.context import note_model, note_result, timing_headers
-from service.registry import ModelRegistry
 
 ENCODING_FORMATS = ("float", "base64")
 # encoding_format values that ask for a compact embedding type as JSON integers (an extension).
 COMPACT_FORMATS = tuple(t for t in EMBEDDING_TYPES if t != FLOAT)
-TOKEN_ID_ENCODING = "cl100k_base"
 _INPUT_SHAPES = "a string, an array of strings, an array of token ids, or an array of arrays of token ids"
 
 
 def _bad_input(message: str) -> errors.ApiError:
     return errors.invalid_input(message, field="input")
-
-
-class TokenIdDecoder:
-    """Turns OpenAI cl100k_base token ids (what LangChain sends by default) back into text, offline.
-
-    The tables take ~1.5 s to load, so they are loaded on first use, off the event loop.
-    """
-
-    def __init__(self, executor: Executor) -> None:
-        self._executor = executor
-        self._encoding = None
-        self._lock = asyncio.Lock()
-
-    async def load(self):
-        async with self._lock:
-            if self._encoding is None:
-                import bpe_openai
-
-                loop = asyncio.get_running_loop()
-                self._encoding = await loop.run_in_executor(self._executor, bpe_openai.get_encoding, TOKEN_ID_ENCODING)
-        return self._encoding
-
-    async def decode(self, sequences: Sequence[list[int]]) -> list[str]:
-        encoding = self._encoding or await self.load()
-        vocabulary = encoding.n_vocab
-        for n, ids in enumerate(sequences):
-            bad = next((i for i in ids if not 0 <= i < vocabulary), None)
-            if bad is not None:
-                raise _bad_input(f"Input {n} holds token id {bad}, outside the {TOKEN_ID_ENCODING} vocabulary.")
-        return [encoding.decode(ids) for ids in sequences]
-
-
-def token_id_bound(max_chars: int) -> int:
-    """Token ids of one input worth reading for a model that reads `max_chars` characters: every cl100k id decodes
-    to at least one byte and a character takes at most four, so the first 4 x (max_chars + 2) ids decode to more
-    than `max_chars` whole characters, the same as the whole sequence's; the ids after them cannot change what the
-    model reads (the input is over its limit either way)."""
-    return 4 * (max_chars + 2)
 
 
 def _token_ids(values, position: int, max_ids: int) -> list[int]:
@@ -142,7 +104,10 @@ async def parse_request(
         raise errors.invalid_input(f"'dimensions' must be at least 1, got {request.dimensions}.", field="dimensions")
     if not request.model:
         raise errors.invalid_input("'model' is required.", field="model")
-    model = registry.resolve(request.model)
+    try:
+        model = registry.resolve(request.model)
+    except EngineError as err:
+        raise as_api_error(err) from None
     note_model(model.id)
     try:
         texts, token_ids = split_input(
@@ -161,7 +126,7 @@ async def parse_request(
         if token_ids:
             texts = await decoder.decode(token_ids)
         model.validate(texts, options, max_inputs)
-    except errors.ApiError as err:
+    except EngineError as err:
         raise as_rest_error(err) from None
     return ParsedRequest(model, texts, options, encoding_format)
 
@@ -203,8 +168,9 @@ def _vector_format(request, compact_types: bool) -> tuple[str, str]:
     return encoding_format, embedding_type
 
 
-def as_rest_error(err: errors.ApiError) -> errors.ApiError:
-    """Engine fields (`inputs[3]`) become OpenAI's parameter names (`input`)."""
+def as_rest_error(err: errors.ApiError | EngineError) -> errors.ApiError:
+    """The API error, with engine fields (`inputs[3]`) renamed to OpenAI's parameter names (`input`)."""
+    err = as_api_error(err)
     if err.field and err.field.startswith("inputs"):
         return dataclasses.replace(err, field="input")
     return err
@@ -246,9 +212,10 @@ def _timed(method: Callable) -> Callable:
         started = time.perf_counter()
         try:
             response = await method(self, request, context)
-        except errors.ApiError as err:
+        except (errors.ApiError, EngineError) as exc:
+            err = as_rest_error(exc)
             headers = {**err.headers, "openai-processing-ms": _elapsed_ms(started)}
-            raise dataclasses.replace(as_rest_error(err), headers=headers) from None
+            raise dataclasses.replace(err, headers=headers) from None
         await context.send_initial_metadata((("openai-processing-ms", _elapsed_ms(started)), *timing_headers()))
         return response
 

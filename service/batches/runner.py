@@ -34,14 +34,16 @@ from google.protobuf import json_format
 
 from service import errors
 from service.access.control import Principal
-from service.api.rest import TokenIdDecoder, as_rest_error, openai_body, parse_request
+from service.api.rest import as_rest_error, openai_body, parse_request
 from service.batches import objects
 from service.batches.files import PartWriter, iter_lines
 from service.batches.store import Batch, BatchRequest, BatchStoreMixin
+from service.engine.errors import ContextLengthExceeded, EngineError
 from service.engine.model import EmbedResult
+from service.engine.registry import ModelRegistry
+from service.engine.tokenize import TokenIdDecoder
 from service.jobs.runner import KEY_ID_OPTION, now_s
 from service.jobs.store import Job, ResultsNotReady, ResultsRemoved
-from service.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -370,7 +372,7 @@ class BatchWorkers:
         if isinstance(name, str) and name:
             try:
                 model_id = models.resolve(name).id
-            except errors.ApiError:
+            except (errors.ApiError, EngineError):
                 return None  # an unknown model is the request's error (the error file), as the live call's
             if found.model is None:
                 found.model = model_id
@@ -447,7 +449,7 @@ class BatchWorkers:
             count = len(entry.parsed.texts)
             try:
                 model.refuse_over_limit(measured[offset : offset + count])
-            except errors.ApiError as err:
+            except ContextLengthExceeded as err:
                 entry.error = as_rest_error(err)
             offset += count
 

@@ -29,27 +29,20 @@ from typing import Protocol
 
 import numpy as np
 
+from service.engine.errors import DeadlineExceeded, QueueFull
 from service.engine.tokenize import TokenizedInput
 
 log = logging.getLogger(__name__)
 
 
-class Backend(Protocol):
-    """What the batcher needs from a runtime: pooled vectors for a batch of tokenized inputs."""
+class Encoder(Protocol):
+    """What the batcher needs of a model: pooled vectors for a batch of tokenized inputs (see encoder.Encoder)."""
 
     def embed(self, batch: Sequence[TokenizedInput], solo: bool = False) -> np.ndarray: ...
 
 
-class QueueFull(Exception):
-    """Accepting the call would exceed the queue bound."""
-
-
-class DeadlineExceeded(Exception):
-    """The call's deadline passed while its inputs were queued."""
-
-
 class BatchFailed(Exception):
-    """The backend failed on a batch holding some of the call's inputs."""
+    """The encoder failed on a batch holding some of the call's inputs."""
 
 
 @dataclass(frozen=True)
@@ -155,9 +148,9 @@ class _Share:
 
 
 class Batcher:
-    def __init__(self, name: str, backend: Backend, executor: Executor, limits: BatchLimits) -> None:
+    def __init__(self, name: str, encoder: Encoder, executor: Executor, limits: BatchLimits) -> None:
         self.name = name
-        self._backend = backend
+        self._encoder = encoder
         self._executor = executor
         self._limits = limits
         self._queue: deque[_Item] = deque()
@@ -266,7 +259,7 @@ class Batcher:
     async def _run_batch(self, batch: list[_Item], solo: bool) -> float:
         """Run one batch and deliver its vectors; returns the seconds it ran."""
         loop = asyncio.get_running_loop()
-        run = functools.partial(self._backend.embed, [i.tokens for i in batch], solo=solo)
+        run = functools.partial(self._encoder.embed, [i.tokens for i in batch], solo=solo)
         started = loop.time()
         try:
             pooled = await loop.run_in_executor(self._executor, run)

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service import errors
-from service.engine.batcher import Batcher, BatchFailed, CallTimings, DeadlineExceeded, QueueFull
+from service.engine.batcher import Batcher, BatchFailed, CallTimings
+from service.engine.errors import ContextLengthExceeded, DimensionsNotSupported, InferenceFailed, InvalidInput
+from service.engine.manifest import ModelManifest
 from service.engine.pooling import finalize, non_finite_rows
 from service.engine.prompts import Prompts
 from service.engine.quantize import EMBEDDING_TYPES, FLOAT, SCALAR_TYPES, ScalarRanges, quantize, ranges_key
-from service.engine.tokenize import TextTokenizer, TokenizedInput
-from service.manifest import ModelManifest
+from service.engine.tokenize import TextTokenizer, TokenizedInput, check_texts
 
 INPUT_TYPES = ("", "query", "document")
 # Requests up to this many characters are tokenized on the event loop: it takes microseconds, less than the
@@ -105,23 +105,14 @@ class ServedModel:
         return self._max_inputs
 
     def validate(self, texts: Sequence[str], options: EmbedOptions, max_inputs: int | None = None) -> None:
-        """Reject a bad call before it costs anything; raises `errors.ApiError`. `max_inputs`: a larger cap (jobs)."""
-        cap = self.input_cap(max_inputs)
-        if not texts:
-            raise errors.invalid_input("inputs must hold at least one input.", field="inputs")
-        if len(texts) > cap:
-            raise errors.too_many_inputs(len(texts), cap)
-        for index, text in enumerate(texts):
-            if not text:
-                raise errors.invalid_input(
-                    f"Input {index} is an empty string; every input must hold text.", field=f"inputs[{index}]"
-                )
+        """Reject a bad call before it costs anything (an `EngineError`). `max_inputs`: a larger cap (jobs)."""
+        check_texts(texts, self.input_cap(max_inputs))
         if options.dimensions is not None and not self.manifest.allows_dimensions(options.dimensions):
-            raise errors.dimensions_not_supported(
+            raise DimensionsNotSupported(
                 self.id, options.dimensions, self.manifest.shortened_dimensions, self.manifest.dimensions
             )
         if options.input_type not in INPUT_TYPES:
-            raise errors.invalid_input(f"input_type must be one of {INPUT_TYPES[1:]}.", field="input_type")
+            raise InvalidInput(f"input_type must be one of {INPUT_TYPES[1:]}.", field="input_type")
         self._check_embedding_type(options)
 
     @property
@@ -141,12 +132,12 @@ class ServedModel:
 
     def _check_embedding_type(self, options: EmbedOptions) -> None:
         if options.embedding_type not in EMBEDDING_TYPES:
-            raise errors.invalid_input(
+            raise InvalidInput(
                 f"The embedding type must be one of {', '.join(EMBEDDING_TYPES)}; got {options.embedding_type!r}.",
                 field="embedding_type",
             )
         if options.embedding_type in SCALAR_TYPES and self._scalar_ranges(options) is None:
-            raise errors.invalid_input(
+            raise InvalidInput(
                 f"Model '{self.id}' has no calibrated ranges for {options.embedding_type} vectors of this size "
                 "(rebuild it with `python -m tools.modelrepo calibrate`); binary and ubinary need none.",
                 field="embedding_type",
@@ -174,10 +165,10 @@ class ServedModel:
         return tokens
 
     def refuse_over_limit(self, tokens: Sequence[TokenizedInput], offset: int = 0) -> None:
-        """context_length_exceeded for the first input over the limit (indexes counted from `offset`)."""
+        """ContextLengthExceeded for the first input over the limit (indexes counted from `offset`)."""
         for index, item in enumerate(tokens):
             if self.tokenizer.over_limit(item):
-                raise errors.context_length_exceeded(
+                raise ContextLengthExceeded(
                     offset + index,
                     item.original_length,
                     self.tokenizer.max_tokens,
@@ -188,7 +179,7 @@ class ServedModel:
                 )
 
     async def check_lengths(self, texts: Sequence[str], slice_size: int = 1024) -> None:
-        """Raise context_length_exceeded for the first input over the limit, keeping only a slice's tokens in memory
+        """Raise ContextLengthExceeded for the first input over the limit, keeping only a slice's tokens in memory
         (async jobs validate up to a million inputs before they are accepted)."""
         loop = asyncio.get_running_loop()
         for start in range(0, len(texts), slice_size):
@@ -215,18 +206,14 @@ class ServedModel:
         if admit is not None:
             await admit(sum(item.length for item in tokens))
         batch_timings = CallTimings()
-        try:
+        try:  # QueueFull and DeadlineExceeded pass through
             pooled = await self.batcher.embed(tokens, deadline, background=background, timings=batch_timings)
-        except QueueFull:
-            raise errors.queue_full(self.id) from None
-        except DeadlineExceeded:
-            raise errors.deadline_exceeded() from None
         except BatchFailed as exc:
-            raise errors.internal(f"Inference failed on model '{self.id}': {exc}") from None
+            raise InferenceFailed(f"Inference failed on model '{self.id}': {exc}") from None
         vectors = finalize(pooled, options.dimensions, self._normalizes(options))
         bad = non_finite_rows(vectors)
         if bad.size:
-            raise errors.internal(f"Model '{self.id}' produced a non-finite vector for input {int(bad[0])}.")
+            raise InferenceFailed(f"Model '{self.id}' produced a non-finite vector for input {int(bad[0])}.")
         return EmbedResult(
             model=self.id,
             vectors=quantize(vectors, options.embedding_type, self._scalar_ranges(options)),

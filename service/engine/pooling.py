@@ -7,13 +7,15 @@ to every batch and tools.modelrepo verifies exported models with it. Each mode f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from service.manifest import DenseLayer, ModelManifest
+if TYPE_CHECKING:  # the manifest validates its fields against this module's modes and activations
+    from service.engine.manifest import DenseLayer, ModelManifest
 
 # Same floor as sentence-transformers' mean pooling (clamp of the token count).
 _MIN_TOKENS = 1e-9
@@ -42,29 +44,67 @@ def _gather(token_embeddings: np.ndarray, index: np.ndarray) -> np.ndarray:
     return token_embeddings[np.arange(token_embeddings.shape[0]), index]
 
 
+def _cls(token_embeddings: np.ndarray, mask: np.ndarray, original_mask: np.ndarray) -> np.ndarray:
+    return _gather(token_embeddings, _first_real(mask))
+
+
+def _last_token(token_embeddings: np.ndarray, mask: np.ndarray, original_mask: np.ndarray) -> np.ndarray:
+    seq = mask.shape[1]
+    flipped = mask[:, ::-1]
+    last = seq - 1 - flipped.argmax(axis=1)
+    last = np.where(flipped.max(axis=1) == 0, seq - 1, last)
+    return _gather(token_embeddings, last) * mask[np.arange(mask.shape[0]), last][:, None]
+
+
+def _max(token_embeddings: np.ndarray, mask: np.ndarray, original_mask: np.ndarray) -> np.ndarray:
+    return np.where(mask[:, :, None] > 0, token_embeddings, -np.inf).max(axis=1)
+
+
+def _token_counts(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    weights = mask.astype(np.float32)
+    return weights, np.maximum(weights.sum(axis=1, keepdims=True), _MIN_TOKENS)
+
+
+def _mean(token_embeddings: np.ndarray, mask: np.ndarray, original_mask: np.ndarray) -> np.ndarray:
+    weights, counts = _token_counts(mask)
+    return _masked_sum(token_embeddings, weights) / counts
+
+
+def _mean_sqrt_len(token_embeddings: np.ndarray, mask: np.ndarray, original_mask: np.ndarray) -> np.ndarray:
+    weights, counts = _token_counts(mask)
+    return _masked_sum(token_embeddings, weights) / np.sqrt(counts)
+
+
+def _weighted_mean(token_embeddings: np.ndarray, mask: np.ndarray, original_mask: np.ndarray) -> np.ndarray:
+    # Position weights 1, 2, ... from the first real token; prompt tokens left out keep the others' weights.
+    positions = np.arange(1, mask.shape[1] + 1, dtype=np.float32)[None, :]
+    weights = mask.astype(np.float32) * (positions - _first_real(original_mask)[:, None])
+    total = np.maximum(weights.sum(axis=1, keepdims=True), _MIN_TOKENS)
+    return _masked_sum(token_embeddings, weights) / total
+
+
+# (token embeddings [batch, seq, hidden], mask of the tokens pooled, mask of the real tokens) -> [batch, hidden]
+Pooler = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+# sentence-transformers' pooling modes by their names: a manifest's `pooling` names one or several of them.
+POOLERS: dict[str, Pooler] = {
+    "cls": _cls,
+    "max": _max,
+    "mean": _mean,
+    "mean_sqrt_len_tokens": _mean_sqrt_len,
+    "weightedmean": _weighted_mean,
+    "lasttoken": _last_token,
+}
+POOLING_MODES = tuple(POOLERS)
+# Several modes may be combined ("cls+mean"): their vectors are concatenated in that order.
+POOLING_SEPARATOR = "+"
+
+
 def pool_mode(token_embeddings: np.ndarray, mask: np.ndarray, original_mask: np.ndarray, mode: str) -> np.ndarray:
     """One pooling mode over [batch, seq, hidden]; `mask` marks the tokens pooled, `original_mask` the real ones."""
-    if mode == "cls":
-        return _gather(token_embeddings, _first_real(mask))
-    if mode == "lasttoken":
-        seq = mask.shape[1]
-        flipped = mask[:, ::-1]
-        last = seq - 1 - flipped.argmax(axis=1)
-        last = np.where(flipped.max(axis=1) == 0, seq - 1, last)
-        return _gather(token_embeddings, last) * mask[np.arange(mask.shape[0]), last][:, None]
-    if mode == "max":
-        return np.where(mask[:, :, None] > 0, token_embeddings, -np.inf).max(axis=1)
-    weights = mask.astype(np.float32)
-    if mode in ("mean", "mean_sqrt_len_tokens"):
-        counts = np.maximum(weights.sum(axis=1, keepdims=True), _MIN_TOKENS)
-        return _masked_sum(token_embeddings, weights) / (counts if mode == "mean" else np.sqrt(counts))
-    if mode == "weightedmean":
-        # Position weights 1, 2, ... from the first real token; prompt tokens left out keep the others' weights.
-        positions = np.arange(1, mask.shape[1] + 1, dtype=np.float32)[None, :]
-        weights = weights * (positions - _first_real(original_mask)[:, None])
-        total = np.maximum(weights.sum(axis=1, keepdims=True), _MIN_TOKENS)
-        return _masked_sum(token_embeddings, weights) / total
-    raise ValueError(f"unknown pooling mode {mode!r}")
+    pooler = POOLERS.get(mode)
+    if pooler is None:
+        raise ValueError(f"unknown pooling mode {mode!r}")
+    return pooler(token_embeddings, mask, original_mask)
 
 
 def pool(
@@ -88,7 +128,8 @@ def pool(
     return np.ascontiguousarray(pooled, dtype=np.float32)
 
 
-_ACTIVATIONS = {
+# A Dense layer's activations, by their lower-case torch.nn class name.
+ACTIVATIONS = {
     "identity": lambda x: x,
     "tanh": np.tanh,
     "relu": lambda x: np.maximum(x, 0.0),
@@ -99,7 +140,7 @@ _ACTIVATIONS = {
 
 @dataclass(frozen=True)
 class Dense:
-    """A loaded Dense layer (see service.manifest.DenseLayer); weights stored transposed for x @ weight."""
+    """A loaded Dense layer (see service.engine.manifest.DenseLayer); weights stored transposed for x @ weight."""
 
     weight: np.ndarray  # [in, out]
     bias: np.ndarray | None
@@ -123,7 +164,7 @@ class Dense:
         out = x @ self.weight
         if self.bias is not None:
             out += self.bias
-        out = _ACTIVATIONS[self.activation](out)
+        out = ACTIVATIONS[self.activation](out)
         if self.residual is not None:
             out = out + x @ self.residual
         elif self.add_input:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from service.manifest import ModelManifest
+from service.engine.manifest import ModelManifest
 
 
 @dataclass(frozen=True)

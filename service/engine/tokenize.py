@@ -16,15 +16,21 @@ few hundred kB, where an 8 MiB string took seconds and a gigabyte.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
+from service.engine.errors import InvalidInput, TooManyInputs
+
 # Characters of an input read per token of the model's limit.
 CHARS_PER_TOKEN = 16
+# The token ids callers may send instead of text: OpenAI's (what LangChain sends by default).
+TOKEN_ID_ENCODING = "cl100k_base"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +55,19 @@ class TokenizedInput:
     @property
     def truncated(self) -> bool:
         return self.partial or self.original_length > len(self.ids)
+
+
+def check_texts(texts: Sequence[str], cap: int) -> None:
+    """Refuse a call's texts before they cost anything: none, more than `cap`, or an empty one."""
+    if not texts:
+        raise InvalidInput("inputs must hold at least one input.", field="inputs")
+    if len(texts) > cap:
+        raise TooManyInputs(len(texts), cap)
+    for index, text in enumerate(texts):
+        if not text:
+            raise InvalidInput(
+                f"Input {index} is an empty string; every input must hold text.", field=f"inputs[{index}]"
+            )
 
 
 class TextTokenizer:
@@ -132,3 +151,44 @@ def _to_input(encoding: Encoding, original_length: int, partial: bool = False, c
         partial=partial,
         chars=chars,
     )
+
+
+def token_id_bound(max_chars: int) -> int:
+    """Token ids of one input worth reading for a model that reads `max_chars` characters: every cl100k id decodes
+    to at least one byte and a character takes at most four, so the first 4 x (max_chars + 2) ids decode to more
+    than `max_chars` whole characters, the same as the whole sequence's; the ids after them cannot change what the
+    model reads (the input is over its limit either way)."""
+    return 4 * (max_chars + 2)
+
+
+class TokenIdDecoder:
+    """Turns OpenAI cl100k_base token ids (what LangChain sends by default) back into text, offline; the model's
+    own tokenizer then embeds that text, so ids give the same vector as their text.
+
+    The tables take ~1.5 s to load, so they are loaded on first use, off the event loop.
+    """
+
+    def __init__(self, executor: Executor) -> None:
+        self._executor = executor
+        self._encoding = None
+        self._lock = asyncio.Lock()
+
+    async def load(self):
+        async with self._lock:
+            if self._encoding is None:
+                import bpe_openai
+
+                loop = asyncio.get_running_loop()
+                self._encoding = await loop.run_in_executor(self._executor, bpe_openai.get_encoding, TOKEN_ID_ENCODING)
+        return self._encoding
+
+    async def decode(self, sequences: Sequence[list[int]]) -> list[str]:
+        encoding = self._encoding or await self.load()
+        vocabulary = encoding.n_vocab
+        for n, ids in enumerate(sequences):
+            bad = next((i for i in ids if not 0 <= i < vocabulary), None)
+            if bad is not None:
+                raise InvalidInput(
+                    f"Input {n} holds token id {bad}, outside the {TOKEN_ID_ENCODING} vocabulary.", field="input"
+                )
+        return [encoding.decode(ids) for ids in sequences]

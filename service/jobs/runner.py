@@ -24,11 +24,13 @@ import orjson
 
 from service import errors
 from service.access.control import AccessControl
+from service.api.engine_errors import as_api_error
+from service.engine import errors as engine
 from service.engine.model import EmbedOptions
+from service.engine.registry import ModelRegistry
 from service.jobs import webhooks
 from service.jobs.store import Chunk, Delivery, Job, JobStore
 from service.observability.metrics import Metrics
-from service.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +197,8 @@ class JobWorkers:
         log.error("chunk %s/%d failed", chunk.job_id, chunk.idx, exc_info=error)
         failures = await asyncio.to_thread(self._store.release_chunk, chunk.job_id, chunk.idx, self._owner, True)
         if failures is not None and failures >= self._settings.max_chunk_failures:
-            last = error.message if isinstance(error, errors.ApiError) else f"{type(error).__name__}: {error}"
+            known = isinstance(error, errors.ApiError | engine.EngineError)
+            last = as_api_error(error).message if known else f"{type(error).__name__}: {error}"
             message = f"Inputs {chunk.start}..{chunk.start + chunk.count - 1} failed {failures} times; last: {last}"
             await asyncio.to_thread(
                 self._store.fail_job, chunk.job_id, {"code": "chunk_failed", "message": message}, now_s()
@@ -210,10 +213,13 @@ class JobWorkers:
             result = await model.embed(
                 chunk.inputs, embed_options(chunk.options), background=True, admit=self._admission(chunk)
             )
-        except errors.ApiError as err:
-            if err.reason in ("unavailable", "queue_full"):
-                await asyncio.to_thread(self._store.release_chunk, chunk.job_id, chunk.idx, self._owner, False)
-                return
+        except (engine.NotReady, engine.QueueFull):  # passing: the chunk goes back, uncounted
+            await asyncio.to_thread(self._store.release_chunk, chunk.job_id, chunk.idx, self._owner, False)
+            return
+        except engine.InferenceFailed:
+            raise
+        except (errors.ApiError, engine.EngineError) as exc:
+            err = as_api_error(exc)
             if err.code == grpc.StatusCode.INTERNAL:
                 raise
             await asyncio.to_thread(

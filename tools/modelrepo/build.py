@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from service.manifest import MODEL_FILE, TOKENIZER_FILE, ManifestError, ModelManifest
+from service.engine.manifest import MODEL_FILE, TOKENIZER_FILE, ManifestError, ModelManifest
 from tools.modelrepo import verify
 from tools.modelrepo.common import TOOL_NAME, TOOL_VERSION, BuildError, say
 from tools.modelrepo.export import (

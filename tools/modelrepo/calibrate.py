@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from service.engine.backends import RuntimeOptions, backend_factory
+from service.engine.encoder import Encoder
+from service.engine.manifest import MANIFEST_FILE, TOKENIZER_FILE, ModelManifest
 from service.engine.model import INPUT_TYPES
 from service.engine.pooling import EmbeddingHead, finalize
 from service.engine.prompts import Prompts
 from service.engine.quantize import ScalarRanges, ranges_key
-from service.engine.runtime import OnnxEncoder, RuntimeOptions
-from service.manifest import MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE, ModelManifest
 from tools.modelrepo.common import say
 from tools.modelrepo.verify import tokenize
 
@@ -41,7 +42,8 @@ def pooled_vectors(model_dir: Path, manifest: ModelManifest, texts: list[str]) -
     """The model's vectors after pooling and Dense, before shortening and normalization (the engine's path)."""
     tokenizer_path = model_dir / TOKENIZER_FILE
     prompts = Prompts.load(manifest, tokenizer_path, INPUT_TYPES)
-    encoder = OnnxEncoder(model_dir / MODEL_FILE, EmbeddingHead.from_manifest(manifest, model_dir), RuntimeOptions())
+    backend = backend_factory(manifest.backend)(model_dir, manifest, RuntimeOptions())  # the one the server runs
+    encoder = Encoder(backend, EmbeddingHead.from_manifest(manifest, model_dir))
     prompted = sorted(prompts.prepend(texts, ""), key=len)  # ranges ignore order; similar lengths pad least
     parts = [
         encoder.embed(

@@ -10,7 +10,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from service.manifest import INPUT_TYPE_PROMPTS, MANIFEST_FILE, ManifestError, ModelManifest
+from service.engine.manifest import INPUT_TYPE_PROMPTS, MANIFEST_FILE, ManifestError, ModelManifest
 from tools.modelrepo import __doc__ as PACKAGE_DOC
 from tools.modelrepo.build import Target, build_model, repo_lock
 from tools.modelrepo.calibrate import calibrate

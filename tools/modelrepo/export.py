@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from service.engine.runtime import INPUT_NAMES
-from service.manifest import MODEL_FILE, DenseLayer
+from service.engine.backends import INPUT_NAMES
+from service.engine.manifest import MODEL_FILE, DenseLayer
 from tools.modelrepo.common import BuildError, offline, say
 from tools.modelrepo.sources import Source, SourceDense
 

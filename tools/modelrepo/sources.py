@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from service.manifest import ACTIVATIONS, POOLING_MODES, POOLING_SEPARATOR, TOKENIZER_FILE
+from service.engine.manifest import TOKENIZER_FILE
+from service.engine.pooling import ACTIVATIONS, POOLING_MODES, POOLING_SEPARATOR
 from tools.modelrepo.common import BuildError, load_json, optional_json, sha256_file
 
 UNLIMITED_TOKENS = 1_000_000  # tokenizer configs say 1e30 for "no limit"; treat anything this big as unset

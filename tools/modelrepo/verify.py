@@ -7,18 +7,21 @@ prompts, normalization), so what is verified here is what the server will serve.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from service.engine.backends import RuntimeOptions, pad_batch
+from service.engine.backends.onnxruntime import OnnxRuntimeBackend
+from service.engine.encoder import Encoder
+from service.engine.manifest import ModelManifest
 from service.engine.model import INPUT_TYPES
 from service.engine.pooling import EmbeddingHead, finalize
 from service.engine.prompts import Prompts
-from service.engine.runtime import OnnxEncoder, RuntimeOptions, pad_batch
-from service.engine.tokenize import TokenizedInput
-from service.manifest import ModelManifest
+from service.engine.tokenize import TextTokenizer, TokenizedInput
 from tools.modelrepo.common import BuildError, say
 from tools.modelrepo.sources import Source
 
@@ -45,20 +48,10 @@ VERIFY_TEXTS = (
 def tokenize(
     tokenizer_path: Path, texts: Sequence[str], max_tokens: int, prompt_length: int = 0
 ) -> list[TokenizedInput]:
-    """Token ids as the server makes them for a call with `truncate`: cut to max_tokens, special tokens kept."""
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(tokenizer_path))
-    tokenizer.enable_truncation(max_tokens)
-    return [
-        TokenizedInput(
-            ids=np.asarray(enc.ids, dtype=np.int64),
-            type_ids=np.asarray(enc.type_ids, dtype=np.int64),
-            original_length=len(enc.ids),
-            prompt_length=prompt_length,
-        )
-        for enc in tokenizer.encode_batch(list(texts))
-    ]
+    """Token ids as the server makes them for a call with `truncate` (the engine's tokenizer): cut to max_tokens,
+    special tokens kept."""
+    tokens = TextTokenizer(tokenizer_path, max_tokens).encode(texts, truncate=True)
+    return [dataclasses.replace(item, prompt_length=prompt_length) for item in tokens]
 
 
 def sample_batch(tokenizer_path: Path, max_tokens: int) -> dict[str, np.ndarray]:
@@ -77,7 +70,8 @@ def serve_like_engine(
     """Vectors as the server computes them: prompt, tokenize, pad, run, pool, Dense, normalize."""
     tokenizer_path = model_dir / "tokenizer.json"
     prompts = Prompts.load(manifest, tokenizer_path, INPUT_TYPES)
-    encoder = OnnxEncoder(model_path, EmbeddingHead.from_manifest(manifest, model_dir), RuntimeOptions())
+    backend = OnnxRuntimeBackend(model_path, RuntimeOptions())
+    encoder = Encoder(backend, EmbeddingHead.from_manifest(manifest, model_dir))
     batch = tokenize(
         tokenizer_path, prompts.prepend(texts, input_type), manifest.max_input_tokens, prompts.excluded(input_type)
     )
@@ -102,8 +96,7 @@ def against_torch(model: Any, names: Sequence[str], onnx_path: Path, tokenizer_p
     feed = {n: feeds[n] for n in names}
     with torch.no_grad():  # transformers' own forward, with its own (causal, padding) masks
         expected = model(**{n: torch.from_numpy(v) for n, v in feed.items()}).last_hidden_state.numpy()
-    encoder = OnnxEncoder(onnx_path, EmbeddingHead(("mean",)), RuntimeOptions())
-    (actual,) = encoder.session.run(None, feed)
+    (actual,) = OnnxRuntimeBackend(onnx_path, RuntimeOptions()).session.run(None, feed)
     if actual.shape != expected.shape:
         raise BuildError(f"ONNX output shape {actual.shape} != torch {expected.shape}")
     valid = feed["attention_mask"].astype(bool)

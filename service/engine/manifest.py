@@ -1,13 +1,13 @@
 """The model manifest: what a model directory in the repository declares about itself.
 
 A model repository is a directory with one sub-directory per model (Triton-style). Each holds
-`model.onnx` (inputs `input_ids`, `attention_mask` and optionally `token_type_ids`, int64
-[batch, seq]; first output the token embeddings [batch, seq, hidden]; a model over 2 GB keeps its
-weights beside it in `model.onnx.data`), `tokenizer.json` (padding and truncation disabled: the
-engine does both), `dense_<i>.npz` for each Dense layer applied after pooling, and `manifest.json`,
-described by `ModelManifest`.
+`manifest.json` (described by `ModelManifest`), `tokenizer.json` (padding and truncation disabled: the
+engine does both), `dense_<i>.npz` for each Dense layer applied after pooling, and what its backend
+reads: for ONNX Runtime (the default) `model.onnx` (int64 [batch, seq] inputs among `input_ids`,
+`attention_mask`, `token_type_ids`; first output the token embeddings [batch, seq, hidden]; a model
+over 2 GB keeps its weights beside it in `model.onnx.data`). See service/engine/backends.
 
-This module has no heavy dependencies so that both the server and the offline build tools use it.
+This module needs no runtime (only numpy, through pooling) so that the offline build tools use it too.
 """
 
 from __future__ import annotations
@@ -17,16 +17,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from service.engine.backends import BACKENDS, is_backend_name
+from service.engine.pooling import ACTIVATIONS, POOLING_MODES, POOLING_SEPARATOR
+
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
-# sentence-transformers' pooling modes; several may be combined ("cls+mean"): their vectors are concatenated.
-POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
-POOLING_SEPARATOR = "+"
-# Runtimes a manifest may name; each is a backend of service/engine (ONNX Runtime: runtime.OnnxEncoder).
-BACKENDS = ("onnxruntime",)
-# Activations of a Dense layer, by their lower-case torch.nn class name.
-ACTIVATIONS = ("identity", "tanh", "relu", "sigmoid", "silu")
 # Prompt names the API's input_type selects; a manifest may hold other names (kept from the source model).
 INPUT_TYPE_PROMPTS = ("query", "document")
 
@@ -76,7 +72,7 @@ class ModelManifest:
     prompts: dict[str, str] = field(default_factory=dict)
     # The prompt of calls that name no input type ("" for none), as sentence-transformers' default_prompt_name.
     default_prompt_name: str = ""
-    # The runtime that runs model.onnx (one of BACKENDS).
+    # The runtime that turns token ids into token embeddings: a name of BACKENDS, or "package.module:attr".
     backend: str = "onnxruntime"
     # The network, as Hugging Face names it (config.json model_type: "bert", "qwen3", ...). ONNX Runtime does not
     # need it (the graph is self-contained); a backend that builds the network itself does.
@@ -108,8 +104,11 @@ class ModelManifest:
         bad = [d for d in self.shortened_dimensions if not 1 <= d <= self.dimensions]
         if bad:
             raise ManifestError(f"manifest {self.id}: shortened_dimensions {bad} outside 1..{self.dimensions}")
-        if self.backend not in BACKENDS:
-            raise ManifestError(f"manifest {self.id}: backend {self.backend!r} is not one of {BACKENDS}")
+        if not is_backend_name(self.backend):
+            raise ManifestError(
+                f"manifest {self.id}: backend {self.backend!r} is neither one of {tuple(BACKENDS)} "
+                "nor an import path 'package.module:attr'"
+            )
         if self.default_prompt_name and self.default_prompt_name not in self.prompts:
             raise ManifestError(f"manifest {self.id}: default_prompt_name {self.default_prompt_name!r} is not a prompt")
         self._check_dense()
@@ -118,7 +117,7 @@ class ModelManifest:
         for index, layer in enumerate(self.dense):
             where = f"manifest {self.id}: dense[{index}]"
             if layer.activation not in ACTIVATIONS:
-                raise ManifestError(f"{where}: activation {layer.activation!r} is not one of {ACTIVATIONS}")
+                raise ManifestError(f"{where}: activation {layer.activation!r} is not one of {tuple(ACTIVATIONS)}")
             if min(layer.in_features, layer.out_features) < 1 or "/" in layer.file or layer.file.startswith("."):
                 raise ManifestError(f"{where}: needs positive sizes and a file name inside the model directory")
             if index and self.dense[index - 1].out_features != layer.in_features:
