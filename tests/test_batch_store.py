@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.batches.store import SqliteStore
-from service.jobs.store import InvalidCursor, NotFound
+from service.jobs.records import InvalidCursor, NotFound
+from service.stores.sqlite import SqliteStore
 from tests.shared_stores import temp_schema
 
 T0 = 1_700_000_000

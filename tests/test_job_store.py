@@ -24,18 +24,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.jobs.store import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
-from service.jobs.store import (
-    Chunk,
-    InvalidCursor,
-    Job,
-    JobStore,
-    NotFound,
-    ResultsNotReady,
-    ResultsRemoved,
-    SqliteJobStore,
-    TooManyWebhooks,
-)
+from service.jobs.records import Chunk, InvalidCursor, Job, NotFound, ResultsNotReady, ResultsRemoved, TooManyWebhooks
+from service.jobs.store import JobStore
+from service.stores.schema import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
+from service.stores.sqlite import SqliteJobStore
 from tests.shared_stores import temp_schema
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -263,14 +255,16 @@ def test_takeovers_are_not_failures_and_released_chunks_are_claimed_at_once(stor
 
 
 def undo_batch_api(backend: Backend) -> list[str]:
-    """Statements that take a store back to schema 2: the Batch API's tables (3) and, on PostgreSQL, where jobs and
-    keys share one schema, the access flags (4)."""
+    """Statements that take a store back to schema 2: the jobs' key id column (5), on PostgreSQL the access flags
+    (4; SQLite keeps them beside its access tables, which predate its versioning) and the Batch API's tables (3)."""
     drops = [
         f"DROP TABLE {table}" for table in ("batch_spans", "batch_requests", "batch_jobs", "batches", "file_parts")
     ]
     if backend.name == "sqlite":  # migration 3 rebuilds events with a nullable job_id; running it again is harmless
-        return [*drops, "DELETE FROM events WHERE batch_id IS NOT NULL", "DROP TABLE files"]
+        return ["ALTER TABLE jobs DROP COLUMN key_id", *drops, "DELETE FROM events WHERE batch_id IS NOT NULL",
+                "DROP TABLE files"]  # fmt: skip
     return [
+        "ALTER TABLE jobs DROP COLUMN key_id",
         "DROP TABLE access_flags",
         "ALTER TABLE events DROP CONSTRAINT events_batch_type",
         "ALTER TABLE events DROP CONSTRAINT events_subject",
@@ -550,7 +544,7 @@ def test_sigkill_mid_job_loses_no_committed_work(db):
     script = textwrap.dedent(
         f"""
         import os, signal, numpy as np
-        from service.jobs.store import SqliteJobStore
+        from service.stores.sqlite import SqliteJobStore
         store = SqliteJobStore({str(db)!r})
         job = store.create_job("default", "mini", {{}}, {{}}, None, [f"t {{i}}" for i in range(10)], 3, {T0})
         for _ in range(2):

@@ -22,16 +22,9 @@ from service.access.scope import current_key_id, current_tenant
 from service.api.embeddings import rpc_errors
 from service.api.rest import TokenIdDecoder, as_rest_error, parse_request
 from service.jobs import webhooks
-from service.jobs.runner import KEY_ID_OPTION, now_s
-from service.jobs.store import (
-    InvalidCursor,
-    Job,
-    JobStore,
-    NotFound,
-    ResultsNotReady,
-    ResultsRemoved,
-    TooManyWebhooks,
-)
+from service.jobs.records import InvalidCursor, Job, NotFound, ResultsNotReady, ResultsRemoved, TooManyWebhooks
+from service.jobs.runner import now_s
+from service.jobs.store import JobStore
 from service.registry import ModelRegistry
 
 DEFAULT_PAGE, MAX_PAGE = 1000, 10000
@@ -150,7 +143,6 @@ class JobServicer(pb_grpc.JobServiceServicer):
             except errors.ApiError as err:
                 raise as_rest_error(err) from None
         stored = {"encoding_format": parsed.encoding_format, **dataclasses.asdict(parsed.options), "truncate": truncate}
-        stored[KEY_ID_OPTION] = current_key_id()  # its chunks are metered, and rate-limited, as this key's
         return parsed.model.id, parsed.texts, stored
 
     @rpc_errors
@@ -169,6 +161,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
                 texts,
                 self._chunk_size,
                 now_s(),
+                key_id=current_key_id(),  # its chunks are metered, and rate-limited, as this key's
             )
         except NotFound:
             raise errors.invalid_input(

@@ -26,14 +26,13 @@ from service import errors
 from service.access.control import AccessControl
 from service.engine.model import EmbedOptions
 from service.jobs import webhooks
-from service.jobs.store import Chunk, Delivery, Job, JobStore
+from service.jobs.records import Chunk, Delivery, Job
+from service.jobs.store import JobStore
 from service.observability.metrics import Metrics
 from service.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
-# Where the API servicer keeps the submitting key's id among a job's options.
-KEY_ID_OPTION = "key_id"
 
 EVENT_TYPES = {
     "completed": "embedding.job.completed",
@@ -244,7 +243,7 @@ class JobWorkers:
         access = self._access
         if access is None:
             return None
-        key_id = chunk.options.get(KEY_ID_OPTION)
+        key_id = chunk.key_id
 
         async def admit(tokens: int) -> None:
             await access.admit_job_tokens(chunk.tenant, key_id, tokens)
@@ -253,7 +252,7 @@ class JobWorkers:
 
     def _meter(self, chunk: Chunk, model: str, tokens: int) -> None:
         if self._access is not None:
-            self._access.meter.record(chunk.tenant, chunk.options.get(KEY_ID_OPTION), model, job_tokens=tokens)
+            self._access.meter.record(chunk.tenant, chunk.key_id, model, job_tokens=tokens)
 
     # --- webhooks ---------------------------------------------------------------------------------------------
 
