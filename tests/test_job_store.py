@@ -291,6 +291,37 @@ def test_a_store_of_schema_1_gains_failure_counts(backend):
     assert schema_versions(backend) == every_version(backend)
 
 
+def test_the_submitting_key_is_a_column_and_jobs_from_before_keep_theirs(backend):
+    """Schema 5 gave the key id a column; earlier jobs kept it among their options. Upgrading copies it over, and a
+    row still written the old way (a replica not upgraded yet) reads the same."""
+    with backend.open() as store:
+        new = make_job(store, n=2, chunk_size=1, key_id="key_new")
+        assert (new.key_id, new.options) == ("key_new", {"normalize": True})
+        old = store.create_job("default", "mini", {"normalize": True, "key_id": "key_old"}, {}, None, ["a"], 1, T0)
+        assert (old.key_id, old.options) == ("key_old", {"normalize": True})  # written the old way, read the new
+        opened = store.create_job("default", "mini", {}, {}, None, ["a"], 1, T0)
+        assert opened.key_id is None  # submitted while the server ran open
+    table = "schema_version" if backend.name == "sqlite" else "schema_migrations"
+    backend.query("ALTER TABLE jobs DROP COLUMN key_id", ())  # back to schema 4: the key id only in the options
+    backend.query(f"DELETE FROM {table} WHERE version > 4", ())
+    backend.query("UPDATE jobs SET options = ? WHERE id = ?", (json.dumps({"normalize": True, "key_id": "key_new"}),
+                                                                new.id))  # fmt: skip
+    with backend.open() as store:
+        assert backend.query("SELECT id, key_id FROM jobs ORDER BY seq", ()) == [
+            (new.id, "key_new"),
+            (old.id, "key_old"),
+            (opened.id, None),
+        ]
+        assert store.get_job("default", new.id) == new
+        claimed = {c.job_id: c for c in iter(lambda: store.claim_chunk("w1", T0, LEASE_S), None)}
+        assert {job_id: (c.key_id, c.options) for job_id, c in claimed.items()} == {
+            new.id: ("key_new", {"normalize": True}),
+            old.id: ("key_old", {"normalize": True}),
+            opened.id: (None, {}),
+        }
+    assert schema_versions(backend) == every_version(backend)
+
+
 def test_concurrent_claims_from_two_stores_never_share_a_chunk(backend):
     stores = [backend.open(), backend.open()]  # two replicas on one database
     job = make_job(stores[0], n=200, chunk_size=2)
