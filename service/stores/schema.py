@@ -15,10 +15,11 @@ them at every start (`ACCESS_SCHEMA`, idempotent); PostgreSQL created them in mi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from service.access.records import DEFAULT_TENANT
+from service.jobs.records import JobStoreError
 
 SQLITE, POSTGRES = "sqlite", "postgres"
 
@@ -338,3 +339,11 @@ MIGRATIONS: tuple[tuple[str | Only, ...], ...] = (
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def upgrades(current: int, dialect: str, where: str) -> Iterator[tuple[int, list[str]]]:
+    """(version, its statements) of each migration a database at version `current` lacks, in order."""
+    if current > SCHEMA_VERSION:
+        raise JobStoreError(f"{where}: schema version {current} is newer than this code ({SCHEMA_VERSION})")
+    for version in range(current + 1, SCHEMA_VERSION + 1):
+        yield version, statements(MIGRATIONS[version - 1], dialect)

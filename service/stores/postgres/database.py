@@ -151,12 +151,8 @@ class PostgresDatabase:
                 "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)"
             )
             current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0]
-            if current > schema.SCHEMA_VERSION:
-                raise JobStoreError(
-                    f"database schema version {current} is newer than this code ({schema.SCHEMA_VERSION})"
-                )
-            for version in range(current + 1, schema.SCHEMA_VERSION + 1):
-                for statement in schema.statements(schema.MIGRATIONS[version - 1], schema.POSTGRES):
+            for version, statements in schema.upgrades(current, schema.POSTGRES, "the database"):
+                for statement in statements:
                     conn.execute(statement)
                 conn.execute(
                     "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", (version, int(time.time()))

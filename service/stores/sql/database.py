@@ -61,6 +61,11 @@ def retried(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def claim_ids(db: Database, conn: Connection, sql: str, params: Sequence[Any]) -> list[Any]:
+    """The ids `sql` selects, locked until the transaction ends; rows another writer holds are skipped."""
+    return [row[0] for row in conn.execute(sql + db.skip_locked, params)]
+
+
 def dumps(value: Any) -> str:
     """Compact JSON, as stored in TEXT columns."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from service.batches.records import FileRecord, new_file_id
 from service.jobs.records import Page
-from service.stores.sql.database import Connection, Database, retried
+from service.stores.sql.database import Connection, Database, claim_ids, retried
 from service.stores.sql.pages import tenant_page
 from service.stores.sql.rows import FILE
+
+_EXPIRED_FILES_SQL = "SELECT id FROM files WHERE status = 'processed' AND expires_at <= ? ORDER BY expires_at LIMIT ?"
+_STALE_UPLOADS_SQL = "SELECT id FROM files WHERE status = 'uploading' AND created_at <= ? ORDER BY created_at LIMIT ?"
 
 
 def discard(conn: Connection, file_id: str) -> None:
@@ -98,25 +101,11 @@ class FileRows:
     @retried
     def expire_files(self, now: int, stale_before: int, limit: int = 100) -> int:
         with self._db.write() as conn:
-            expired = [
-                row[0]
-                for row in conn.execute(
-                    "SELECT id FROM files WHERE status = 'processed' AND expires_at <= ? ORDER BY expires_at LIMIT ?"
-                    + self._db.skip_locked,
-                    (now, limit),
-                )
-            ]
+            expired = claim_ids(self._db, conn, _EXPIRED_FILES_SQL, (now, limit))
             for file_id in expired:
                 conn.execute("UPDATE files SET status = 'deleted', deleted_at = ? WHERE id = ?", (now, file_id))
                 conn.execute("DELETE FROM file_parts WHERE file_id = ?", (file_id,))
-            stale = [
-                row[0]
-                for row in conn.execute(
-                    "SELECT id FROM files WHERE status = 'uploading' AND created_at <= ? ORDER BY created_at LIMIT ?"
-                    + self._db.skip_locked,
-                    (stale_before, limit),
-                )
-            ]
+            stale = claim_ids(self._db, conn, _STALE_UPLOADS_SQL, (stale_before, limit))
             for file_id in stale:
                 discard(conn, file_id)
         return len(expired) + len(stale)

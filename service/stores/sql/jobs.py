@@ -26,10 +26,15 @@ from service.jobs.records import (
     ResultsRemoved,
     new_id,
 )
-from service.stores.sql.database import Connection, Database, dumps, retried
+from service.stores.sql.database import Connection, Database, claim_ids, dumps, retried
 from service.stores.sql.pages import tenant_page
 from service.stores.sql.rows import CHUNK, JOB
 from service.stores.sql.webhooks import record_job_event, require_webhook
+
+_EXPIRED_JOBS_SQL = (
+    "SELECT id FROM jobs WHERE results_removed = 0 AND expires_at IS NOT NULL AND expires_at <= ?"
+    " ORDER BY expires_at LIMIT ?"
+)
 
 
 def duration(seconds: int) -> str:
@@ -310,14 +315,7 @@ class JobRows:
     @retried
     def _expire_results(self, now: int, limit: int) -> list[str]:
         with self._db.write() as conn:
-            expired = [
-                row[0]
-                for row in conn.execute(
-                    "SELECT id FROM jobs WHERE results_removed = 0 AND expires_at IS NOT NULL AND expires_at <= ?"
-                    " ORDER BY expires_at LIMIT ?" + self._db.skip_locked,
-                    (now, limit),
-                )
-            ]
+            expired = claim_ids(self._db, conn, _EXPIRED_JOBS_SQL, (now, limit))
             for job_id in expired:
                 conn.execute("DELETE FROM chunks WHERE job_id = ?", (job_id,))
                 conn.execute("UPDATE jobs SET results_removed = 1 WHERE id = ?", (job_id,))

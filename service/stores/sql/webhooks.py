@@ -13,12 +13,18 @@ from service.jobs.records import (
     Webhook,
     new_id,
 )
-from service.stores.sql.database import Connection, Database, retried
+from service.stores.sql.database import Connection, Database, claim_ids, retried
 from service.stores.sql.rows import ATTEMPT, DELIVERY, EVENT, WEBHOOK
 
 _DELIVERY_SQL = (
     f"SELECT {DELIVERY.select} FROM deliveries d"
     " JOIN events e ON e.id = d.event_id JOIN webhooks w ON w.id = d.webhook_id"
+)
+
+
+_DUE_DELIVERIES_SQL = (
+    "SELECT id FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ?"
+    " AND (lease_expires_at IS NULL OR lease_expires_at <= ?) ORDER BY next_attempt_at, seq LIMIT ?"
 )
 
 
@@ -151,15 +157,7 @@ class WebhookRows:
     @retried
     def due_deliveries(self, now: int, limit: int, owner: str, lease_s: int) -> list[Delivery]:
         with self._db.write() as conn:
-            ids = [
-                row[0]
-                for row in conn.execute(
-                    "SELECT id FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ?"
-                    " AND (lease_expires_at IS NULL OR lease_expires_at <= ?) ORDER BY next_attempt_at, seq LIMIT ?"
-                    + self._db.skip_locked,
-                    (now, now, limit),
-                )
-            ]
+            ids = claim_ids(self._db, conn, _DUE_DELIVERIES_SQL, (now, now, limit))
             conn.executemany(
                 "UPDATE deliveries SET lease_owner = ?, lease_expires_at = ? WHERE id = ?",
                 [(owner, now + lease_s, delivery_id) for delivery_id in ids],

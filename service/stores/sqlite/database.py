@@ -72,12 +72,8 @@ class SqliteDatabase:
             with self.write() as conn:
                 conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
                 current = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
-                if current > schema.SCHEMA_VERSION:
-                    raise JobStoreError(
-                        f"{self.path}: schema version {current} is newer than this code ({schema.SCHEMA_VERSION})"
-                    )
-                for version in range(current + 1, schema.SCHEMA_VERSION + 1):
-                    for statement in schema.statements(schema.MIGRATIONS[version - 1], schema.SQLITE):
+                for version, statements in schema.upgrades(current, schema.SQLITE, self.label):
+                    for statement in statements:
                         conn.execute(statement)
                     conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
                 for statement in schema.statements(schema.ACCESS_SCHEMA, schema.SQLITE):
