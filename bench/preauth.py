@@ -38,7 +38,7 @@ import yaml
 
 from bench.common import RESULTS, Meter, machine_facts
 from gateway.envoy import GatewayPorts, envoy_command, render
-from service.access.store import SqliteAccessStore
+from service.stores.sqlite import SqliteAccessStore
 from tests.serving import ROOT, ServerProcess, free_port
 from tests.stsb import load_pairs
 

@@ -14,7 +14,8 @@ import sys
 import time
 from dataclasses import asdict
 
-from service.access.store import AccessStore, KeyRecord, UsageRow
+from service.access.records import KeyRecord, UsageRow
+from service.access.store import AccessStore
 from service.config import Settings
 from service.stores import open_access_store
 

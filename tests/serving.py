@@ -64,7 +64,11 @@ class ServerProcess:
             self.stop()
             raise RuntimeError(f"server did not start listening:\n{self.log}")
         if wait_ready:
-            self.wait_serving(timeout)
+            try:
+                self.wait_serving(timeout)
+            except BaseException:
+                self.stop()  # a server that never got ready is not left running (the `with` never entered)
+                raise
         return self
 
     def _read(self) -> None:

@@ -18,8 +18,8 @@ from embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 
 from service.access.control import OpenMode
 from service.access.limits import format_duration
-from service.access.store import KeySnapshot, SqliteAccessStore
-from service.jobs.store import SqliteJobStore
+from service.access.records import KeySnapshot
+from service.stores.sqlite import SqliteAccessStore, SqliteJobStore
 from tests.serving import ROOT, ServerProcess, free_port, http
 
 

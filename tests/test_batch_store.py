@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.batches.store import SqliteStore
-from service.jobs.store import InvalidCursor, NotFound
+from service.batches.store import BatchStore
+from service.jobs.records import InvalidCursor, NotFound
+from service.stores.sqlite import SqliteStore
 from tests.shared_stores import temp_schema
 
 T0 = 1_700_000_000
@@ -37,6 +38,10 @@ def add_file(store, tenant: str = "acme", parts: tuple[bytes, ...] = (b'{"a": 1}
         store.append_file_part(file_id, idx, data)
     store.finish_file(file_id, sum(map(len, parts)), len(parts), T0 + DAY)
     return file_id
+
+
+def test_store_implements_the_interface(store):
+    assert {name for name in dir(BatchStore) if not name.startswith("_")} <= set(dir(store))
 
 
 def test_files_are_written_in_parts_and_belong_to_their_tenant(store):

@@ -24,18 +24,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.jobs.store import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
-from service.jobs.store import (
-    Chunk,
-    InvalidCursor,
-    Job,
-    JobStore,
-    NotFound,
-    ResultsNotReady,
-    ResultsRemoved,
-    SqliteJobStore,
-    TooManyWebhooks,
-)
+from service.jobs.records import Chunk, InvalidCursor, Job, NotFound, ResultsNotReady, ResultsRemoved, TooManyWebhooks
+from service.jobs.store import JobStore
+from service.stores.schema import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
+from service.stores.sqlite import SqliteJobStore
 from tests.shared_stores import temp_schema
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -263,14 +255,16 @@ def test_takeovers_are_not_failures_and_released_chunks_are_claimed_at_once(stor
 
 
 def undo_batch_api(backend: Backend) -> list[str]:
-    """Statements that take a store back to schema 2: the Batch API's tables (3) and, on PostgreSQL, where jobs and
-    keys share one schema, the access flags (4)."""
+    """Statements that take a store back to schema 2: the jobs' key id column (5), on PostgreSQL the access flags
+    (4; SQLite keeps them beside its access tables, which predate its versioning) and the Batch API's tables (3)."""
     drops = [
         f"DROP TABLE {table}" for table in ("batch_spans", "batch_requests", "batch_jobs", "batches", "file_parts")
     ]
     if backend.name == "sqlite":  # migration 3 rebuilds events with a nullable job_id; running it again is harmless
-        return [*drops, "DELETE FROM events WHERE batch_id IS NOT NULL", "DROP TABLE files"]
+        return ["ALTER TABLE jobs DROP COLUMN key_id", *drops, "DELETE FROM events WHERE batch_id IS NOT NULL",
+                "DROP TABLE files"]  # fmt: skip
     return [
+        "ALTER TABLE jobs DROP COLUMN key_id",
         "DROP TABLE access_flags",
         "ALTER TABLE events DROP CONSTRAINT events_batch_type",
         "ALTER TABLE events DROP CONSTRAINT events_subject",
@@ -294,6 +288,37 @@ def test_a_store_of_schema_1_gains_failure_counts(backend):
         chunk = store.claim_chunk("w2", T0, LEASE_S)
         assert (chunk.job_id, chunk.idx, chunk.failures) == (job.id, 1, 0)
         assert store.release_chunk(job.id, 0, "w1", failed=True) == 1
+    assert schema_versions(backend) == every_version(backend)
+
+
+def test_the_submitting_key_is_a_column_and_jobs_from_before_keep_theirs(backend):
+    """Schema 5 gave the key id a column; earlier jobs kept it among their options. Upgrading copies it over, and a
+    row still written the old way (a replica not upgraded yet) reads the same."""
+    with backend.open() as store:
+        new = make_job(store, n=2, chunk_size=1, key_id="key_new")
+        assert (new.key_id, new.options) == ("key_new", {"normalize": True})
+        old = store.create_job("default", "mini", {"normalize": True, "key_id": "key_old"}, {}, None, ["a"], 1, T0)
+        assert (old.key_id, old.options) == ("key_old", {"normalize": True})  # written the old way, read the new
+        opened = store.create_job("default", "mini", {}, {}, None, ["a"], 1, T0)
+        assert opened.key_id is None  # submitted while the server ran open
+    table = "schema_version" if backend.name == "sqlite" else "schema_migrations"
+    backend.query("ALTER TABLE jobs DROP COLUMN key_id", ())  # back to schema 4: the key id only in the options
+    backend.query(f"DELETE FROM {table} WHERE version > 4", ())
+    backend.query("UPDATE jobs SET options = ? WHERE id = ?", (json.dumps({"normalize": True, "key_id": "key_new"}),
+                                                                new.id))  # fmt: skip
+    with backend.open() as store:
+        assert backend.query("SELECT id, key_id FROM jobs ORDER BY seq", ()) == [
+            (new.id, "key_new"),
+            (old.id, "key_old"),
+            (opened.id, None),
+        ]
+        assert store.get_job("default", new.id) == new
+        claimed = {c.job_id: c for c in iter(lambda: store.claim_chunk("w1", T0, LEASE_S), None)}
+        assert {job_id: (c.key_id, c.options) for job_id, c in claimed.items()} == {
+            new.id: ("key_new", {"normalize": True}),
+            old.id: ("key_old", {"normalize": True}),
+            opened.id: (None, {}),
+        }
     assert schema_versions(backend) == every_version(backend)
 
 
@@ -550,7 +575,7 @@ def test_sigkill_mid_job_loses_no_committed_work(db):
     script = textwrap.dedent(
         f"""
         import os, signal, numpy as np
-        from service.jobs.store import SqliteJobStore
+        from service.stores.sqlite import SqliteJobStore
         store = SqliteJobStore({str(db)!r})
         job = store.create_job("default", "mini", {{}}, {{}}, None, [f"t {{i}}" for i in range(10)], 3, {T0})
         for _ in range(2):

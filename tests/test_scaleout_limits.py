@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from service.access.limits import LocalRateLimiter, Quota
-from service.access.store import UsageDelta
+from service.access.records import UsageDelta
 from tests.shared_stores import REDIS_URL, temp_redis_prefix, temp_schema
 
 T0 = 1_700_000_000

@@ -29,12 +29,12 @@ from service.access.limits import (
     rate_headers,
     retry_headers,
 )
-from service.access.store import AccessStore, KeyRecord, KeySnapshot, TenantRecord
+from service.access.records import DEFAULT_TENANT, KeyRecord, KeySnapshot, TenantRecord
+from service.access.store import AccessStore
 from service.access.usage import UsageMeter
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TENANT = "default"
 REFRESH_S = 1.0
 JOB_WAIT_STEP_S = 1.0
 

@@ -14,7 +14,8 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
-from service.access.store import AccessStore, UsageDelta
+from service.access.records import UsageDelta
+from service.access.store import AccessStore
 
 log = logging.getLogger(__name__)
 

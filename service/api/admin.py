@@ -11,7 +11,7 @@ from embeddings.v1 import admin_pb2_grpc as pb_grpc
 
 from service import errors
 from service.access.control import AccessControl
-from service.access.store import KeyRecord, UsageRow
+from service.access.records import KeyRecord, UsageRow
 from service.api.embeddings import rpc_errors
 from service.jobs.runner import now_s
 

@@ -25,9 +25,9 @@ from service.api.embeddings import rpc_errors
 from service.batches import objects
 from service.batches.files import UploadLimits, UploadReceiver, expiry_seconds, stream_parts
 from service.batches.runner import ENDPOINT, BatchSettings
-from service.batches.store import BatchStoreMixin
+from service.batches.store import BatchStore
+from service.jobs.records import InvalidCursor, NotFound
 from service.jobs.runner import now_s
-from service.jobs.store import InvalidCursor, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def rpc_stream_errors(method: Callable[..., AsyncIterator]) -> Callable[..., Asy
 
 
 class FileServicer(pb_grpc.FileServiceServicer):
-    def __init__(self, store: BatchStoreMixin, limits: UploadLimits) -> None:
+    def __init__(self, store: BatchStore, limits: UploadLimits) -> None:
         self._store = store
         self._limits = limits
 
@@ -155,7 +155,7 @@ def _missing(name: str) -> errors.ApiError:
 
 
 class BatchServicer(pb_grpc.BatchServiceServicer):
-    def __init__(self, store: BatchStoreMixin, settings: BatchSettings, on_change: Callable[[], None]) -> None:
+    def __init__(self, store: BatchStore, settings: BatchSettings, on_change: Callable[[], None]) -> None:
         self._store = store
         self._settings = settings
         self._on_change = on_change

@@ -25,16 +25,9 @@ from service.engine.errors import EngineError
 from service.engine.registry import ModelRegistry
 from service.engine.tokenize import TokenIdDecoder
 from service.jobs import webhooks
-from service.jobs.runner import KEY_ID_OPTION, now_s
-from service.jobs.store import (
-    InvalidCursor,
-    Job,
-    JobStore,
-    NotFound,
-    ResultsNotReady,
-    ResultsRemoved,
-    TooManyWebhooks,
-)
+from service.jobs.records import InvalidCursor, Job, NotFound, ResultsNotReady, ResultsRemoved, TooManyWebhooks
+from service.jobs.runner import now_s
+from service.jobs.store import JobStore
 
 DEFAULT_PAGE, MAX_PAGE = 1000, 10000
 # OpenAI's limits on `metadata`: 16 pairs, keys up to 64 characters, values up to 512.
@@ -152,7 +145,6 @@ class JobServicer(pb_grpc.JobServiceServicer):
             except EngineError as err:
                 raise as_rest_error(err) from None
         stored = {"encoding_format": parsed.encoding_format, **dataclasses.asdict(parsed.options), "truncate": truncate}
-        stored[KEY_ID_OPTION] = current_key_id()  # its chunks are metered, and rate-limited, as this key's
         return parsed.model.id, parsed.texts, stored
 
     @rpc_errors
@@ -171,6 +163,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
                 texts,
                 self._chunk_size,
                 now_s(),
+                key_id=current_key_id(),  # its chunks are metered, and rate-limited, as this key's
             )
         except NotFound:
             raise errors.invalid_input(

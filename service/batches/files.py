@@ -16,7 +16,8 @@ import grpc
 import multipart
 
 from service import errors
-from service.batches.store import BatchStoreMixin, FileRecord
+from service.batches.records import FileRecord
+from service.batches.store import BatchStore
 
 PART_BYTES = 1024 * 1024
 # Parts read at a time when a file is read back (4 MiB).
@@ -99,7 +100,7 @@ class LineCounter:
 class PartWriter:
     """Appends bytes to a stored file one part at a time."""
 
-    def __init__(self, store: BatchStoreMixin, file_id: str) -> None:
+    def __init__(self, store: BatchStore, file_id: str) -> None:
         self._store = store
         self.file_id = file_id
         self._buffer = bytearray()
@@ -187,7 +188,7 @@ def expiry_seconds(anchor: str | None, seconds: str | int | None, field: str) ->
 class UploadReceiver:
     """One multipart upload, parsed as it streams in: small fields kept, the file written part by part."""
 
-    def __init__(self, store: BatchStoreMixin, tenant: str, now: int, limits: UploadLimits) -> None:
+    def __init__(self, store: BatchStore, tenant: str, now: int, limits: UploadLimits) -> None:
         self._store = store
         self._tenant = tenant
         self._now = now
@@ -293,7 +294,7 @@ class UploadReceiver:
         )
 
 
-def iter_lines(store: BatchStoreMixin, file_id: str) -> Iterator[tuple[int, bytes]]:
+def iter_lines(store: BatchStore, file_id: str) -> Iterator[tuple[int, bytes]]:
     """(line number from 1, bytes) of every non-blank line of a stored file, reading a few parts at a time.
     Blocking: run it in a thread. Lines are as long as uploads allow (`UploadLimits.max_line_bytes`)."""
     pending = b""
@@ -316,7 +317,7 @@ def iter_lines(store: BatchStoreMixin, file_id: str) -> Iterator[tuple[int, byte
         yield number + 1, pending
 
 
-async def stream_parts(store: BatchStoreMixin, file_id: str) -> AsyncIterator[bytes]:
+async def stream_parts(store: BatchStore, file_id: str) -> AsyncIterator[bytes]:
     """A stored file's bytes, `READ_PARTS` parts at a time."""
     first = 0
     while True:

@@ -10,7 +10,7 @@ import orjson
 
 from service import errors
 from service.api.rest import as_rest_error
-from service.batches.store import Batch, FileRecord
+from service.batches.records import Batch, FileRecord
 
 # gRPC code -> HTTP status, as Envoy's transcoder maps them, and HTTP status -> OpenAI error type, as the gateway's
 # error mapper (gateway/openai_errors.lua) does: a refused batch line reads like the live call's answer.

@@ -37,13 +37,14 @@ from service.access.control import Principal
 from service.api.rest import as_rest_error, openai_body, parse_request
 from service.batches import objects
 from service.batches.files import PartWriter, iter_lines
-from service.batches.store import Batch, BatchRequest, BatchStoreMixin
+from service.batches.records import Batch, BatchRequest
+from service.batches.store import BatchStore
 from service.engine.errors import ContextLengthExceeded, EngineError
 from service.engine.model import EmbedResult
 from service.engine.registry import ModelRegistry
 from service.engine.tokenize import TokenIdDecoder
-from service.jobs.runner import KEY_ID_OPTION, now_s
-from service.jobs.store import Job, ResultsNotReady, ResultsRemoved
+from service.jobs.records import Job, ResultsNotReady, ResultsRemoved
+from service.jobs.runner import now_s
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ class LeaseLost(Exception):
 class _Lease:
     """The worker's hold on one batch, renewed at most every third of its length."""
 
-    def __init__(self, store: BatchStoreMixin, batch_id: str, owner: str, lease_s: int) -> None:
+    def __init__(self, store: BatchStore, batch_id: str, owner: str, lease_s: int) -> None:
         self._store, self._batch_id, self._owner, self._lease_s = store, batch_id, owner, lease_s
         self._renewed = time.monotonic()
 
@@ -186,7 +187,7 @@ class BatchWorkers:
 
     def __init__(
         self,
-        store: BatchStoreMixin,
+        store: BatchStore,
         registry: ModelRegistry,
         decoder: TokenIdDecoder,
         settings: BatchSettings,
@@ -390,7 +391,7 @@ class BatchWorkers:
         self, batch: Batch, models: KeyModels, model_id: str | None, lease: _Lease
     ) -> tuple[list[tuple], int]:
         """The second pass: each request parsed like a live call; accepted inputs become jobs, a part at a time.
-        Returns the request rows (see `BatchStoreMixin.start_batch`) and how many were refused."""
+        Returns the request rows (see `BatchStore.start_batch`) and how many were refused."""
         rows: list[tuple] = []
         parts: dict[tuple, _Part] = {}
         numbers = iter(range(1_000_000))
@@ -477,18 +478,18 @@ class BatchWorkers:
         job_id = batch_job_id(batch.id, part.number)
         job = await asyncio.to_thread(self._store.get_job, batch.tenant, job_id)
         if job is None:
-            options = {**part.options, KEY_ID_OPTION: batch.key_id}
             job = await asyncio.to_thread(
                 self._store.create_job,
                 batch.tenant,
                 model_id,
-                options,
+                part.options,
                 {"batch_id": batch.id},
                 None,
                 part.texts,
                 self._settings.chunk_size,
                 now_s(),
                 job_id,
+                batch.key_id,
             )
         elif job.total_inputs != len(part.texts):
             raise RuntimeError(f"batch {batch.id}: job {job_id} holds {job.total_inputs} inputs, not {len(part.texts)}")
@@ -620,14 +621,14 @@ class _LineWriter:
 class _JobReader:
     """A batch job's vectors, read back one chunk at a time (the chunk in use is kept)."""
 
-    def __init__(self, store: BatchStoreMixin, tenant: str, job: Job) -> None:
+    def __init__(self, store: BatchStore, tenant: str, job: Job) -> None:
         self._store = store
         self._tenant = tenant
         self.job = job
         self._chunk: tuple[int, Any] | None = None
 
     @classmethod
-    async def open(cls, store: BatchStoreMixin, tenant: str, job_id: str) -> _JobReader:
+    async def open(cls, store: BatchStore, tenant: str, job_id: str) -> _JobReader:
         job = await asyncio.to_thread(store.get_job, tenant, job_id)
         if job is None:
             raise RuntimeError(f"job {job_id} of a batch is missing")

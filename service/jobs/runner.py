@@ -29,13 +29,12 @@ from service.engine import errors as engine
 from service.engine.model import EmbedOptions
 from service.engine.registry import ModelRegistry
 from service.jobs import webhooks
-from service.jobs.store import Chunk, Delivery, Job, JobStore
+from service.jobs.records import Chunk, Delivery, Job
+from service.jobs.store import JobStore
 from service.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-# Where the API servicer keeps the submitting key's id among a job's options.
-KEY_ID_OPTION = "key_id"
 
 EVENT_TYPES = {
     "completed": "embedding.job.completed",
@@ -250,7 +249,7 @@ class JobWorkers:
         access = self._access
         if access is None:
             return None
-        key_id = chunk.options.get(KEY_ID_OPTION)
+        key_id = chunk.key_id
 
         async def admit(tokens: int) -> None:
             await access.admit_job_tokens(chunk.tenant, key_id, tokens)
@@ -259,7 +258,7 @@ class JobWorkers:
 
     def _meter(self, chunk: Chunk, model: str, tokens: int) -> None:
         if self._access is not None:
-            self._access.meter.record(chunk.tenant, chunk.options.get(KEY_ID_OPTION), model, job_tokens=tokens)
+            self._access.meter.record(chunk.tenant, chunk.key_id, model, job_tokens=tokens)
 
     # --- webhooks ---------------------------------------------------------------------------------------------
 

@@ -12,12 +12,11 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from service.access.records import DEFAULT_TENANT
 from service.access.scope import current_tenant
 
 if TYPE_CHECKING:
     from service.engine.model import EmbedResult, EmbedTimings
-
-DEFAULT_TENANT = "default"
 
 
 @dataclass(slots=True)

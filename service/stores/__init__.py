@@ -11,10 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from service.access.limits import LocalRateLimiter, RateLimiter
-from service.access.store import AccessStore, SqliteAccessStore
-from service.batches.store import SqliteStore
+from service.access.store import AccessStore
+from service.batches.store import BatchStore
 from service.config import Settings
-from service.jobs.store import Announce, JobStore
+from service.jobs.records import Announce
+from service.stores.sqlite import DB_NAME, SqliteAccessStore, SqliteStore
 
 SHARED_SCHEMES = ("postgresql://", "postgres://")
 
@@ -28,15 +29,13 @@ def shared(settings: Settings) -> bool:
     raise ValueError("store_url must be empty (SQLite in data_dir) or a postgresql:// URL")
 
 
-def open_job_store(settings: Settings, announce: Announce | None = None) -> JobStore:
-    """Jobs and webhooks, with the Batch API's files and batches (service/batches/store.py) beside them."""
+def open_job_store(settings: Settings, announce: Announce | None = None) -> BatchStore:
+    """Jobs and webhooks, with the Batch API's files and batches beside them."""
     if shared(settings):
         from service.stores.postgres import PostgresStore
 
         return PostgresStore(settings.store_url, retention_s=settings.results_retention_s, announce=announce)
-    return SqliteStore(
-        Path(settings.data_dir) / "jobs.sqlite3", retention_s=settings.results_retention_s, announce=announce
-    )
+    return SqliteStore(Path(settings.data_dir) / DB_NAME, retention_s=settings.results_retention_s, announce=announce)
 
 
 def open_access_store(settings: Settings) -> AccessStore:

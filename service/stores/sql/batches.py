@@ -1,0 +1,297 @@
+"""Batches: created `validating`, leased by workers step by step, ended with their files and event at once."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from service.batches.records import Batch, BatchAnnounce, BatchRequest
+from service.jobs.records import NotFound, Page, new_id
+from service.stores.sql.database import Connection, Database, dumps, retried
+from service.stores.sql.pages import tenant_page
+from service.stores.sql.rows import BATCH, BATCH_REQUEST
+from service.stores.sql.webhooks import record_event, require_webhook
+
+_FINAL_TIMESTAMP = {"completed": "completed_at", "cancelled": "cancelled_at", "expired": "expired_at"}
+# A batch that needs a worker: a step to run, or (in progress) jobs that all ended or a window that passed.
+_CLAIMABLE_BATCH_SQL = """
+SELECT b.id FROM batches b
+WHERE b.status IN ('validating', 'finalizing', 'cancelling', 'in_progress')
+  AND (b.lease_expires_at IS NULL OR b.lease_expires_at <= :now)
+  AND (b.status <> 'in_progress' OR b.expires_at <= :now
+       OR NOT EXISTS (SELECT 1 FROM batch_jobs bj JOIN jobs j ON j.id = bj.job_id
+                      WHERE bj.batch_id = b.id AND j.status IN ('queued', 'in_progress')))
+ORDER BY b.seq
+LIMIT 1
+"""
+
+
+class BatchRows:
+    """`BatchStore`'s batches, their jobs and requests; `batch_announce` builds the event recorded, in the same
+    transaction, when a batch finishes: (type, data JSON), or None."""
+
+    _db: Database
+    batch_announce: BatchAnnounce | None = None
+
+    def create_batch(
+        self,
+        tenant: str,
+        key_id: str | None,
+        models: Sequence[str] | None,
+        input_file_id: str,
+        endpoint: str,
+        completion_window: str,
+        metadata: dict[str, str],
+        webhook_id: str | None,
+        output_expires_after: int,
+        now: int,
+        window_s: int,
+    ) -> Batch:
+        """A `validating` batch. NotFound if the webhook or the input file (purpose batch) is not this tenant's."""
+        batch_id = new_id("batch")
+        with self._db.write() as conn:
+            require_webhook(conn, tenant, webhook_id)
+            found = conn.execute(
+                "SELECT 1 FROM files WHERE id = ? AND tenant = ? AND status = 'processed' AND purpose = 'batch'",
+                (input_file_id, tenant),
+            ).fetchone()
+            if found is None:
+                raise NotFound(f"No file '{input_file_id}'.")
+            conn.execute(
+                "INSERT INTO batches (id, tenant, key_id, models, status, endpoint, completion_window, input_file_id,"
+                " output_expires_after, metadata, webhook_id, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, 'validating', ?, ?, ?, ?, ?, ?, ?, ?)",
+                (batch_id, tenant, key_id, dumps(list(models)) if models is not None else None, endpoint,
+                 completion_window, input_file_id, output_expires_after, dumps(metadata), webhook_id, now,
+                 now + window_s),
+            )  # fmt: skip
+            return self._batch_row(conn, batch_id)
+
+    @staticmethod
+    def _batch_row(conn: Connection, batch_id: str, tenant: str | None = None) -> Batch:
+        sql, params = f"SELECT {BATCH.select} FROM batches WHERE id = ?", (batch_id,)
+        if tenant is not None:
+            sql, params = sql + " AND tenant = ?", (batch_id, tenant)
+        row = conn.execute(sql, params).fetchone()
+        return BATCH(row) if row is not None else None  # type: ignore[return-value]
+
+    def get_batch(self, tenant: str, batch_id: str) -> Batch | None:
+        with self._db.read() as conn:
+            return self._batch_row(conn, batch_id, tenant)
+
+    def list_batches(self, tenant: str, limit: int = 20, after: str | None = None) -> Page[Batch]:
+        with self._db.read() as conn:
+            return tenant_page(conn, "batches", BATCH, tenant, limit, after, noun="batch")
+
+    @retried
+    def cancel_batch(self, tenant: str, batch_id: str, now: int) -> Batch | None:
+        """Validating or in progress -> cancelling (a worker then stops its jobs and writes what is done); any
+        other batch comes back unchanged."""
+        with self._db.write() as conn:
+            conn.execute(
+                "UPDATE batches SET status = 'cancelling', cancelling_at = ?, lease_owner = NULL,"
+                " lease_expires_at = NULL WHERE id = ? AND tenant = ? AND status IN ('validating', 'in_progress')",
+                (now, batch_id, tenant),
+            )
+            return self._batch_row(conn, batch_id, tenant)
+
+    # --- worker side ----------------------------------------------------------------------------------------------
+
+    @retried
+    def claim_batch(self, owner: str, now: int, lease_s: int) -> Batch | None:
+        """Lease the next batch that needs a worker: to validate, finalize or cancel, or in progress with all its
+        jobs ended or its window passed."""
+        with self._db.write() as conn:
+            row = conn.execute(_CLAIMABLE_BATCH_SQL + self._db.skip_locked.replace("FOR UPDATE", "FOR UPDATE OF b"),
+                               {"now": now}).fetchone()  # fmt: skip
+            if row is None:
+                return None
+            conn.execute(
+                "UPDATE batches SET lease_owner = ?, lease_expires_at = ? WHERE id = ?", (owner, now + lease_s, row[0])
+            )
+            return self._batch_row(conn, row[0])
+
+    @retried
+    def renew_batch_lease(self, batch_id: str, owner: str, now: int, lease_s: int) -> str | None:
+        """Extend `owner`'s lease; the batch's status, or None when the lease was lost (cancelled, or taken over)."""
+        with self._db.write() as conn:
+            renewed = conn.execute(
+                "UPDATE batches SET lease_expires_at = ? WHERE id = ? AND lease_owner = ?",
+                (now + lease_s, batch_id, owner),
+            ).rowcount
+            if not renewed:
+                return None
+            return conn.execute("SELECT status FROM batches WHERE id = ?", (batch_id,)).fetchone()[0]
+
+    @retried
+    def release_batch(self, batch_id: str, owner: str) -> None:
+        with self._db.write() as conn:
+            conn.execute(
+                "UPDATE batches SET lease_owner = NULL, lease_expires_at = NULL WHERE id = ? AND lease_owner = ?",
+                (batch_id, owner),
+            )
+
+    @retried
+    def add_batch_job(self, batch_id: str, part: int, job_id: str) -> None:
+        with self._db.write() as conn:
+            conn.execute(
+                "INSERT INTO batch_jobs (batch_id, part, job_id) VALUES (?, ?, ?)"
+                " ON CONFLICT (batch_id, part) DO NOTHING",
+                (batch_id, part, job_id),
+            )
+
+    def batch_jobs(self, batch_id: str) -> dict[int, str]:
+        """{part: job id} of the jobs a batch runs as."""
+        with self._db.read() as conn:
+            rows = conn.execute("SELECT part, job_id FROM batch_jobs WHERE batch_id = ?", (batch_id,)).fetchall()
+        return {row[0]: row[1] for row in rows}
+
+    @retried
+    def start_batch(
+        self,
+        batch_id: str,
+        owner: str,
+        model: str | None,
+        requests: Iterable[Sequence[Any]],
+        total: int,
+        refused: int,
+        now: int,
+    ) -> Batch | None:
+        """Record a validated batch's requests (rows of `BATCH_REQUEST.select`) and turn it `in_progress`; a batch
+        cancelled meanwhile keeps its requests (its output holds what was done) and its status. None if `owner`
+        lost the lease."""
+        with self._db.write() as conn:
+            batch = self._owned(conn, batch_id, owner)
+            if batch is None:
+                return None
+            conn.execute("DELETE FROM batch_requests WHERE batch_id = ?", (batch_id,))
+            conn.execute("DELETE FROM batch_spans WHERE batch_id = ?", (batch_id,))
+            rows = [(batch_id, *row) for row in requests]
+            conn.executemany(
+                f"INSERT INTO batch_requests (batch_id, {BATCH_REQUEST.select}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            spans = Counter((row[3], row[6], row[7]) for row in rows if row[3] is not None)
+            conn.executemany(
+                "INSERT INTO batch_spans (batch_id, part, first_chunk, last_chunk, requests) VALUES (?, ?, ?, ?, ?)",
+                [(batch_id, *span, count) for span, count in spans.items()],
+            )
+            conn.execute(
+                "UPDATE batches SET model = ?, total = ?, failed = ?, lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE id = ?",
+                (model, total, refused, batch_id),
+            )
+            conn.execute(
+                "UPDATE batches SET status = 'in_progress', in_progress_at = ? WHERE id = ? AND status = 'validating'",
+                (now, batch_id),
+            )
+            return self._batch_row(conn, batch_id)
+
+    def _owned(self, conn: Connection, batch_id: str, owner: str) -> Batch | None:
+        row = conn.execute(
+            f"SELECT {BATCH.select} FROM batches WHERE id = ? AND lease_owner = ?" + self._db.for_update,
+            (batch_id, owner),
+        ).fetchone()
+        return BATCH(row) if row is not None else None
+
+    @retried
+    def fail_batch(
+        self, batch_id: str, owner: str, batch_errors: list[dict[str, Any]], total: int, now: int
+    ) -> Batch | None:
+        """A validating batch whose file did not validate -> failed with OpenAI's `errors`, announced in the same
+        transaction. None if `owner` lost the lease (a cancelled batch is cleared of its lease: cancelling wins)."""
+        with self._db.write() as conn:
+            batch = self._owned(conn, batch_id, owner)
+            if batch is None or batch.status != "validating":
+                return None
+            conn.execute(
+                "UPDATE batches SET status = 'failed', failed_at = ?, errors = ?, total = ?, lease_owner = NULL,"
+                " lease_expires_at = NULL WHERE id = ?",
+                (now, dumps(batch_errors), total, batch_id),
+            )
+            return self._announce_batch(conn, batch_id, now)
+
+    @retried
+    def begin_finalizing(self, batch_id: str, owner: str, now: int) -> Batch | None:
+        """In progress -> finalizing (its jobs ended); a cancelling or finalizing batch comes back as it is."""
+        with self._db.write() as conn:
+            if self._owned(conn, batch_id, owner) is None:
+                return None
+            conn.execute(
+                "UPDATE batches SET status = 'finalizing', finalizing_at = ? WHERE id = ? AND status = 'in_progress'",
+                (now, batch_id),
+            )
+            return self._batch_row(conn, batch_id)
+
+    @retried
+    def finish_batch(
+        self,
+        batch_id: str,
+        owner: str,
+        status: str,
+        output_file_id: str | None,
+        error_file_id: str | None,
+        completed: int,
+        failed: int,
+        prompt_tokens: int,
+        now: int,
+    ) -> Batch | None:
+        """The last step: its written files become visible, the batch ends as `status` (completed, cancelled or
+        expired), and its event is recorded, all in one transaction. None if `owner` lost the lease."""
+        if status not in _FINAL_TIMESTAMP:
+            raise ValueError(f"a batch finishes completed, cancelled or expired, not {status!r}")
+        with self._db.write() as conn:
+            batch = self._owned(conn, batch_id, owner)
+            if batch is None or batch.finished:
+                return None
+            for file_id in (output_file_id, error_file_id):
+                if file_id is not None:
+                    conn.execute("UPDATE files SET status = 'processed' WHERE id = ?", (file_id,))
+            conn.execute(
+                f"UPDATE batches SET status = ?, {_FINAL_TIMESTAMP[status]} = ?, output_file_id = ?, error_file_id = ?,"
+                " completed = ?, failed = ?, prompt_tokens = ?, lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE id = ?",
+                (status, now, output_file_id, error_file_id, completed, failed, prompt_tokens, batch_id),
+            )
+            return self._announce_batch(conn, batch_id, now)
+
+    def accepted_requests(self, batch_id: str, after: tuple[int, int] | None, limit: int) -> list[BatchRequest]:
+        """Requests with inputs in the batch's jobs, by (part, start), after the (part, start) of the last page."""
+        part, start = after if after is not None else (-1, -1)
+        with self._db.read() as conn:
+            rows = conn.execute(
+                f"SELECT {BATCH_REQUEST.select} FROM batch_requests WHERE batch_id = ? AND part IS NOT NULL"
+                " AND (part > ? OR (part = ? AND start > ?)) ORDER BY part, start LIMIT ?",
+                (batch_id, part, part, start, limit),
+            ).fetchall()
+        return [BATCH_REQUEST(row) for row in rows]
+
+    def refused_requests(self, batch_id: str, after_line: int, limit: int) -> list[BatchRequest]:
+        """Requests refused at validation, by line."""
+        with self._db.read() as conn:
+            rows = conn.execute(
+                f"SELECT {BATCH_REQUEST.select} FROM batch_requests WHERE batch_id = ? AND part IS NULL AND line > ?"
+                " ORDER BY line LIMIT ?",
+                (batch_id, after_line, limit),
+            ).fetchall()
+        return [BATCH_REQUEST(row) for row in rows]
+
+    def completed_requests(self, batch_id: str) -> int:
+        """Accepted requests all of whose inputs are embedded (progress of a running batch): one row per run of
+        chunks that requests span, not one per request."""
+        with self._db.read() as conn:
+            return conn.execute(
+                "SELECT COALESCE(SUM(s.requests), 0) FROM batch_spans s JOIN batch_jobs bj ON bj.batch_id = s.batch_id"
+                " AND bj.part = s.part WHERE s.batch_id = ? AND NOT EXISTS (SELECT 1 FROM chunks c"
+                " WHERE c.job_id = bj.job_id AND c.idx BETWEEN s.first_chunk AND s.last_chunk AND c.status <> 'done')",
+                (batch_id,),
+            ).fetchone()[0]
+
+    def _announce_batch(self, conn: Connection, batch_id: str, now: int) -> Batch:
+        """The batch after a transition to a final state, with its event (and delivery) recorded."""
+        batch = self._batch_row(conn, batch_id)
+        event = self.batch_announce(batch, now) if self.batch_announce is not None else None
+        if event is not None:
+            record_event(conn, "batch_id", batch.id, batch.tenant, batch.webhook_id, event[0], event[1], now)
+        return batch
