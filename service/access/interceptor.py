@@ -1,58 +1,33 @@
 """The one place where calls are authenticated: a gRPC server interceptor in front of every service.
 
-It checks the `authorization` metadata (REST clients' `Authorization: Bearer` header arrives as such through
-Envoy), refuses admin RPCs to non-admin keys, charges one request to the rate limits of job submissions, webhook
-creations and Batch API uploads and batches (embedding calls are charged with their tokens, see
+What it checks comes from each RPC's policy, declared in the contract (service/policy.py): it checks the
+`authorization` metadata (REST clients' `Authorization: Bearer` header arrives as such through Envoy), refuses
+admin RPCs to non-admin keys, charges one request to the rate limits of the methods metered by request (job
+submissions, webhook creations, Batch API uploads and batches; embedding calls are charged with their tokens, see
 scope.MeteredModel), and runs the servicer with the caller's principal in a contextvar; all of that before the
 request message is read, so a refused caller's body is never received. It adds the `x-ratelimit-*` headers to
 whatever initial metadata the servicer sends (through Envoy: HTTP response headers), on success and on error, and
-meters usage once the call has succeeded. Health checks and reflection stay open.
+meters usage once the call has succeeded. Open methods, health checks and reflection need no key.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
 
-from service import errors
+from service import errors, policy
 from service.access import scope
 from service.access.control import AccessControl, Principal, permission_denied
+from service.policy import MethodPolicy
 
 log = logging.getLogger(__name__)
 
-# Envoy's pre-body check (service/access/ext_authz.py) carries the caller's headers in its message, not its own.
-OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.", "/envoy.service.auth.v3.Authorization/")
-# Health, the public API description and the browser pages with their files need no key (the pages' calls do).
-OPEN_METHODS = frozenset(
-    {
-        "/embeddings.v1.RestService/CheckHealth",
-        "/embeddings.v1.OpsService/GetOpenApiDocument",
-        "/embeddings.v1.OpsService/GetDocs",
-        "/embeddings.v1.OpsService/GetDocsAsset",
-        "/embeddings.v1.OpsService/GetConsole",
-        "/embeddings.v1.OpsService/GetConsoleAsset",
-    }
-)
-# Operator-only: key management and usage, and the metrics (they name tenants and models).
-ADMIN_SERVICE_PREFIX = "/embeddings.v1.AdminService/"
-ADMIN_PREFIXES = (ADMIN_SERVICE_PREFIX, "/embeddings.v1.OpsService/GetMetrics")
-JOB_SUBMISSION = "/embeddings.v1.JobService/AsyncEmbed"
-# Calls that count one request against the requests-per-minute limits, charged here before they run. The Batch
-# API: an upload (up to 200 MiB) and a batch's creation each count one request; a batch's tokens are charged and
-# metered per chunk, as an async job's.
-METERED_METHODS = frozenset(
-    {
-        JOB_SUBMISSION,
-        "/embeddings.v1.JobService/CreateWebhook",
-        "/embeddings.v1.FileService/CreateFile",
-        "/embeddings.v1.BatchService/CreateBatch",
-    }
-)
-# Embedding calls count one request too, charged with their tokens once counted (scope.MeteredModel): all or
-# nothing, so a call refused on tokens takes no request either.
+# Health, the public API description and the browser pages with their files need no key (the pages' calls do), as
+# the contract declares (service/policy.py).
+OPEN_METHODS = policy.open_methods(policy.contract_policies())
 
 
 def _metadata_value(metadata: Any, name: str) -> str | None:
@@ -93,15 +68,15 @@ class _HeaderContext:
         await self._context.abort(code, details, trailing_metadata)
 
 
-def _record_usage(call: scope.Call) -> None:
+def _record_usage(call: scope.Call, method: MethodPolicy) -> None:
     meter, principal = call.control.meter, call.principal
     for model, tokens in call.embedded:
         meter.record(principal.tenant, principal.key_id, model, requests=1, tokens=tokens)
-    if call.method == JOB_SUBMISSION and call.model is not None:
+    if method.meters_job and call.model is not None:
         meter.record(principal.tenant, principal.key_id, call.model, job_requests=1)
 
 
-def _guarded(handler: grpc.RpcMethodHandler, control: AccessControl, method: str) -> grpc.RpcMethodHandler:
+def _guarded(handler: grpc.RpcMethodHandler, control: AccessControl, method: MethodPolicy) -> grpc.RpcMethodHandler:
     """`handler` as a request-streaming handler that authenticates, authorizes and limits each call before reading
     its request, then runs it with its principal in the contextvar.
 
@@ -117,15 +92,15 @@ def _guarded(handler: grpc.RpcMethodHandler, control: AccessControl, method: str
         principal: Principal | None = None
         try:
             principal = control.authenticate(_metadata_value(context.invocation_metadata(), "authorization"))
-            if method.startswith(ADMIN_PREFIXES) and not principal.admin:
+            if method.needs_admin and not principal.admin:
                 raise permission_denied("This operation needs an admin API key.")
-            if method.startswith(ADMIN_SERVICE_PREFIX) and principal.key_id is None:
+            if method.needs_admin_key and principal.key_id is None:
                 # Running open, anyone local may call anything else; keys themselves are managed with a key.
                 raise permission_denied(
                     "Key management needs an admin API key: create the first one with "
                     "python -m service.admin keys create --tenant NAME --name NAME --admin"
                 )
-            if method in METERED_METHODS:
+            if method.charges_request_first:
                 await control.charge(principal, requests=1)
         except errors.ApiError as err:
             headers = {**await control.headers(principal), **err.headers} if principal is not None else err.headers
@@ -133,7 +108,7 @@ def _guarded(handler: grpc.RpcMethodHandler, control: AccessControl, method: str
                 await context.send_initial_metadata(tuple(headers.items()))
             await context.abort_with_status(err.to_status())
         assert principal is not None
-        return scope.Call(principal, control, method)
+        return scope.Call(principal, control, method.path)
 
     async def request_of(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
         """What the wrapped behavior takes: the one message of a unary request, else the stream itself."""
@@ -151,7 +126,7 @@ def _guarded(handler: grpc.RpcMethodHandler, control: AccessControl, method: str
             wrapped = _HeaderContext(context, call)
             response = await behavior(request, wrapped)
             await wrapped.flush()
-            _record_usage(call)
+            _record_usage(call, method)
             return response
         finally:
             scope.leave(token)
@@ -165,7 +140,7 @@ def _guarded(handler: grpc.RpcMethodHandler, control: AccessControl, method: str
             async for item in behavior(request, wrapped):
                 await wrapped.flush()
                 yield item
-            _record_usage(call)
+            _record_usage(call, method)
         finally:
             scope.leave(token)
 
@@ -178,9 +153,35 @@ def _guarded(handler: grpc.RpcMethodHandler, control: AccessControl, method: str
     return grpc.stream_unary_rpc_method_handler(unary_response, **serializers)
 
 
+def _refused(handler: grpc.RpcMethodHandler, path: str) -> grpc.RpcMethodHandler:
+    """A served method without a declared policy (the server refuses to start with one): every call fails."""
+    log.error("%s has no declared policy: refusing it", path)
+    status = errors.internal(f"{path} has no access policy.").to_status()
+
+    async def refuse(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+        await context.abort_with_status(status)
+
+    serializers = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.response_streaming:
+
+        async def refuse_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext):
+            await context.abort_with_status(status)
+            yield  # an async generator, as a streaming handler must be
+
+        return grpc.stream_stream_rpc_method_handler(refuse_stream, **serializers)
+    return grpc.stream_unary_rpc_method_handler(refuse, **serializers)
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, control: AccessControl) -> None:
+    """Guards every method by its declared policy; a method with none (not ours and not a known open service) is
+    refused outright, so nothing is served unguarded by omission."""
+
+    def __init__(self, control: AccessControl, policies: Mapping[str, MethodPolicy]) -> None:
         self._control = control
+        self._policies = policies
         self._guarded: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
@@ -189,10 +190,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method in OPEN_METHODS or method.startswith(OPEN_PREFIXES):
+        path = handler_call_details.method
+        if handler is None or policy.is_foreign_open(path):
             return handler
-        guarded = self._guarded.get(method)
+        guarded = self._guarded.get(path)
         if guarded is None:
-            guarded = self._guarded[method] = _guarded(handler, self._control, method)
+            method = self._policies.get(path)
+            if method is None:
+                return _refused(handler, path)
+            if method.is_open:
+                return handler
+            guarded = self._guarded[path] = _guarded(handler, self._control, method)
         return guarded
