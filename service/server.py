@@ -16,7 +16,6 @@ from service import policy
 from service.access.control import AccessControl, Limits, OpenMode
 from service.access.ext_authz import add_authorization_service
 from service.access.interceptor import AuthInterceptor
-from service.access.scope import ScopedRegistry
 from service.api.admin import add_admin_service
 from service.api.batches import BatchServicer, FileServicer
 from service.api.embeddings import EmbeddingServicer
@@ -26,6 +25,7 @@ from service.api.rest import RestServicer, TokenIdDecoder
 from service.batches.files import UploadLimits
 from service.batches.runner import BatchSettings, BatchWorkers, announce_batch
 from service.config import Settings
+from service.embedding import Embedder
 from service.jobs import webhooks
 from service.jobs.runner import JobSettings, JobWorkers, announce
 from service.observability.interceptor import TelemetryInterceptor
@@ -56,8 +56,8 @@ class EmbeddingServer:
         policies = policy.contract_policies()  # MissingPolicy (a ValueError): an RPC without one is never served
         self.access = access_control(settings)  # first: refuses to start open on a public address, at once
         self.registry = ModelRegistry(settings)
-        # What servicers see of the models: only the caller's key's, with its token limits charged.
-        scoped = ScopedRegistry(self.registry)
+        # The embed use case of every way in: the caller's models only, its limits charged, its usage metered.
+        self.embedder = Embedder(self.registry, self.access)
         self.health = health.aio.HealthServicer()
         self.serving = False
         self.metrics = Metrics()
@@ -79,9 +79,9 @@ class EmbeddingServer:
                 ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
             ],
         )
-        embeddings_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(scoped), self._server)
+        embeddings_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(self.embedder), self._server)
         self._decoder = TokenIdDecoder(self.registry.tokenize_executor)
-        rest = RestServicer(scoped, self._decoder, lambda: self.serving)
+        rest = RestServicer(self.embedder, self._decoder, lambda: self.serving)
         rest_pb2_grpc.add_RestServiceServicer_to_server(rest, self._server)
         self.job_settings = JobSettings(
             chunk_size=settings.job_chunk_size,
@@ -97,7 +97,7 @@ class EmbeddingServer:
         self.store = open_job_store(settings, announce)
         jobs = JobServicer(
             self.store,
-            scoped,
+            self.embedder,
             self._decoder,
             chunk_size=settings.job_chunk_size,
             max_inputs_per_job=settings.max_inputs_per_job,
@@ -149,11 +149,11 @@ class EmbeddingServer:
         self.registry.start()
         self._watch_engine()
         self.workers = JobWorkers(
-            self.store, self.registry, self.job_settings, self.registry.inference_workers, self.metrics, self.access
+            self.store, self.embedder, self.job_settings, self.registry.inference_workers, self.metrics
         )
         self.workers.start()
         self.batch_workers = BatchWorkers(
-            self.store, self.registry, self._decoder, self.batch_settings, on_new_job=self.workers.notify
+            self.store, self.embedder, self._decoder, self.batch_settings, on_new_job=self.workers.notify
         )
         self.batch_workers.start()
         self.access.start()

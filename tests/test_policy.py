@@ -148,3 +148,12 @@ def test_open_routes_in_the_openapi_document_follow_the_policies():
     }
     declared_open = {p.full_name for p in policy.contract_policies().values() if p.is_open}
     assert open_operations == {name.removeprefix("embeddings.v1.").replace(".", "_") for name in declared_open}
+
+
+def test_a_servicer_reached_without_the_interceptor_has_no_caller():
+    from service import errors
+    from service.access.interceptor import caller_of
+
+    with pytest.raises(errors.ApiError) as refused:
+        caller_of(object())  # a bare context: no authenticated caller, so the call fails (closed)
+    assert refused.value.reason == "internal_error"

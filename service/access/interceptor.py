@@ -3,11 +3,11 @@
 What it checks comes from each RPC's policy, declared in the contract (service/policy.py): it checks the
 `authorization` metadata (REST clients' `Authorization: Bearer` header arrives as such through Envoy), refuses
 admin RPCs to non-admin keys, charges one request to the rate limits of the methods metered by request (job
-submissions, webhook creations, Batch API uploads and batches; embedding calls are charged with their tokens, see
-scope.MeteredModel), and runs the servicer with the caller's principal in a contextvar; all of that before the
-request message is read, so a refused caller's body is never received. It adds the `x-ratelimit-*` headers to
-whatever initial metadata the servicer sends (through Envoy: HTTP response headers), on success and on error, and
-meters usage once the call has succeeded. Open methods, health checks and reflection need no key.
+submissions, webhook creations, Batch API uploads and batches; embedding calls are charged with their tokens once
+counted, by service/embedding.py), and hands the servicer the caller (`caller_of(context)`); all of that before
+the request message is read, so a refused caller's body is never received. It adds the `x-ratelimit-*` headers to
+whatever initial metadata the servicer sends (through Envoy: HTTP response headers), on success and on error.
+Open methods, health checks and reflection need no key.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import Any
 import grpc
 
 from service import errors, policy
-from service.access import scope
 from service.access.control import AccessControl, Principal, permission_denied
 from service.policy import MethodPolicy
 
@@ -37,12 +36,14 @@ def _metadata_value(metadata: Any, name: str) -> str | None:
     return None
 
 
-class _HeaderContext:
-    """The servicer's context, with the rate-limit headers added to the initial metadata however it is sent."""
+class _CallerContext:
+    """The servicer's context, carrying the authenticated caller, with the rate-limit headers added to the initial
+    metadata however it is sent."""
 
-    def __init__(self, context: grpc.aio.ServicerContext, call: scope.Call) -> None:
+    def __init__(self, context: grpc.aio.ServicerContext, caller: Principal, control: AccessControl) -> None:
         self._context = context
-        self._call = call
+        self.caller = caller
+        self._control = control
         self._sent = False
 
     def __getattr__(self, name: str) -> Any:
@@ -50,12 +51,13 @@ class _HeaderContext:
 
     async def send_initial_metadata(self, metadata) -> None:
         self._sent = True
-        await self._context.send_initial_metadata((*tuple(metadata), *(await self._call.headers()).items()))
+        headers = await self._control.headers(self.caller)
+        await self._context.send_initial_metadata((*tuple(metadata), *headers.items()))
 
     async def flush(self) -> None:
         if not self._sent:
             self._sent = True
-            headers = await self._call.headers()
+            headers = await self._control.headers(self.caller)
             if headers:
                 await self._context.send_initial_metadata(tuple(headers.items()))
 
@@ -68,17 +70,18 @@ class _HeaderContext:
         await self._context.abort(code, details, trailing_metadata)
 
 
-def _record_usage(call: scope.Call, method: MethodPolicy) -> None:
-    meter, principal = call.control.meter, call.principal
-    for model, tokens in call.embedded:
-        meter.record(principal.tenant, principal.key_id, model, requests=1, tokens=tokens)
-    if method.meters_job and call.model is not None:
-        meter.record(principal.tenant, principal.key_id, call.model, job_requests=1)
+def caller_of(context: grpc.aio.ServicerContext) -> Principal:
+    """The caller of a guarded call, as the interceptor authenticated it. Fails closed: a servicer reached without
+    the interceptor has no caller, and its call fails."""
+    caller = getattr(context, "caller", None)
+    if not isinstance(caller, Principal):
+        raise errors.internal("The call reached its servicer without an authenticated caller.")
+    return caller
 
 
 def _guarded(handler: grpc.RpcMethodHandler, control: AccessControl, method: MethodPolicy) -> grpc.RpcMethodHandler:
     """`handler` as a request-streaming handler that authenticates, authorizes and limits each call before reading
-    its request, then runs it with its principal in the contextvar.
+    its request, then runs it with the caller on its context (`caller_of`).
 
     grpc reads a unary request whole before calling its handler; a request-streaming handler reads when asked. So
     a caller without a valid key is refused once its headers are in: its message is never read, and HTTP/2 flow
@@ -88,7 +91,7 @@ def _guarded(handler: grpc.RpcMethodHandler, control: AccessControl, method: Met
     """
     behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
 
-    async def admit(context: grpc.aio.ServicerContext) -> scope.Call:
+    async def admit(context: grpc.aio.ServicerContext) -> Principal:
         principal: Principal | None = None
         try:
             principal = control.authenticate(_metadata_value(context.invocation_metadata(), "authorization"))
@@ -108,7 +111,7 @@ def _guarded(handler: grpc.RpcMethodHandler, control: AccessControl, method: Met
                 await context.send_initial_metadata(tuple(headers.items()))
             await context.abort_with_status(err.to_status())
         assert principal is not None
-        return scope.Call(principal, control, method.path)
+        return principal
 
     async def request_of(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
         """What the wrapped behavior takes: the one message of a unary request, else the stream itself."""
@@ -119,30 +122,20 @@ def _guarded(handler: grpc.RpcMethodHandler, control: AccessControl, method: Met
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "The call carried no request message.")
 
     async def unary_response(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-        call = await admit(context)
+        caller = await admit(context)
         request = await request_of(requests, context)
-        token = scope.enter(call)
-        try:
-            wrapped = _HeaderContext(context, call)
-            response = await behavior(request, wrapped)
-            await wrapped.flush()
-            _record_usage(call, method)
-            return response
-        finally:
-            scope.leave(token)
+        wrapped = _CallerContext(context, caller, control)
+        response = await behavior(request, wrapped)
+        await wrapped.flush()
+        return response
 
     async def streaming_response(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext):
-        call = await admit(context)
+        caller = await admit(context)
         request = await request_of(requests, context)
-        token = scope.enter(call)
-        try:
-            wrapped = _HeaderContext(context, call)
-            async for item in behavior(request, wrapped):
-                await wrapped.flush()
-                yield item
-            _record_usage(call, method)
-        finally:
-            scope.leave(token)
+        wrapped = _CallerContext(context, caller, control)
+        async for item in behavior(request, wrapped):
+            await wrapped.flush()
+            yield item
 
     serializers = {
         "request_deserializer": handler.request_deserializer,

@@ -24,10 +24,11 @@ from google.api import httpbody_pb2
 from google.protobuf import struct_pb2
 
 from service import errors
+from service.access.interceptor import caller_of
 from service.api.embeddings import deadline_of, model_message, rpc_errors
+from service.embedding import Embedder
 from service.engine.model import EmbedOptions, EmbedResult, ServedModel
-from service.observability.context import note_model, note_result, timing_headers
-from service.registry import ModelRegistry
+from service.observability.context import note_model, timing_headers
 
 ENCODING_FORMATS = ("float", "base64")
 TOKEN_ID_ENCODING = "cl100k_base"
@@ -123,9 +124,10 @@ class ParsedRequest:
 
 
 async def parse_request(
-    request, registry: ModelRegistry, decoder: TokenIdDecoder, max_inputs: int | None = None
+    request, resolve: Callable[[str], ServedModel], decoder: TokenIdDecoder, max_inputs: int | None = None
 ) -> ParsedRequest:
-    """Check and convert a CreateEmbeddingRequest or AsyncEmbedRequest (they share these fields).
+    """Check and convert a CreateEmbeddingRequest or AsyncEmbedRequest (they share these fields), with the model
+    `resolve` finds for the caller (`Embedder.resolve`).
 
     `max_inputs` raises the input cap (async jobs). Errors name OpenAI's parameters (`input`, not `inputs[3]`).
     """
@@ -139,7 +141,7 @@ async def parse_request(
         raise errors.invalid_input(f"'dimensions' must be at least 1, got {request.dimensions}.", field="dimensions")
     if not request.model:
         raise errors.invalid_input("'model' is required.", field="model")
-    model = registry.resolve(request.model)
+    model = resolve(request.model)
     note_model(model.id)
     try:
         texts, token_ids = split_input(
@@ -217,17 +219,16 @@ def _elapsed_ms(started: float) -> str:
 
 
 class RestServicer(pb_grpc.RestServiceServicer):
-    def __init__(self, registry: ModelRegistry, decoder: TokenIdDecoder, is_serving: Callable[[], bool]) -> None:
-        self._registry = registry
+    def __init__(self, embedder: Embedder, decoder: TokenIdDecoder, is_serving: Callable[[], bool]) -> None:
+        self._embedder = embedder
         self._decoder = decoder
         self._is_serving = is_serving
 
     async def _embed(self, request: pb.CreateEmbeddingRequest, context) -> tuple[EmbedResult, str]:
-        parsed = await parse_request(request, self._registry, self._decoder)
-        texts, options, encoding_format, model = parsed.texts, parsed.options, parsed.encoding_format, parsed.model
-        result = await model.embed(texts, options, deadline_of(context))
-        note_result(result)
-        return result, encoding_format
+        caller = caller_of(context)
+        parsed = await parse_request(request, functools.partial(self._embedder.resolve, caller), self._decoder)
+        result = await self._embedder.embed(caller, parsed.model, parsed.texts, parsed.options, deadline_of(context))
+        return result, parsed.encoding_format
 
     @rpc_errors
     @_timed
@@ -243,8 +244,8 @@ class RestServicer(pb_grpc.RestServiceServicer):
 
     @rpc_errors
     async def RetrieveModel(self, request: pb.RetrieveModelRequest, context) -> embeddings_pb2.Model:
-        model = self._registry.resolve(request.model)
-        return model_message(model, self._registry.aliases_of(model))
+        model = self._embedder.resolve(caller_of(context), request.model)
+        return model_message(model, self._embedder.registry.aliases_of(model))
 
     @rpc_errors
     async def CheckHealth(self, request: pb.CheckHealthRequest, context) -> pb.CheckHealthResponse:
