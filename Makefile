@@ -36,7 +36,7 @@ $(SWAGGER_UI):
 setup: $(VENV)/.installed $(NPM_TOOLS) $(SWAGGER_UI)
 
 # Generated code and the descriptor set, from proto/ (tools/genproto.py); the .pth puts them on the path.
-build/.proto: $(VENV)/.installed tools/genproto.py tools/openapi.py $(shell find proto -name '*.proto')
+build/.proto: $(VENV)/.installed tools/genproto.py tools/openapi.py service/policy.py $(shell find proto -name '*.proto')
 	$(PY) -m tools.genproto
 	$(PY) -c 'import sysconfig, pathlib; pathlib.Path(sysconfig.get_paths()["purelib"], "_embeddings_generated.pth").write_text(str(pathlib.Path("build/gen/python").resolve()) + "\n")'
 	touch $@

@@ -9,13 +9,18 @@ that retries idempotent calls on another replica (see there).
 
 from __future__ import annotations
 
+import re
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import yaml
+from google.api import annotations_pb2, http_pb2
+from google.protobuf import descriptor_pb2
+
+from service.policy import CONTRACT_MODULES, MethodPolicy, contract_policies, file_protos
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "envoy.yaml"
@@ -101,21 +106,6 @@ def add_tracing(config: dict, otlp_endpoint: str) -> None:
     }
 
 
-# Calls a replica may run twice without harm (embeddings, reads): retried on another replica even after they reached
-# one (reset, UNAVAILABLE). Anything else (job submission, key creation, cancellation, ...) is retried only when it
-# never reached a replica (connect failure, refused stream). Matched on the gRPC path: transcoded REST calls are
-# routed as /<package>.<Service>/<Method>. (grpc.health.v1 is not routed: health is per replica, Envoy checks it.)
-IDEMPOTENT_SERVICES = ("embeddings.v1.EmbeddingService", "embeddings.v1.RestService", "embeddings.v1.OpsService")
-IDEMPOTENT_METHODS = (
-    *(f"/embeddings.v1.JobService/{m}" for m in ("GetJob", "ListJobs", "GetJobResults", "ListWebhooks")),
-    "/embeddings.v1.JobService/ListWebhookDeliveries",
-    # The Batch API's reads, and cancelling (a second cancel answers the same batch). Uploads, batch creation and
-    # deletion are not retried once they reached a replica; GetFileContent streams and has its own route.
-    *(f"/embeddings.v1.FileService/{m}" for m in ("ListFiles", "RetrieveFile")),
-    *(f"/embeddings.v1.BatchService/{m}" for m in ("RetrieveBatch", "ListBatches", "CancelBatch")),
-    "/embeddings.v1.AdminService/ListKeys",
-    "/embeddings.v1.AdminService/GetUsage",
-)
 # The largest body a retry can replay (the buffer filter's cap on sync requests).
 RETRY_BUFFER_BYTES = 16 * 1024 * 1024
 
@@ -151,6 +141,19 @@ def _retry_policy(retry_on: str) -> dict:
     }
 
 
+def retry_safe_matches(policies: Mapping[str, MethodPolicy]) -> list[dict]:
+    """Route matches of the calls a replica may run twice without harm (the contract's `retry_safe` methods): a
+    prefix for a service whose methods all are, else each method's path. Matched on the gRPC path: transcoded REST
+    calls are routed as /<package>.<Service>/<Method>. (grpc.health.v1 is not routed: health is per replica, Envoy
+    checks it.)"""
+    by_service: dict[str, list[MethodPolicy]] = {}
+    for method in policies.values():
+        by_service.setdefault(method.service, []).append(method)
+    whole = [service for service, methods in by_service.items() if all(m.retry_safe for m in methods)]
+    single = [m.path for m in policies.values() if m.retry_safe and m.service not in whole]
+    return [{"prefix": f"/{service}/"} for service in whole] + [{"path": path} for path in single]
+
+
 def add_replicas(config: dict, upstreams: Sequence[tuple[str, int]], dns: bool = False) -> None:
     """Balance over several replicas: `upstreams` are their addresses (STATIC), or with `dns` one name:port whose
     A records are the replicas, re-resolved as they come and go (STRICT_DNS: a Kubernetes headless Service).
@@ -160,9 +163,10 @@ def add_replicas(config: dict, upstreams: Sequence[tuple[str, int]], dns: bool =
       (NOT_SERVING) or gone gets no new calls;
     - outlier detection: a replica whose connections fail (or reset, or time out) is ejected at once, for 10 s and
       more; answers, 5xx included, never eject one (see there);
-    - retries (4, each to another replica, with back-off) of idempotent calls on reset, connect failure, refused
-      stream and gRPC UNAVAILABLE, so the calls in flight on a replica that dies are answered by another; other
-      calls only when they never reached a replica. A retry budget keeps retries from amplifying an overload: at
+    - retries (4, each to another replica, with back-off) of the contract's retry-safe calls (embeddings, reads)
+      on reset, connect failure, refused stream and gRPC UNAVAILABLE, so the calls in flight on a replica that dies
+      are answered by another; other calls (job submission, key creation, ...) only when they never reached a
+      replica. A retry budget keeps retries from amplifying an overload: at
       most half as many retries in flight as requests (at least 10), enough to replay what a dead replica of two
       had in flight.
     """
@@ -210,9 +214,7 @@ def add_replicas(config: dict, upstreams: Sequence[tuple[str, int]], dns: bool =
     }
     routes = _manager(config)["route_config"]["virtual_hosts"][0]["routes"]
     catch_all = routes[-1]
-    matches = [{"prefix": f"/{service}/"} for service in IDEMPOTENT_SERVICES] + [
-        {"path": path} for path in IDEMPOTENT_METHODS
-    ]
+    matches = retry_safe_matches(contract_policies())
     idempotent = [
         {
             "match": match,
@@ -230,6 +232,69 @@ def add_replicas(config: dict, upstreams: Sequence[tuple[str, int]], dns: bool =
     routes[-1:-1] = idempotent
 
 
+def _http_templates(rule: http_pb2.HttpRule) -> Iterator[str]:
+    for verb in ("get", "put", "post", "delete", "patch"):
+        if getattr(rule, verb):
+            yield getattr(rule, verb)
+    for extra in rule.additional_bindings:
+        yield from _http_templates(extra)
+
+
+def request_paths(files: Iterable[descriptor_pb2.FileDescriptorProto]) -> dict[str, list[str]]:
+    """Each method's gRPC path -> the request paths it is reached by: that path, and one sample path of each HTTP
+    binding (`/v1/files/{file_id}` -> `/v1/files/x`)."""
+    paths = {}
+    for proto in files:
+        for service in proto.service:
+            for method in service.method:
+                grpc_path = f"/{proto.package}.{service.name}/{method.name}"
+                rule = method.options.Extensions[annotations_pb2.http]
+                samples = [re.sub(r"\{[^}]*\}", "x", template) for template in _http_templates(rule)]
+                paths[grpc_path] = [grpc_path, *samples]
+    return paths
+
+
+def _route_for(routes: list[dict], path: str) -> dict:
+    """The route Envoy picks for a request to `path` that carries no special headers (header-matched routes, such
+    as the 413 for oversized uploads, skipped)."""
+    for route in routes:
+        match = route["match"]
+        if "headers" in match:
+            continue
+        if match.get("path") == path or ("prefix" in match and path.startswith(match["prefix"])):
+            return route
+    raise LookupError(f"no route for {path}")
+
+
+def _per_filter(route: dict, name: str) -> dict:
+    return route.get("typed_per_filter_config", {}).get(name, {})
+
+
+def policy_mismatches(config: dict, policies: Mapping[str, MethodPolicy], files) -> list[str]:
+    """Where `config` (envoy.yaml) disagrees with the contract's per-method policies: the pre-body authorization
+    (ext_authz) must be off exactly for the open methods' routes, a streamed body unbuffered, a larger body cap as
+    declared, and the transcoder must know every service of the contract."""
+    routes = _manager(config)["route_config"]["virtual_hosts"][0]["routes"]
+    mismatches = []
+    transcoder = next(f for f in _filters(config) if f["name"] == "envoy.filters.http.grpc_json_transcoder")
+    services = {policy.service for policy in policies.values()}
+    if set(transcoder["typed_config"]["services"]) != services:
+        mismatches.append(f"the transcoder's services are not the contract's: {sorted(services)}")
+    for grpc_path, paths in request_paths(files).items():
+        policy = policies[grpc_path]
+        for path in paths:
+            route = _route_for(routes, path)
+            if _per_filter(route, "envoy.filters.http.ext_authz").get("disabled", False) != policy.is_open:
+                mismatches.append(f"{path} ({policy.full_name}): ext_authz must be {'off' if policy.is_open else 'on'}")
+            buffer = _per_filter(route, "envoy.filters.http.buffer")
+            if policy.streamed_body and not buffer.get("disabled", False):
+                mismatches.append(f"{path} ({policy.full_name}): a streamed body must not be buffered")
+            cap = buffer.get("buffer", {}).get("max_request_bytes", 0)
+            if policy.max_request_bytes and path != grpc_path and cap != policy.max_request_bytes:
+                mismatches.append(f"{path} ({policy.full_name}): body cap {cap}, declared {policy.max_request_bytes}")
+    return mismatches
+
+
 def render(
     ports: GatewayPorts,
     source: Path = CONFIG,
@@ -238,8 +303,12 @@ def render(
     dns: bool = False,
 ) -> dict:
     """The configuration with `ports` and absolute file paths; with `otlp_endpoint`, OpenTelemetry tracing on;
-    with `upstreams` (several replicas, or one DNS name with `dns`), balanced over them (`add_replicas`)."""
+    with `upstreams` (several replicas, or one DNS name with `dns`), balanced over them (`add_replicas`).
+    ValueError if `source` disagrees with the contract's per-method policies (`policy_mismatches`)."""
     config = yaml.safe_load(source.read_text())
+    mismatches = policy_mismatches(config, contract_policies(), file_protos(CONTRACT_MODULES))
+    if mismatches:
+        raise ValueError(f"{source} disagrees with the contract's method policies: {'; '.join(mismatches)}")
     listener = config["static_resources"]["listeners"][0]
     listener["address"]["socket_address"].update(address=ports.host, port_value=ports.http)
     endpoint = config["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]

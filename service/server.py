@@ -10,26 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from embeddings.v1 import (
-    batches_pb2,
-    batches_pb2_grpc,
-    embeddings_pb2,
-    embeddings_pb2_grpc,
-    jobs_pb2,
-    jobs_pb2_grpc,
-    ops_pb2,
-    ops_pb2_grpc,
-    rest_pb2,
-    rest_pb2_grpc,
-)
+from embeddings.v1 import batches_pb2_grpc, embeddings_pb2_grpc, jobs_pb2_grpc, ops_pb2_grpc, rest_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service import policy
 from service.access.control import AccessControl, Limits, OpenMode
 from service.access.ext_authz import add_authorization_service
 from service.access.interceptor import AuthInterceptor
-from service.access.scope import ScopedRegistry
-from service.api.admin import ADMIN_SERVICE, add_admin_service
+from service.api.admin import add_admin_service
 from service.api.batches import BatchServicer, FileServicer
 from service.api.embeddings import EmbeddingServicer
 from service.api.jobs import JobServicer
@@ -38,6 +27,7 @@ from service.api.rest import RestServicer
 from service.batches.files import UploadLimits
 from service.batches.runner import BatchSettings, BatchWorkers, announce_batch
 from service.config import Settings
+from service.embedding import Embedder
 from service.engine.batcher import BatchLimits
 from service.engine.registry import EngineOptions, ModelRegistry
 from service.engine.tokenize import TokenIdDecoder
@@ -50,12 +40,9 @@ from service.stores import open_access_store, open_job_store, open_rate_limiter
 
 log = logging.getLogger(__name__)
 
-EMBEDDING_SERVICE = embeddings_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
-REST_SERVICE = rest_pb2.DESCRIPTOR.services_by_name["RestService"].full_name
-JOB_SERVICE = jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
-OPS_SERVICE = ops_pb2.DESCRIPTOR.services_by_name["OpsService"].full_name
-FILE_SERVICE = batches_pb2.DESCRIPTOR.services_by_name["FileService"].full_name
-BATCH_SERVICE = batches_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name
+# The contract's services: all are served, listed by reflection and reported by health, each method guarded by its
+# declared policy.
+CONTRACT_SERVICES = tuple(policy.contract_services())
 OPENAPI_DOCUMENT = Path(__file__).resolve().parent.parent / "build" / "openapi.json"
 SWAGGER_UI = Path(__file__).resolve().parent.parent / "build" / "swagger-ui" / "node_modules" / "swagger-ui-dist"
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -88,17 +75,18 @@ class EmbeddingServer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        policies = policy.contract_policies()  # MissingPolicy (a ValueError): an RPC without one is never served
         self.access = access_control(settings)  # first: refuses to start open on a public address, at once
         self.registry = ModelRegistry(engine_options(settings))
-        # What servicers see of the models: only the caller's key's, with its token limits charged.
-        scoped = ScopedRegistry(self.registry)
+        # The embed use case of every way in: the caller's models only, its limits charged, its usage metered.
+        self.embedder = Embedder(self.registry, self.access)
         self.health = health.aio.HealthServicer()
         self.serving = False
         self.metrics = Metrics()
         self.access.on_refusal = self.metrics.record_rate_limited
         self.tracing = Tracing(settings.otlp_endpoint) if settings.otlp_endpoint else None
         self._server = grpc.aio.server(
-            interceptors=[TelemetryInterceptor(self.metrics, self.tracing), AuthInterceptor(self.access)],
+            interceptors=[TelemetryInterceptor(self.metrics, self.tracing), AuthInterceptor(self.access, policies)],
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -113,9 +101,9 @@ class EmbeddingServer:
                 ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
             ],
         )
-        embeddings_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(scoped), self._server)
+        embeddings_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(self.embedder), self._server)
         self._decoder = TokenIdDecoder(self.registry.tokenize_executor)
-        rest = RestServicer(scoped, self._decoder, lambda: self.serving)
+        rest = RestServicer(self.embedder, self._decoder, lambda: self.serving)
         rest_pb2_grpc.add_RestServiceServicer_to_server(rest, self._server)
         self.job_settings = JobSettings(
             chunk_size=settings.job_chunk_size,
@@ -131,7 +119,7 @@ class EmbeddingServer:
         self.store = open_job_store(settings, announce)
         jobs = JobServicer(
             self.store,
-            scoped,
+            self.embedder,
             self._decoder,
             chunk_size=settings.job_chunk_size,
             max_inputs_per_job=settings.max_inputs_per_job,
@@ -162,26 +150,14 @@ class EmbeddingServer:
         ops = OpsServicer(self.metrics, self.store.count_jobs_by_status, OPENAPI_DOCUMENT, SWAGGER_UI)
         ops_pb2_grpc.add_OpsServiceServicer_to_server(ops, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection(
-            [
-                EMBEDDING_SERVICE,
-                REST_SERVICE,
-                JOB_SERVICE,
-                ADMIN_SERVICE,
-                OPS_SERVICE,
-                FILE_SERVICE,
-                BATCH_SERVICE,
-                health.SERVICE_NAME,
-                reflection.SERVICE_NAME,
-            ],
-            self._server,
-        )
+        served = [*CONTRACT_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(served, self._server)
         self.port = 0
         self._warm_decoder: asyncio.Task | None = None
 
     async def _set_health(self, status: int) -> None:
         self.serving = status == SERVING
-        for name in ("", EMBEDDING_SERVICE, REST_SERVICE, JOB_SERVICE, OPS_SERVICE, FILE_SERVICE, BATCH_SERVICE):
+        for name in ("", *CONTRACT_SERVICES):
             await self.health.set(name, status)
 
     async def start(self) -> None:
@@ -195,11 +171,11 @@ class EmbeddingServer:
         self.registry.start()
         self._watch_engine()
         self.workers = JobWorkers(
-            self.store, self.registry, self.job_settings, self.registry.inference_workers, self.metrics, self.access
+            self.store, self.embedder, self.job_settings, self.registry.inference_workers, self.metrics
         )
         self.workers.start()
         self.batch_workers = BatchWorkers(
-            self.store, self.registry, self._decoder, self.batch_settings, on_new_job=self.workers.notify
+            self.store, self.embedder, self._decoder, self.batch_settings, on_new_job=self.workers.notify
         )
         self.batch_workers.start()
         self.access.start()

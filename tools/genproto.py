@@ -89,6 +89,7 @@ def main() -> int:
         ]
     )
     vendor_googleapis(DEPS_OUT)
+    sys.path.insert(0, str(PY_OUT))  # the fresh modules (the policy extension), before the .pth points here
     from tools import openapi  # after the descriptor set exists
 
     openapi.write(DESCRIPTOR_OUT, BUILD_DIR / "openapi.json")

@@ -22,6 +22,8 @@ from typing import Any
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2
 
+from service.policy import MissingPolicy, contract_policies, policy_of
+
 ROOT = Path(__file__).resolve().parent.parent
 DESCRIPTOR = ROOT / "build" / "descriptor.pb"
 OUTPUT = ROOT / "build" / "openapi.json"
@@ -334,17 +336,8 @@ ERROR_ENVELOPE = {
         }
     },
 }
-# Methods callable without an API key (the auth interceptor's OPEN_METHODS; a test keeps the two equal).
-OPEN_METHODS = frozenset(
-    {
-        "embeddings.v1.RestService.CheckHealth",
-        "embeddings.v1.OpsService.GetOpenApiDocument",
-        "embeddings.v1.OpsService.GetDocs",
-        "embeddings.v1.OpsService.GetDocsAsset",
-        "embeddings.v1.OpsService.GetConsole",
-        "embeddings.v1.OpsService.GetConsoleAsset",
-    }
-)
+# Methods callable without an API key, as the contract declares them (their operations get `security: []`).
+OPEN_METHODS = frozenset(policy.full_name for policy in contract_policies().values() if policy.is_open)
 BEARER = "apiKey"
 _ERROR_RESPONSE = {
     "description": "An error in OpenAI's envelope.",
@@ -485,7 +478,7 @@ def _parameter(name: str, where: str, schema: dict[str, Any], description: str =
     return parameter
 
 
-def _operation(route: Route, builder: SchemaBuilder, operation_id: str) -> dict[str, Any]:
+def _operation(route: Route, builder: SchemaBuilder, operation_id: str, open_method: bool) -> dict[str, Any]:
     request_name = route.method.input_type
     message, field_comments, _ = builder.messages[request_name]
     by_name = {f.name: (f, field_comments.get(j, "")) for j, f in enumerate(message.field)}
@@ -518,20 +511,27 @@ def _operation(route: Route, builder: SchemaBuilder, operation_id: str) -> dict[
             "content": {_JSON: {"schema": builder.ref(route.method.output_type)}},
         }
     operation["responses"] = {"200": success, "4XX": _ERROR_RESPONSE, "5XX": _ERROR_RESPONSE}
-    if route.full_method in OPEN_METHODS:
+    if open_method:
         operation["security"] = []
     return operation
 
 
 def build_document(files: list[descriptor_pb2.FileDescriptorProto]) -> dict[str, Any]:
+    """The document; MissingPolicy if a method with an HTTP route declares no policy."""
     builder = SchemaBuilder(files)
+    routes = http_routes(files)
+    policies = {route.full_method: policy_of(route.service, route.method) for route in routes}
+    missing = {name for name, policy in policies.items() if policy is None}
+    if missing:
+        raise MissingPolicy(missing)
     paths: dict[str, dict[str, Any]] = {}
     seen: dict[str, int] = {}
-    for route in http_routes(files):
+    for route in routes:
         base = f"{route.service.rsplit('.', 1)[-1]}_{route.method.name}"
         seen[base] = seen.get(base, 0) + 1
         operation_id = base if seen[base] == 1 else f"{base}_{seen[base]}"
-        paths.setdefault(route.path, {})[route.verb] = _operation(route, builder, operation_id)
+        open_method = policies[route.full_method].is_open  # type: ignore[union-attr]
+        paths.setdefault(route.path, {})[route.verb] = _operation(route, builder, operation_id, open_method)
     builder.schemas["CreateEmbeddingResponse"] = _EMBEDDING_LIST
     builder.schemas["Error"] = ERROR_ENVELOPE
     builder.schemas["OpenAIFile"] = _FILE

@@ -1,58 +1,32 @@
 """The one place where calls are authenticated: a gRPC server interceptor in front of every service.
 
-It checks the `authorization` metadata (REST clients' `Authorization: Bearer` header arrives as such through
-Envoy), refuses admin RPCs to non-admin keys, charges one request to the rate limits of job submissions, webhook
-creations and Batch API uploads and batches (embedding calls are charged with their tokens, see
-scope.MeteredModel), and runs the servicer with the caller's principal in a contextvar; all of that before the
-request message is read, so a refused caller's body is never received. It adds the `x-ratelimit-*` headers to
-whatever initial metadata the servicer sends (through Envoy: HTTP response headers), on success and on error, and
-meters usage once the call has succeeded. Health checks and reflection stay open.
+What it checks comes from each RPC's policy, declared in the contract (service/policy.py): it checks the
+`authorization` metadata (REST clients' `Authorization: Bearer` header arrives as such through Envoy), refuses
+admin RPCs to non-admin keys, charges one request to the rate limits of the methods metered by request (job
+submissions, webhook creations, Batch API uploads and batches; embedding calls are charged with their tokens once
+counted, by service/embedding.py), and hands the servicer the caller (`caller_of(context)`); all of that before
+the request message is read, so a refused caller's body is never received. It adds the `x-ratelimit-*` headers to
+whatever initial metadata the servicer sends (through Envoy: HTTP response headers), on success and on error.
+Open methods, health checks and reflection need no key.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
 
-from service import errors
-from service.access import scope
+from service import errors, policy
 from service.access.control import AccessControl, Principal, permission_denied
+from service.policy import MethodPolicy
 
 log = logging.getLogger(__name__)
 
-# Envoy's pre-body check (service/access/ext_authz.py) carries the caller's headers in its message, not its own.
-OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.", "/envoy.service.auth.v3.Authorization/")
-# Health, the public API description and the browser pages with their files need no key (the pages' calls do).
-OPEN_METHODS = frozenset(
-    {
-        "/embeddings.v1.RestService/CheckHealth",
-        "/embeddings.v1.OpsService/GetOpenApiDocument",
-        "/embeddings.v1.OpsService/GetDocs",
-        "/embeddings.v1.OpsService/GetDocsAsset",
-        "/embeddings.v1.OpsService/GetConsole",
-        "/embeddings.v1.OpsService/GetConsoleAsset",
-    }
-)
-# Operator-only: key management and usage, and the metrics (they name tenants and models).
-ADMIN_SERVICE_PREFIX = "/embeddings.v1.AdminService/"
-ADMIN_PREFIXES = (ADMIN_SERVICE_PREFIX, "/embeddings.v1.OpsService/GetMetrics")
-JOB_SUBMISSION = "/embeddings.v1.JobService/AsyncEmbed"
-# Calls that count one request against the requests-per-minute limits, charged here before they run. The Batch
-# API: an upload (up to 200 MiB) and a batch's creation each count one request; a batch's tokens are charged and
-# metered per chunk, as an async job's.
-METERED_METHODS = frozenset(
-    {
-        JOB_SUBMISSION,
-        "/embeddings.v1.JobService/CreateWebhook",
-        "/embeddings.v1.FileService/CreateFile",
-        "/embeddings.v1.BatchService/CreateBatch",
-    }
-)
-# Embedding calls count one request too, charged with their tokens once counted (scope.MeteredModel): all or
-# nothing, so a call refused on tokens takes no request either.
+# Health, the public API description and the browser pages with their files need no key (the pages' calls do), as
+# the contract declares (service/policy.py).
+OPEN_METHODS = policy.open_methods(policy.contract_policies())
 
 
 def _metadata_value(metadata: Any, name: str) -> str | None:
@@ -62,12 +36,14 @@ def _metadata_value(metadata: Any, name: str) -> str | None:
     return None
 
 
-class _HeaderContext:
-    """The servicer's context, with the rate-limit headers added to the initial metadata however it is sent."""
+class _CallerContext:
+    """The servicer's context, carrying the authenticated caller, with the rate-limit headers added to the initial
+    metadata however it is sent."""
 
-    def __init__(self, context: grpc.aio.ServicerContext, call: scope.Call) -> None:
+    def __init__(self, context: grpc.aio.ServicerContext, caller: Principal, control: AccessControl) -> None:
         self._context = context
-        self._call = call
+        self.caller = caller
+        self._control = control
         self._sent = False
 
     def __getattr__(self, name: str) -> Any:
@@ -75,12 +51,13 @@ class _HeaderContext:
 
     async def send_initial_metadata(self, metadata) -> None:
         self._sent = True
-        await self._context.send_initial_metadata((*tuple(metadata), *(await self._call.headers()).items()))
+        headers = await self._control.headers(self.caller)
+        await self._context.send_initial_metadata((*tuple(metadata), *headers.items()))
 
     async def flush(self) -> None:
         if not self._sent:
             self._sent = True
-            headers = await self._call.headers()
+            headers = await self._control.headers(self.caller)
             if headers:
                 await self._context.send_initial_metadata(tuple(headers.items()))
 
@@ -93,17 +70,18 @@ class _HeaderContext:
         await self._context.abort(code, details, trailing_metadata)
 
 
-def _record_usage(call: scope.Call) -> None:
-    meter, principal = call.control.meter, call.principal
-    for model, tokens in call.embedded:
-        meter.record(principal.tenant, principal.key_id, model, requests=1, tokens=tokens)
-    if call.method == JOB_SUBMISSION and call.model is not None:
-        meter.record(principal.tenant, principal.key_id, call.model, job_requests=1)
+def caller_of(context: grpc.aio.ServicerContext) -> Principal:
+    """The caller of a guarded call, as the interceptor authenticated it. Fails closed: a servicer reached without
+    the interceptor has no caller, and its call fails."""
+    caller = getattr(context, "caller", None)
+    if not isinstance(caller, Principal):
+        raise errors.internal("The call reached its servicer without an authenticated caller.")
+    return caller
 
 
-def _guarded(handler: grpc.RpcMethodHandler, control: AccessControl, method: str) -> grpc.RpcMethodHandler:
+def _guarded(handler: grpc.RpcMethodHandler, control: AccessControl, method: MethodPolicy) -> grpc.RpcMethodHandler:
     """`handler` as a request-streaming handler that authenticates, authorizes and limits each call before reading
-    its request, then runs it with its principal in the contextvar.
+    its request, then runs it with the caller on its context (`caller_of`).
 
     grpc reads a unary request whole before calling its handler; a request-streaming handler reads when asked. So
     a caller without a valid key is refused once its headers are in: its message is never read, and HTTP/2 flow
@@ -113,19 +91,19 @@ def _guarded(handler: grpc.RpcMethodHandler, control: AccessControl, method: str
     """
     behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
 
-    async def admit(context: grpc.aio.ServicerContext) -> scope.Call:
+    async def admit(context: grpc.aio.ServicerContext) -> Principal:
         principal: Principal | None = None
         try:
             principal = control.authenticate(_metadata_value(context.invocation_metadata(), "authorization"))
-            if method.startswith(ADMIN_PREFIXES) and not principal.admin:
+            if method.needs_admin and not principal.admin:
                 raise permission_denied("This operation needs an admin API key.")
-            if method.startswith(ADMIN_SERVICE_PREFIX) and principal.key_id is None:
+            if method.needs_admin_key and principal.key_id is None:
                 # Running open, anyone local may call anything else; keys themselves are managed with a key.
                 raise permission_denied(
                     "Key management needs an admin API key: create the first one with "
                     "python -m service.admin keys create --tenant NAME --name NAME --admin"
                 )
-            if method in METERED_METHODS:
+            if method.charges_request_first:
                 await control.charge(principal, requests=1)
         except errors.ApiError as err:
             headers = {**await control.headers(principal), **err.headers} if principal is not None else err.headers
@@ -133,7 +111,7 @@ def _guarded(handler: grpc.RpcMethodHandler, control: AccessControl, method: str
                 await context.send_initial_metadata(tuple(headers.items()))
             await context.abort_with_status(err.to_status())
         assert principal is not None
-        return scope.Call(principal, control, method)
+        return principal
 
     async def request_of(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
         """What the wrapped behavior takes: the one message of a unary request, else the stream itself."""
@@ -144,30 +122,20 @@ def _guarded(handler: grpc.RpcMethodHandler, control: AccessControl, method: str
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "The call carried no request message.")
 
     async def unary_response(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-        call = await admit(context)
+        caller = await admit(context)
         request = await request_of(requests, context)
-        token = scope.enter(call)
-        try:
-            wrapped = _HeaderContext(context, call)
-            response = await behavior(request, wrapped)
-            await wrapped.flush()
-            _record_usage(call)
-            return response
-        finally:
-            scope.leave(token)
+        wrapped = _CallerContext(context, caller, control)
+        response = await behavior(request, wrapped)
+        await wrapped.flush()
+        return response
 
     async def streaming_response(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext):
-        call = await admit(context)
+        caller = await admit(context)
         request = await request_of(requests, context)
-        token = scope.enter(call)
-        try:
-            wrapped = _HeaderContext(context, call)
-            async for item in behavior(request, wrapped):
-                await wrapped.flush()
-                yield item
-            _record_usage(call)
-        finally:
-            scope.leave(token)
+        wrapped = _CallerContext(context, caller, control)
+        async for item in behavior(request, wrapped):
+            await wrapped.flush()
+            yield item
 
     serializers = {
         "request_deserializer": handler.request_deserializer,
@@ -178,9 +146,35 @@ def _guarded(handler: grpc.RpcMethodHandler, control: AccessControl, method: str
     return grpc.stream_unary_rpc_method_handler(unary_response, **serializers)
 
 
+def _refused(handler: grpc.RpcMethodHandler, path: str) -> grpc.RpcMethodHandler:
+    """A served method without a declared policy (the server refuses to start with one): every call fails."""
+    log.error("%s has no declared policy: refusing it", path)
+    status = errors.internal(f"{path} has no access policy.").to_status()
+
+    async def refuse(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+        await context.abort_with_status(status)
+
+    serializers = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.response_streaming:
+
+        async def refuse_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext):
+            await context.abort_with_status(status)
+            yield  # an async generator, as a streaming handler must be
+
+        return grpc.stream_stream_rpc_method_handler(refuse_stream, **serializers)
+    return grpc.stream_unary_rpc_method_handler(refuse, **serializers)
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, control: AccessControl) -> None:
+    """Guards every method by its declared policy; a method with none (not ours and not a known open service) is
+    refused outright, so nothing is served unguarded by omission."""
+
+    def __init__(self, control: AccessControl, policies: Mapping[str, MethodPolicy]) -> None:
         self._control = control
+        self._policies = policies
         self._guarded: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
@@ -189,10 +183,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method in OPEN_METHODS or method.startswith(OPEN_PREFIXES):
+        path = handler_call_details.method
+        if handler is None or policy.is_foreign_open(path):
             return handler
-        guarded = self._guarded.get(method)
+        guarded = self._guarded.get(path)
         if guarded is None:
-            guarded = self._guarded[method] = _guarded(handler, self._control, method)
+            method = self._policies.get(path)
+            if method is None:
+                return _refused(handler, path)
+            if method.is_open:
+                return handler
+            guarded = self._guarded[path] = _guarded(handler, self._control, method)
         return guarded

@@ -20,7 +20,7 @@ from embeddings.v1 import batches_pb2_grpc as pb_grpc
 from google.api import httpbody_pb2
 
 from service import errors
-from service.access.scope import current_call, current_key_id, current_tenant
+from service.access.interceptor import caller_of
 from service.api.embeddings import rpc_errors
 from service.batches import objects
 from service.batches.files import UploadLimits, UploadReceiver, expiry_seconds, stream_parts
@@ -89,7 +89,7 @@ class FileServicer(pb_grpc.FileServiceServicer):
 
     @rpc_errors
     async def CreateFile(self, request_iterator: AsyncIterator[httpbody_pb2.HttpBody], context) -> Any:
-        receiver = UploadReceiver(self._store, current_tenant(), now_s(), self._limits)
+        receiver = UploadReceiver(self._store, caller_of(context).tenant, now_s(), self._limits)
         record = await receiver.receive(request_iterator)
         log.info("file %s uploaded: %d bytes, %d lines", record.id, record.bytes, record.lines)
         return _json(objects.file_object(record))
@@ -102,7 +102,7 @@ class FileServicer(pb_grpc.FileServiceServicer):
         try:
             page = await asyncio.to_thread(
                 self._store.list_files,
-                current_tenant(),
+                caller_of(context).tenant,
                 limit,
                 request.after or None,
                 request.order == "asc",
@@ -114,20 +114,20 @@ class FileServicer(pb_grpc.FileServiceServicer):
 
     @rpc_errors
     async def RetrieveFile(self, request: pb.RetrieveFileRequest, context) -> httpbody_pb2.HttpBody:
-        record = await asyncio.to_thread(self._store.get_file, current_tenant(), request.file_id)
+        record = await asyncio.to_thread(self._store.get_file, caller_of(context).tenant, request.file_id)
         if record is None:
             raise _not_found("file", request.file_id, "file_id")
         return _json(objects.file_object(record))
 
     @rpc_errors
     async def DeleteFile(self, request: pb.DeleteFileRequest, context) -> httpbody_pb2.HttpBody:
-        if not await asyncio.to_thread(self._store.delete_file, current_tenant(), request.file_id, now_s()):
+        if not await asyncio.to_thread(self._store.delete_file, caller_of(context).tenant, request.file_id, now_s()):
             raise _not_found("file", request.file_id, "file_id")
         return _json({"id": request.file_id, "object": "file", "deleted": True})
 
     @rpc_stream_errors
     async def GetFileContent(self, request: pb.GetFileContentRequest, context) -> AsyncIterator[Any]:
-        record = await asyncio.to_thread(self._store.get_file, current_tenant(), request.file_id)
+        record = await asyncio.to_thread(self._store.get_file, caller_of(context).tenant, request.file_id)
         if record is None:
             raise _not_found("file", request.file_id, "file_id")
         first = True
@@ -192,7 +192,8 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
         output_expires_after = self._check(request)
         metadata = dict(request.metadata)
         webhook_id = metadata.get("webhook_id") or None
-        tenant = current_tenant()
+        caller = caller_of(context)
+        tenant = caller.tenant
         record = await asyncio.to_thread(self._store.get_file, tenant, request.input_file_id)
         if record is None:
             raise _not_found("file", request.input_file_id, "input_file_id")
@@ -202,14 +203,12 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
                 field="input_file_id",
                 reason="invalid_value",
             )
-        call = current_call()
-        models = call.principal.models if call is not None else None
         try:
             batch = await asyncio.to_thread(
                 self._store.create_batch,
                 tenant,
-                current_key_id(),
-                models,
+                caller.key_id,
+                caller.models,
                 record.id,
                 request.endpoint,
                 request.completion_window,
@@ -232,14 +231,14 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
 
     @rpc_errors
     async def RetrieveBatch(self, request: pb.RetrieveBatchRequest, context) -> httpbody_pb2.HttpBody:
-        batch = await asyncio.to_thread(self._store.get_batch, current_tenant(), request.batch_id)
+        batch = await asyncio.to_thread(self._store.get_batch, caller_of(context).tenant, request.batch_id)
         if batch is None:
             raise _not_found("batch", request.batch_id, "batch_id")
         return await self._answer(batch)
 
     @rpc_errors
     async def CancelBatch(self, request: pb.CancelBatchRequest, context) -> httpbody_pb2.HttpBody:
-        batch = await asyncio.to_thread(self._store.cancel_batch, current_tenant(), request.batch_id, now_s())
+        batch = await asyncio.to_thread(self._store.cancel_batch, caller_of(context).tenant, request.batch_id, now_s())
         if batch is None:
             raise _not_found("batch", request.batch_id, "batch_id")
         self._on_change()
@@ -248,8 +247,9 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
     @rpc_errors
     async def ListBatches(self, request: pb.ListBatchesRequest, context) -> httpbody_pb2.HttpBody:
         limit = _limit(request.limit, DEFAULT_BATCH_PAGE, MAX_BATCH_PAGE)
+        tenant = caller_of(context).tenant
         try:
-            page = await asyncio.to_thread(self._store.list_batches, current_tenant(), limit, request.after or None)
+            page = await asyncio.to_thread(self._store.list_batches, tenant, limit, request.after or None)
         except InvalidCursor:
             raise errors.invalid_input(f"'after' names no batch: '{request.after}'.", field="after") from None
         return _json(_page([objects.batch_object(b) for b in page.items], page.has_more))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 
 import grpc
@@ -18,11 +19,12 @@ from embeddings.v1 import jobs_pb2_grpc as pb_grpc
 from google.api import httpbody_pb2
 
 from service import errors
-from service.access.scope import current_key_id, current_tenant
+from service.access.control import Principal
+from service.access.interceptor import caller_of
 from service.api.embeddings import rpc_errors
 from service.api.rest import as_rest_error, parse_request
+from service.embedding import Embedder
 from service.engine.errors import EngineError
-from service.engine.registry import ModelRegistry
 from service.engine.tokenize import TokenIdDecoder
 from service.jobs import webhooks
 from service.jobs.records import InvalidCursor, Job, NotFound, ResultsNotReady, ResultsRemoved, TooManyWebhooks
@@ -118,7 +120,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
     def __init__(
         self,
         store: JobStore,
-        registry: ModelRegistry,
+        embedder: Embedder,
         decoder: TokenIdDecoder,
         *,
         chunk_size: int,
@@ -128,7 +130,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
         max_webhooks_per_tenant: int = 0,
     ) -> None:
         self._store = store
-        self._registry = registry
+        self._embedder = embedder
         self._decoder = decoder
         self._chunk_size = chunk_size
         self._max_inputs = max_inputs_per_job
@@ -136,8 +138,9 @@ class JobServicer(pb_grpc.JobServiceServicer):
         self._max_webhooks = max_webhooks_per_tenant
         self._on_new_job = on_new_job
 
-    async def _validated_inputs(self, request: pb.AsyncEmbedRequest) -> tuple[str, list[str], dict]:
-        parsed = await parse_request(request, self._registry, self._decoder, self._max_inputs)
+    async def _validated_inputs(self, caller: Principal, request: pb.AsyncEmbedRequest) -> tuple[str, list[str], dict]:
+        resolve = functools.partial(self._embedder.resolve, caller)
+        parsed = await parse_request(request, resolve, self._decoder, self._max_inputs)
         truncate = parsed.model.truncates(parsed.options)  # decided now: the job runs as it was validated
         if not truncate:
             try:
@@ -149,13 +152,14 @@ class JobServicer(pb_grpc.JobServiceServicer):
 
     @rpc_errors
     async def AsyncEmbed(self, request: pb.AsyncEmbedRequest, context) -> pb.Job:
+        caller = caller_of(context)
         metadata = checked_metadata(request.metadata)
-        model_id, texts, options = await self._validated_inputs(request)
+        model_id, texts, options = await self._validated_inputs(caller, request)
         webhook_id = metadata.get("webhook_id") or None
         try:
             job = await asyncio.to_thread(
                 self._store.create_job,
-                current_tenant(),
+                caller.tenant,
                 model_id,
                 options,
                 metadata,
@@ -163,18 +167,19 @@ class JobServicer(pb_grpc.JobServiceServicer):
                 texts,
                 self._chunk_size,
                 now_s(),
-                key_id=current_key_id(),  # its chunks are metered, and rate-limited, as this key's
+                key_id=caller.key_id,  # its chunks are metered, and rate-limited, as this key's
             )
         except NotFound:
             raise errors.invalid_input(
                 f"No webhook with id '{webhook_id}': create one with POST /v1/webhooks.", field="metadata.webhook_id"
             ) from None
+        self._embedder.job_accepted(caller, model_id)
         self._on_new_job()
         return job_message(job)
 
     @rpc_errors
     async def GetJob(self, request: pb.GetJobRequest, context) -> pb.Job:
-        job = await asyncio.to_thread(self._store.get_job, current_tenant(), request.id)
+        job = await asyncio.to_thread(self._store.get_job, caller_of(context).tenant, request.id)
         if job is None:
             raise _not_found("job", request.id)
         return job_message(job)
@@ -184,8 +189,9 @@ class JobServicer(pb_grpc.JobServiceServicer):
         limit = request.limit or 20
         if not 1 <= limit <= 100:
             raise errors.invalid_input("'limit' must be between 1 and 100.", field="limit")
+        tenant = caller_of(context).tenant
         try:
-            page = await asyncio.to_thread(self._store.list_jobs, current_tenant(), limit, request.after or None)
+            page = await asyncio.to_thread(self._store.list_jobs, tenant, limit, request.after or None)
         except InvalidCursor:
             raise errors.invalid_input(f"'after' names no job: '{request.after}'.", field="after") from None
         return pb.ListJobsResponse(
@@ -198,7 +204,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
 
     @rpc_errors
     async def CancelJob(self, request: pb.CancelJobRequest, context) -> pb.Job:
-        job = await asyncio.to_thread(self._store.cancel_job, current_tenant(), request.id, now_s())
+        job = await asyncio.to_thread(self._store.cancel_job, caller_of(context).tenant, request.id, now_s())
         if job is None:
             raise _not_found("job", request.id)
         self._on_new_job()  # deliver the cancellation event promptly
@@ -209,12 +215,13 @@ class JobServicer(pb_grpc.JobServiceServicer):
         limit = request.limit or DEFAULT_PAGE
         if not 1 <= limit <= MAX_PAGE or request.offset < 0:
             raise errors.invalid_input(f"'limit' must be 1..{MAX_PAGE} and 'offset' at least 0.", field="limit")
-        job = await asyncio.to_thread(self._store.get_job, current_tenant(), request.id)
+        tenant = caller_of(context).tenant
+        job = await asyncio.to_thread(self._store.get_job, tenant, request.id)
         if job is None:
             raise _not_found("job", request.id)
         try:
             vectors, counts, has_more = await asyncio.to_thread(
-                self._store.results, current_tenant(), request.id, request.offset, limit
+                self._store.results, tenant, request.id, request.offset, limit
             )
         except ResultsRemoved:
             raise errors.ApiError(
@@ -248,7 +255,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
         try:
             hook = await asyncio.to_thread(
                 self._store.create_webhook,
-                current_tenant(),
+                caller_of(context).tenant,
                 url,
                 request.description,
                 secret,
@@ -267,12 +274,12 @@ class JobServicer(pb_grpc.JobServiceServicer):
 
     @rpc_errors
     async def ListWebhooks(self, request: pb.ListWebhooksRequest, context) -> pb.ListWebhooksResponse:
-        hooks = await asyncio.to_thread(self._store.list_webhooks, current_tenant())
+        hooks = await asyncio.to_thread(self._store.list_webhooks, caller_of(context).tenant)
         return pb.ListWebhooksResponse(object="list", data=[_webhook_message(h) for h in hooks])
 
     @rpc_errors
     async def DeleteWebhook(self, request: pb.DeleteWebhookRequest, context) -> pb.DeleteWebhookResponse:
-        if not await asyncio.to_thread(self._store.delete_webhook, current_tenant(), request.id, now_s()):
+        if not await asyncio.to_thread(self._store.delete_webhook, caller_of(context).tenant, request.id, now_s()):
             raise _not_found("webhook", request.id)
         return pb.DeleteWebhookResponse(id=request.id, object="webhook", deleted=True)
 
@@ -283,8 +290,9 @@ class JobServicer(pb_grpc.JobServiceServicer):
         limit = request.limit or 50
         if not 1 <= limit <= 500:
             raise errors.invalid_input("'limit' must be between 1 and 500.", field="limit")
-        attempts = await asyncio.to_thread(self._store.list_attempts, current_tenant(), request.id, limit)
-        if not attempts and await asyncio.to_thread(self._store.get_webhook, current_tenant(), request.id) is None:
+        tenant = caller_of(context).tenant
+        attempts = await asyncio.to_thread(self._store.list_attempts, tenant, request.id, limit)
+        if not attempts and await asyncio.to_thread(self._store.get_webhook, tenant, request.id) is None:
             raise _not_found("webhook", request.id)
         data = []
         for a in attempts:

@@ -22,14 +22,15 @@ from google.api import httpbody_pb2
 from google.protobuf import struct_pb2
 
 from service import errors
+from service.access.interceptor import caller_of
 from service.api.embeddings import deadline_of, model_message, rpc_errors
 from service.api.engine_errors import as_api_error
+from service.embedding import Embedder
 from service.engine.errors import EngineError
 from service.engine.model import EmbedOptions, EmbedResult, ServedModel
 from service.engine.quantize import EMBEDDING_TYPES, FLOAT
-from service.engine.registry import ModelRegistry
 from service.engine.tokenize import TokenIdDecoder, token_id_bound
-from service.observability.context import note_model, note_result, timing_headers
+from service.observability.context import note_model, timing_headers
 
 ENCODING_FORMATS = ("float", "base64")
 # encoding_format values that ask for a compact embedding type as JSON integers (an extension).
@@ -89,12 +90,13 @@ class ParsedRequest:
 
 async def parse_request(
     request,
-    registry: ModelRegistry,
+    resolve: Callable[[str], ServedModel],
     decoder: TokenIdDecoder,
     max_inputs: int | None = None,
     compact_types: bool = True,
 ) -> ParsedRequest:
-    """Check and convert a CreateEmbeddingRequest or AsyncEmbedRequest (they share these fields).
+    """Check and convert a CreateEmbeddingRequest or AsyncEmbedRequest (they share these fields), with the model
+    `resolve` finds for the caller (`Embedder.resolve`).
 
     `max_inputs` raises the input cap (async jobs). `compact_types`: whether int8/binary/... vectors may be asked
     for (stored results, jobs and batches, hold floats). Errors name OpenAI's parameters (`input`, not `inputs[3]`).
@@ -105,7 +107,7 @@ async def parse_request(
     if not request.model:
         raise errors.invalid_input("'model' is required.", field="model")
     try:
-        model = registry.resolve(request.model)
+        model = resolve(request.model)
     except EngineError as err:
         raise as_api_error(err) from None
     note_model(model.id)
@@ -227,17 +229,16 @@ def _elapsed_ms(started: float) -> str:
 
 
 class RestServicer(pb_grpc.RestServiceServicer):
-    def __init__(self, registry: ModelRegistry, decoder: TokenIdDecoder, is_serving: Callable[[], bool]) -> None:
-        self._registry = registry
+    def __init__(self, embedder: Embedder, decoder: TokenIdDecoder, is_serving: Callable[[], bool]) -> None:
+        self._embedder = embedder
         self._decoder = decoder
         self._is_serving = is_serving
 
     async def _embed(self, request: pb.CreateEmbeddingRequest, context) -> tuple[EmbedResult, str]:
-        parsed = await parse_request(request, self._registry, self._decoder)
-        texts, options, encoding_format, model = parsed.texts, parsed.options, parsed.encoding_format, parsed.model
-        result = await model.embed(texts, options, deadline_of(context))
-        note_result(result)
-        return result, encoding_format
+        caller = caller_of(context)
+        parsed = await parse_request(request, functools.partial(self._embedder.resolve, caller), self._decoder)
+        result = await self._embedder.embed(caller, parsed.model, parsed.texts, parsed.options, deadline_of(context))
+        return result, parsed.encoding_format
 
     @rpc_errors
     @_timed
@@ -253,8 +254,8 @@ class RestServicer(pb_grpc.RestServiceServicer):
 
     @rpc_errors
     async def RetrieveModel(self, request: pb.RetrieveModelRequest, context) -> embeddings_pb2.Model:
-        model = self._registry.resolve(request.model)
-        return model_message(model, self._registry.aliases_of(model))
+        model = self._embedder.resolve(caller_of(context), request.model)
+        return model_message(model, self._embedder.registry.aliases_of(model))
 
     @rpc_errors
     async def CheckHealth(self, request: pb.CheckHealthRequest, context) -> pb.CheckHealthResponse:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import itertools
 import logging
 import secrets
@@ -39,9 +40,9 @@ from service.batches import objects
 from service.batches.files import PartWriter, iter_lines
 from service.batches.records import Batch, BatchRequest
 from service.batches.store import BatchStore
+from service.embedding import Embedder
 from service.engine.errors import ContextLengthExceeded, EngineError
-from service.engine.model import EmbedResult
-from service.engine.registry import ModelRegistry
+from service.engine.model import EmbedResult, ServedModel
 from service.engine.tokenize import TokenIdDecoder
 from service.jobs.records import Job, ResultsNotReady, ResultsRemoved
 from service.jobs.runner import now_s
@@ -126,18 +127,9 @@ class _Lease:
             await asyncio.to_thread(self.keep_sync, True)
 
 
-class KeyModels:
-    """The model registry as the batch's key sees it: other models do not exist (as for its live calls)."""
-
-    def __init__(self, registry: ModelRegistry, principal: Principal) -> None:
-        self._registry = registry
-        self._principal = principal
-
-    def resolve(self, name: str) -> Any:
-        model = self._registry.resolve(name)
-        if not self._principal.may_use([model.id, *self._registry.aliases_of(model)]):
-            raise errors.model_not_found(name)
-        return model
+# The models as the batch's key sees them (Embedder.resolve for its caller): others do not exist, as for its live
+# calls.
+KeyModels = Callable[[str], ServedModel]
 
 
 def _line_error(line: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
@@ -188,13 +180,13 @@ class BatchWorkers:
     def __init__(
         self,
         store: BatchStore,
-        registry: ModelRegistry,
+        embedder: Embedder,
         decoder: TokenIdDecoder,
         settings: BatchSettings,
         on_new_job: Callable[[], None],
     ) -> None:
         self._store = store
-        self._registry = registry
+        self._embedder = embedder
         self._decoder = decoder
         self._settings = settings
         self._on_new_job = on_new_job
@@ -276,8 +268,8 @@ class BatchWorkers:
 
     async def _validate(self, batch: Batch) -> None:
         lease = _Lease(self._store, batch.id, self._owner, self._settings.lease_s)
-        principal = Principal(batch.tenant, batch.key_id, False, batch.models, ())
-        models = KeyModels(self._registry, principal)
+        caller = Principal(batch.tenant, batch.key_id, False, batch.models, ())
+        models: KeyModels = functools.partial(self._embedder.resolve, caller)
         structure = await asyncio.to_thread(self._check_structure, batch, models, lease)
         if structure.errors:
             log.info("batch %s failed validation: %s", batch.id, structure.errors[0]["message"])
@@ -372,7 +364,7 @@ class BatchWorkers:
         name = body.get("model")
         if isinstance(name, str) and name:
             try:
-                model_id = models.resolve(name).id
+                model_id = models(name).id
             except (errors.ApiError, EngineError):
                 return None  # an unknown model is the request's error (the error file), as the live call's
             if found.model is None:
@@ -444,7 +436,7 @@ class BatchWorkers:
         model = entries[0].parsed.model
         texts = [text for entry in entries for text in entry.parsed.texts]
         loop = asyncio.get_running_loop()
-        measured = await loop.run_in_executor(self._registry.tokenize_executor, model.tokenizer.measure, texts)
+        measured = await loop.run_in_executor(self._embedder.registry.tokenize_executor, model.tokenizer.measure, texts)
         offset = 0
         for entry in entries:
             count = len(entry.parsed.texts)

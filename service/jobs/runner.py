@@ -15,7 +15,6 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +22,10 @@ import grpc
 import orjson
 
 from service import errors
-from service.access.control import AccessControl
 from service.api.engine_errors import as_api_error
+from service.embedding import Embedder
 from service.engine import errors as engine
-from service.engine.model import EmbedOptions
-from service.engine.registry import ModelRegistry
+from service.engine.model import EmbedOptions, EmbedResult
 from service.jobs import webhooks
 from service.jobs.records import Chunk, Delivery, Job
 from service.jobs.store import JobStore
@@ -98,17 +96,15 @@ class JobWorkers:
     def __init__(
         self,
         store: JobStore,
-        registry: ModelRegistry,
+        embedder: Embedder,
         settings: JobSettings,
         workers: int,
         metrics: Metrics | None = None,
-        access: AccessControl | None = None,
     ) -> None:
         self._store = store
         self._metrics = metrics or Metrics()
-        self._registry = registry
-        # Rate limits and usage metering of chunks (None: neither).
-        self._access = access
+        # Embeds chunks under their job's key's rate limits, and meters them.
+        self._embedder = embedder
         self._settings = settings
         self._workers = workers
         self._owner = f"worker-{secrets.token_hex(6)}"
@@ -208,9 +204,13 @@ class JobWorkers:
         """Embed a chunk and store its vectors. An error that retrying cannot fix (the job's own inputs or options)
         fails the job; a busy or starting engine gives the chunk back; anything else raises (a counted failure)."""
         try:
-            model = self._registry.resolve(chunk.model)
-            result = await model.embed(
-                chunk.inputs, embed_options(chunk.options), background=True, admit=self._admission(chunk)
+            result = await self._embedder.embed_chunk(
+                chunk.tenant,
+                chunk.key_id,
+                chunk.model,
+                chunk.inputs,
+                embed_options(chunk.options),
+                keep=lambda result: self._keep(chunk, result),
             )
         except (engine.NotReady, engine.QueueFull):  # passing: the chunk goes back, uncounted
             await asyncio.to_thread(self._store.release_chunk, chunk.job_id, chunk.idx, self._owner, False)
@@ -226,6 +226,13 @@ class JobWorkers:
             )
             self.notify()
             return
+        self._metrics.record_chunk(
+            result.model, chunk.tenant, chunk.count, result.prompt_tokens, result.truncated_inputs
+        )
+        self.notify()
+
+    async def _keep(self, chunk: Chunk, result: EmbedResult) -> None:
+        """Store a chunk's vectors (waiting for rate-limit room before embedding, the heartbeat kept the lease)."""
         vectors = result.vectors.astype("<f4", copy=False)
         await asyncio.to_thread(
             self._store.complete_chunk,
@@ -237,28 +244,6 @@ class JobWorkers:
             result.token_counts,
             now_s(),
         )
-        self._meter(chunk, result.model, result.prompt_tokens)
-        self._metrics.record_chunk(
-            result.model, chunk.tenant, chunk.count, result.prompt_tokens, result.truncated_inputs
-        )
-        self.notify()
-
-    def _admission(self, chunk: Chunk) -> Callable[[int], Awaitable[None]] | None:
-        """Charge a chunk's tokens to its tenant's (and key's) rate limits from the room above the interactive
-        reserve, waiting for it (the heartbeat keeps the lease meanwhile)."""
-        access = self._access
-        if access is None:
-            return None
-        key_id = chunk.key_id
-
-        async def admit(tokens: int) -> None:
-            await access.admit_job_tokens(chunk.tenant, key_id, tokens)
-
-        return admit
-
-    def _meter(self, chunk: Chunk, model: str, tokens: int) -> None:
-        if self._access is not None:
-            self._access.meter.record(chunk.tenant, chunk.key_id, model, job_tokens=tokens)
 
     # --- webhooks ---------------------------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """What the observability layer knows about the call being served, carried in a contextvar.
 
 The gRPC interceptor opens a `CallInfo` per call; servicers add what only they know (the resolved model, the
-engine's timings; the tenant comes from access control's own contextvar); log lines, metrics, timing headers and
+engine's timings, the caller's tenant); log lines, metrics, timing headers and
 spans read it. Outside a call (job workers, start-up) there is none and every helper is a no-op.
 """
 
@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from service.access.records import DEFAULT_TENANT
-from service.access.scope import current_tenant
 
 if TYPE_CHECKING:
     from service.engine.model import EmbedResult, EmbedTimings
@@ -60,12 +59,12 @@ def note_model(model_id: str) -> None:
         info.model = model_id
 
 
-def note_result(result: EmbedResult) -> None:
-    """What the engine did for this call: model, tokens and timings, for metrics, headers and spans."""
+def note_result(result: EmbedResult, tenant: str) -> None:
+    """What the engine did for this call of `tenant`'s: model, tokens and timings, for metrics, headers and spans."""
     info = _current.get()
     if info is not None:
         info.model = result.model
-        info.tenant = current_tenant()  # the authenticated caller's (access control runs inside this call)
+        info.tenant = tenant
         info.tokens = result.prompt_tokens
         info.inputs = len(result.token_counts)
         info.truncated = result.truncated_inputs
