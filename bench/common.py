@@ -28,9 +28,9 @@ import httpx2 as httpx
 import numpy as np
 import onnxruntime as ort
 import orjson
-from embeddings.v1 import embeddings_pb2 as pb
-from embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 
+from service._gen.embeddings.v1 import embeddings_pb2 as pb
+from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from service.engine.pooling import EmbeddingHead, finalize
 from service.engine.runtime import OnnxEncoder, RuntimeOptions
 from service.engine.tokenize import TextTokenizer, TokenizedInput

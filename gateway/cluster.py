@@ -17,8 +17,9 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from gateway.envoy import ROOT, GatewayPorts
+from gateway.envoy import GatewayPorts
 from gateway.run import (
     POLL_S,
     StopSignals,
@@ -26,6 +27,7 @@ from gateway.run import (
     add_envoy_flags,
     checked_config,
     open_refusal,
+    rendered_config_dir,
     server_command,
     settings_or_exit,
     start_envoy,
@@ -52,6 +54,11 @@ def _reap(proc: subprocess.Popen, timeout: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with rendered_config_dir() as rendered_dir:
+        return supervise(argv, rendered_dir)
+
+
+def supervise(argv: list[str] | None, rendered_dir: Path) -> int:
     args, server_args = parse(argv)
     settings = settings_or_exit(server_args, "cluster")
     if args.replicas < 1:
@@ -72,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     host = upstream_host(settings)
     gateway = GatewayPorts(args.http_port, ports[0], args.admin_port, args.http_host, host)
     upstreams = [(host, port) for port in ports]
-    config = checked_config(gateway, f"envoy-cluster-{args.http_port}.yaml", settings, upstreams)
+    config = checked_config(gateway, f"envoy-cluster-{args.http_port}.yaml", settings, rendered_dir, upstreams)
     if config is None:
         return 2
     stop = StopSignals()
@@ -80,7 +87,6 @@ def main(argv: list[str] | None = None) -> int:
     replicas = [
         subprocess.Popen(
             [*server_command(server_args, settings, args.http_host), "--port", str(port)],
-            cwd=ROOT,
             start_new_session=True,
         )
         for port in ports

@@ -8,14 +8,16 @@ are passed to `python -m service` (and EMBED_* variables apply as usual).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from gateway.envoy import ROOT, GatewayPorts, envoy_command, validate, write_rendered
+from gateway.envoy import GatewayPorts, envoy_command, validate, write_rendered
 from service.access.control import OpenMode
 from service.config import Settings, load_settings
 from service.stores import open_access_store
@@ -44,13 +46,18 @@ def upstream_host(settings: Settings) -> str:
 
 
 def checked_config(
-    ports: GatewayPorts, name: str, settings: Settings, upstreams: Sequence[tuple[str, int]] = ()
+    ports: GatewayPorts,
+    name: str,
+    settings: Settings,
+    rendered_dir: Path,
+    upstreams: Sequence[tuple[str, int]] = (),
 ) -> Path | None:
-    """envoy.yaml rendered into build/<name> and validated by Envoy itself; None (the reason printed) if invalid.
+    """envoy.yaml rendered into a private directory of this run (`rendered_dir`) as <name> and validated by Envoy
+    itself; None (the reason printed) if invalid.
 
     The server's otlp_endpoint turns tracing on in Envoy too: one trace from the HTTP request to inference.
     """
-    config = write_rendered(ports, ROOT / "build" / name, settings.otlp_endpoint, upstreams=upstreams)
+    config = write_rendered(ports, rendered_dir / name, settings.otlp_endpoint, upstreams=upstreams)
     checked = validate(config)
     if checked.returncode != 0:
         print(f"invalid Envoy configuration:\n{checked.stdout}{checked.stderr}", file=sys.stderr)
@@ -60,9 +67,7 @@ def checked_config(
 
 def start_envoy(config: Path, args: argparse.Namespace) -> subprocess.Popen:
     # Own sessions: a terminal's Ctrl-C reaches only the supervisor, which stops its children in order.
-    return subprocess.Popen(
-        envoy_command(config, args.envoy_concurrency, args.envoy_log_level), cwd=ROOT, start_new_session=True
-    )
+    return subprocess.Popen(envoy_command(config, args.envoy_concurrency, args.envoy_log_level), start_new_session=True)
 
 
 class StopSignals:
@@ -117,7 +122,19 @@ def _stop(proc: subprocess.Popen, timeout: float) -> int:
     return proc.returncode
 
 
+@contextlib.contextmanager
+def rendered_config_dir() -> Iterator[Path]:
+    """A private directory for this run's rendered Envoy configuration (the installed package is read-only)."""
+    with tempfile.TemporaryDirectory(prefix="embedgate-") as directory:
+        yield Path(directory)
+
+
 def main(argv: list[str] | None = None) -> int:
+    with rendered_config_dir() as rendered_dir:
+        return supervise(argv, rendered_dir)
+
+
+def supervise(argv: list[str] | None, rendered_dir: Path) -> int:
     args, server_args = parse(argv)
     settings = settings_or_exit(server_args, "gateway")
     refusal = open_refusal(args.http_host, settings)
@@ -125,11 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gateway: {refusal}", file=sys.stderr)
         return 2
     ports = GatewayPorts(args.http_port, settings.port, args.admin_port, args.http_host, upstream_host(settings))
-    config = checked_config(ports, f"envoy-{args.http_port}.yaml", settings)
+    config = checked_config(ports, f"envoy-{args.http_port}.yaml", settings, rendered_dir)
     if config is None:
         return 2
     stop = StopSignals()
-    server = subprocess.Popen(server_command(server_args, settings, args.http_host), cwd=ROOT, start_new_session=True)
+    server = subprocess.Popen(server_command(server_args, settings, args.http_host), start_new_session=True)
     envoy = start_envoy(config, args)
     print(f"gateway: REST on http://{args.http_host}:{args.http_port}/v1 -> gRPC {settings.address}", file=sys.stderr)
     while not stop.requested and server.poll() is None and envoy.poll() is None:

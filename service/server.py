@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from pathlib import Path
 
 import grpc
-from embeddings.v1 import (
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service import assets
+from service._gen.embeddings.v1 import (
     batches_pb2,
     batches_pb2_grpc,
     embeddings_pb2,
@@ -20,9 +23,6 @@ from embeddings.v1 import (
     rest_pb2,
     rest_pb2_grpc,
 )
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
 from service.access.control import AccessControl, Limits, OpenMode
 from service.access.ext_authz import add_authorization_service
 from service.access.interceptor import AuthInterceptor
@@ -52,8 +52,8 @@ JOB_SERVICE = jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
 OPS_SERVICE = ops_pb2.DESCRIPTOR.services_by_name["OpsService"].full_name
 FILE_SERVICE = batches_pb2.DESCRIPTOR.services_by_name["FileService"].full_name
 BATCH_SERVICE = batches_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name
-OPENAPI_DOCUMENT = Path(__file__).resolve().parent.parent / "build" / "openapi.json"
-SWAGGER_UI = Path(__file__).resolve().parent.parent / "build" / "swagger-ui" / "node_modules" / "swagger-ui-dist"
+OPENAPI_DOCUMENT = assets.OPENAPI
+SWAGGER_UI = assets.SWAGGER_UI
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # Keepalive pings a client may send, even between calls (embeddings_client's grpc_config.json pings every 30 s).

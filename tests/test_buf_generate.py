@@ -108,7 +108,7 @@ def test_python_stubs_match_the_servers_descriptors(generated):
     command = [sys.executable, "-c", script, str(generated / "python")]
     done = subprocess.run(command, env=env, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    from embeddings.v1 import embeddings_pb2, jobs_pb2  # the server's, from `make proto`
+    from service._gen.embeddings.v1 import embeddings_pb2, jobs_pb2  # the server's, from `make proto`
 
     ours = [embeddings_pb2.DESCRIPTOR.serialized_pb, jobs_pb2.DESCRIPTOR.serialized_pb]
     assert [comparable(d) for d in done.stdout.split(b"|", 1)] == [comparable(d) for d in ours]

@@ -16,11 +16,12 @@ from google.api import annotations_pb2
 from hypothesis import HealthCheck, settings
 from openapi_spec_validator import validate
 
+from service import assets
 from tests.serving import EnvoyProcess, ServerProcess, http
 from tools import openapi
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCUMENT = ROOT / "build" / "openapi.json"
+DOCUMENT = assets.OPENAPI
 PROTO_MODULES = sorted(p.stem for p in (ROOT / "proto" / "embeddings" / "v1").glob("*.proto"))
 HTTPBODY = "google.api.HttpBody"
 
@@ -41,7 +42,7 @@ def _bindings(rule):
 def http_methods():
     """(method descriptor, verb, path template, body) of every HTTP rule, read from the generated Python modules."""
     for name in PROTO_MODULES:
-        module = importlib.import_module(f"embeddings.v1.{name}_pb2")
+        module = importlib.import_module(f"service._gen.embeddings.v1.{name}_pb2")
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 options = method.GetOptions()

@@ -1,4 +1,5 @@
-"""Build step: the OpenAPI 3 document of the REST surface, derived from the descriptor set (`build/openapi.json`).
+"""Build step: the OpenAPI 3 document of the REST surface, derived from the descriptor set
+(`service/_gen/openapi.json`).
 
 Every `google.api.http` rule of every service becomes an operation (additional bindings included): path
 parameters from the template, the body from `body: "*"`, query parameters from the request's other fields (as the
@@ -22,9 +23,11 @@ from typing import Any
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2
 
+from service import assets
+
 ROOT = Path(__file__).resolve().parent.parent
-DESCRIPTOR = ROOT / "build" / "descriptor.pb"
-OUTPUT = ROOT / "build" / "openapi.json"
+DESCRIPTOR = assets.DESCRIPTOR
+OUTPUT = assets.OPENAPI
 PACKAGE = "embeddings.v1"
 HTTPBODY = ".google.api.HttpBody"
 VERBS = ("get", "put", "post", "delete", "patch")

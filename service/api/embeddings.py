@@ -9,10 +9,10 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import grpc
-from embeddings.v1 import embeddings_pb2 as pb
-from embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 
 from service import errors
+from service._gen.embeddings.v1 import embeddings_pb2 as pb
+from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from service.engine.model import EmbedOptions, EmbedResult, ServedModel
 from service.observability.context import note_model, note_result, timing_headers
 from service.registry import ModelRegistry

@@ -13,11 +13,11 @@ from collections.abc import Callable, Mapping
 
 import grpc
 import orjson
-from embeddings.v1 import jobs_pb2 as pb
-from embeddings.v1 import jobs_pb2_grpc as pb_grpc
 from google.api import httpbody_pb2
 
 from service import errors
+from service._gen.embeddings.v1 import jobs_pb2 as pb
+from service._gen.embeddings.v1 import jobs_pb2_grpc as pb_grpc
 from service.access.scope import current_key_id, current_tenant
 from service.api.embeddings import rpc_errors
 from service.api.rest import TokenIdDecoder, as_rest_error, parse_request

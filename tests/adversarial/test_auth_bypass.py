@@ -2,7 +2,8 @@
 
 No key, a wrong key and a revoked key each get UNAUTHENTICATED `invalid_api_key` (gRPC, straight to the server and
 through Envoy's listener) or 401 in OpenAI's envelope (REST); a non-admin key gets PERMISSION_DENIED
-`insufficient_permissions` / 403 on admin operations. Only health, reflection, the API description and the browser pages (docs, console) are open.
+`insufficient_permissions` / 403 on admin operations.
+Only health, reflection, the API description and the browser pages (docs, console) are open.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ import json
 
 import grpc
 import pytest
-from embeddings.v1 import admin_pb2, batches_pb2, embeddings_pb2, jobs_pb2, ops_pb2, rest_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from service import assets
+from service._gen.embeddings.v1 import admin_pb2, batches_pb2, embeddings_pb2, jobs_pb2, ops_pb2, rest_pb2
 from tests.adversarial.probes import WRONG_KEY, Stack, assert_openai_error, assert_still_serving, refused
-from tests.serving import ROOT
 
 OPEN_METHODS = {
     "/embeddings.v1.RestService/CheckHealth",
@@ -28,7 +29,7 @@ OPEN_METHODS = {
     "/embeddings.v1.OpsService/GetConsoleAsset",
 }
 ADMIN_METHODS_EXTRA = {"/embeddings.v1.OpsService/GetMetrics"}
-OPENAPI = json.loads((ROOT / "build" / "openapi.json").read_text())
+OPENAPI = json.loads(assets.OPENAPI.read_text())
 
 
 def all_methods() -> list[str]:
