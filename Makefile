@@ -10,7 +10,7 @@ BUF    := build/npm/node_modules/.bin/buf
 # from there (never from a CDN).
 SWAGGER_UI := service/console/swagger-ui/.installed
 
-.PHONY: all setup proto stubs models run run-grpc cluster test test-clients lint bench bench-quick bench-throughput screenshots clean
+.PHONY: all setup proto wheel stubs models run run-grpc cluster test test-clients lint bench bench-quick bench-throughput screenshots clean
 
 all: setup proto models
 
@@ -44,6 +44,12 @@ service/_gen/.proto: $(VENV)/.installed tools/genproto.py tools/openapi.py $(she
 	touch $@
 
 proto: service/_gen/.proto
+
+# The wheel (dist/embedgate-*.whl): the packages with the generated stubs, descriptor set, OpenAPI document, Envoy's
+# configuration and Swagger UI's files (tests/test_packaging.py installs it into a fresh venv and serves from it).
+wheel: proto $(SWAGGER_UI)
+	rm -rf build/lib build/bdist.* dist
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist .
 
 # Stubs for other languages (buf.gen.yaml: TypeScript with protoc-gen-es, Python messages) into build/gen/stubs.
 stubs: proto $(NPM_TOOLS)

@@ -26,6 +26,7 @@ from gateway.run import (
     _stop,
     add_envoy_flags,
     checked_config,
+    envoy_settings,
     open_refusal,
     rendered_config_dir,
     server_command,
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def supervise(argv: list[str] | None, rendered_dir: Path) -> int:
     args, server_args = parse(argv)
+    proxy = envoy_settings(args, "cluster")
     settings = settings_or_exit(server_args, "cluster")
     if args.replicas < 1:
         print("cluster: --replicas must be at least 1", file=sys.stderr)
@@ -71,29 +73,29 @@ def supervise(argv: list[str] | None, rendered_dir: Path) -> int:
     except ValueError as exc:
         print(f"cluster: {exc}", file=sys.stderr)
         return 2
-    refusal = open_refusal(args.http_host, settings)
+    refusal = open_refusal(proxy.http_host, settings)
     if refusal is not None:
         print(f"cluster: {refusal}", file=sys.stderr)
         return 2
     ports = [args.grpc_port_base + i for i in range(1, args.replicas + 1)]
     host = upstream_host(settings)
-    gateway = GatewayPorts(args.http_port, ports[0], args.admin_port, args.http_host, host)
+    gateway = GatewayPorts(proxy.http_port, ports[0], proxy.admin_port, proxy.http_host, host)
     upstreams = [(host, port) for port in ports]
-    config = checked_config(gateway, f"envoy-cluster-{args.http_port}.yaml", settings, rendered_dir, upstreams)
+    config = checked_config(gateway, f"envoy-cluster-{proxy.http_port}.yaml", settings, rendered_dir, upstreams)
     if config is None:
         return 2
     stop = StopSignals()
     # The last --port wins: each replica gets its own.
     replicas = [
         subprocess.Popen(
-            [*server_command(server_args, settings, args.http_host), "--port", str(port)],
+            [*server_command(server_args, settings, proxy.http_host), "--port", str(port)],
             start_new_session=True,
         )
         for port in ports
     ]
-    envoy = start_envoy(config, args)
+    envoy = start_envoy(config, proxy)
     print(
-        f"cluster: REST on http://{args.http_host}:{args.http_port}/v1 -> {args.replicas} replicas on gRPC ports "
+        f"cluster: REST on http://{proxy.http_host}:{proxy.http_port}/v1 -> {args.replicas} replicas on gRPC ports "
         f"{', '.join(map(str, ports))}",
         file=sys.stderr,
     )
