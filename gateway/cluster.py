@@ -13,6 +13,7 @@ Envoy. Flags it does not know are passed to every `python -m service` (and EMBED
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from gateway.run import (
     StopSignals,
     _stop,
     add_envoy_flags,
+    bootstrap_or_exit,
     checked_config,
     envoy_settings,
     open_refusal,
@@ -34,6 +36,7 @@ from gateway.run import (
     start_envoy,
     upstream_host,
 )
+from service.access.bootstrap import without_secrets
 from service.stores import shared
 
 
@@ -73,6 +76,7 @@ def supervise(argv: list[str] | None, rendered_dir: Path) -> int:
     except ValueError as exc:
         print(f"cluster: {exc}", file=sys.stderr)
         return 2
+    bootstrap_or_exit(settings, "cluster")
     refusal = open_refusal(proxy.http_host, settings)
     if refusal is not None:
         print(f"cluster: {refusal}", file=sys.stderr)
@@ -90,6 +94,7 @@ def supervise(argv: list[str] | None, rendered_dir: Path) -> int:
         subprocess.Popen(
             [*server_command(server_args, settings, proxy.http_host), "--port", str(port)],
             start_new_session=True,
+            env=without_secrets(os.environ),
         )
         for port in ports
     ]

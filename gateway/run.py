@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.envoy import GatewayPorts, envoy_command, validate, write_rendered
+from service.access.bootstrap import bootstrap_admin_key, without_secrets
 from service.access.control import OpenMode
 from service.config import Settings, add_setting_flags, load_settings, resolve_settings
 from service.stores import open_access_store
@@ -99,7 +100,23 @@ def checked_config(
 
 def start_envoy(config: Path, args: EnvoySettings) -> subprocess.Popen:
     # Own sessions: a terminal's Ctrl-C reaches only the supervisor, which stops its children in order.
-    return subprocess.Popen(envoy_command(config, args.envoy_concurrency, args.envoy_log_level), start_new_session=True)
+    return subprocess.Popen(
+        envoy_command(config, args.envoy_concurrency, args.envoy_log_level),
+        start_new_session=True,
+        env=without_secrets(os.environ),
+    )
+
+
+def bootstrap_or_exit(settings: Settings, program: str) -> None:
+    """The first admin key from EMBED_ADMIN_KEY / EMBED_ADMIN_KEY_FILE, stored before the open-mode check (a keyed
+    store may listen on a public address); exit 2 with one line if it cannot be. Its children never see the key."""
+    try:
+        outcome = bootstrap_admin_key(settings, os.environ)
+    except (ValueError, OSError) as exc:
+        print(f"{program}: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if outcome is not None:
+        print(f"{program}: {outcome.message}", file=sys.stderr)
 
 
 class StopSignals:
@@ -170,6 +187,7 @@ def supervise(argv: list[str] | None, rendered_dir: Path) -> int:
     flags, server_args = parse(argv)
     args = envoy_settings(flags, "gateway")
     settings = settings_or_exit(server_args, "gateway")
+    bootstrap_or_exit(settings, "gateway")
     refusal = open_refusal(args.http_host, settings)
     if refusal is not None:
         print(f"gateway: {refusal}", file=sys.stderr)
@@ -179,7 +197,9 @@ def supervise(argv: list[str] | None, rendered_dir: Path) -> int:
     if config is None:
         return 2
     stop = StopSignals()
-    server = subprocess.Popen(server_command(server_args, settings, args.http_host), start_new_session=True)
+    server = subprocess.Popen(
+        server_command(server_args, settings, args.http_host), start_new_session=True, env=without_secrets(os.environ)
+    )
     envoy = start_envoy(config, args)
     print(f"gateway: REST on http://{args.http_host}:{args.http_port}/v1 -> gRPC {settings.address}", file=sys.stderr)
     while not stop.requested and server.poll() is None and envoy.poll() is None:

@@ -144,8 +144,10 @@ class AccessStore(Protocol):
         rpm: int | None = None,
         tpm: int | None = None,
         now: int,
+        issued: keys.NewKey | None = None,
     ) -> tuple[KeyRecord, str]:
-        """The new key and its token (`sk-...`): the only time the token exists outside the caller."""
+        """The new key and its token (`sk-...`): the only time the token exists outside the caller. `issued`: a key
+        made elsewhere (an operator's bootstrap key, service/access/bootstrap.py) instead of a fresh one."""
         ...
 
     def list_keys(self, tenant: str | None = None) -> list[KeyRecord]: ...
@@ -243,10 +245,11 @@ class SqliteAccessStore:
         rpm: int | None = None,
         tpm: int | None = None,
         now: int,
+        issued: keys.NewKey | None = None,
     ) -> tuple[KeyRecord, str]:
         if not tenant.strip():
             raise ValueError("a key needs a tenant")
-        new = keys.issue()
+        new = issued or keys.issue()
         record = KeyRecord(
             new.key_id, tenant, name, new.secret_hash, "admin" if admin else "user", models, rpm, tpm, now, None, None
         )
