@@ -8,9 +8,8 @@ import signal
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from service import assets
+from service import assets, reflection
 from service._gen.embeddings.v1 import (
     batches_pb2,
     batches_pb2_grpc,
@@ -140,7 +139,7 @@ class EmbeddingServer:
         ops = OpsServicer(self.metrics, self.store.count_jobs_by_status, OPENAPI_DOCUMENT, SWAGGER_UI)
         ops_pb2_grpc.add_OpsServiceServicer_to_server(ops, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection(
+        reflection.enable(
             [
                 EMBEDDING_SERVICE,
                 REST_SERVICE,
@@ -150,7 +149,6 @@ class EmbeddingServer:
                 FILE_SERVICE,
                 BATCH_SERVICE,
                 health.SERVICE_NAME,
-                reflection.SERVICE_NAME,
             ],
             self._server,
         )
