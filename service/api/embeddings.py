@@ -9,6 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import grpc
+from google.protobuf import struct_pb2
 
 from service import errors
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
@@ -70,11 +71,16 @@ def model_message(model: ServedModel, aliases: list[str]) -> pb.Model:
         query_prefix=manifest.query_prefix,
         document_prefix=manifest.document_prefix,
         modality="embedding",
-        provenance={
-            k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in manifest.provenance.items()
-        },
+        provenance=provenance_struct(manifest.provenance),
         max_inputs_per_request=model.max_inputs,
     )
+
+
+def provenance_struct(provenance: dict) -> struct_pb2.Struct:
+    """The manifest's provenance as a JSON object (values round-trip through JSON: Struct holds only JSON types)."""
+    value = struct_pb2.Struct()
+    value.update(json.loads(json.dumps(provenance)))
+    return value
 
 
 def embed_response(result: EmbedResult, encoding: int) -> pb.EmbedResponse:
