@@ -23,6 +23,7 @@ from gateway.envoy import GatewayPorts, envoy_command, validate, write_rendered
 from service.access.bootstrap import bootstrap_admin_key, without_secrets
 from service.access.control import OpenMode
 from service.config import Settings, add_setting_flags, load_settings, resolve_settings
+from service.observability.tracing import exporter_from
 from service.stores import open_access_store
 
 POLL_S = 0.2
@@ -88,9 +89,12 @@ def checked_config(
     """envoy.yaml rendered into a private directory of this run (`rendered_dir`) as <name> and validated by Envoy
     itself; None (the reason printed) if invalid.
 
-    The server's otlp_endpoint turns tracing on in Envoy too: one trace from the HTTP request to inference.
+    The server's exporter (otlp_endpoint or OTEL_EXPORTER_OTLP_ENDPOINT) turns tracing on in Envoy too: one trace
+    from the HTTP request to inference. Envoy exports in plaintext only: to a TLS collector only the server traces.
     """
-    config = write_rendered(ports, rendered_dir / name, settings.otlp_endpoint, upstreams=upstreams)
+    exporter = exporter_from(settings.otlp_endpoint, os.environ)
+    envoy_endpoint = exporter.endpoint if exporter is not None and exporter.insecure else ""
+    config = write_rendered(ports, rendered_dir / name, envoy_endpoint, upstreams=upstreams)
     checked = validate(config)
     if checked.returncode != 0:
         print(f"invalid Envoy configuration:\n{checked.stdout}{checked.stderr}", file=sys.stderr)

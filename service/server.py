@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 
 import grpc
@@ -39,7 +40,7 @@ from service.jobs import webhooks
 from service.jobs.runner import JobSettings, JobWorkers, announce
 from service.observability.interceptor import TelemetryInterceptor
 from service.observability.metrics import Metrics
-from service.observability.tracing import Tracing
+from service.observability.tracing import Tracing, exporter_from
 from service.registry import ModelRegistry
 from service.stores import open_access_store, open_job_store, open_rate_limiter
 
@@ -73,7 +74,8 @@ class EmbeddingServer:
         self.serving = False
         self.metrics = Metrics()
         self.access.on_refusal = self.metrics.record_rate_limited
-        self.tracing = Tracing(settings.otlp_endpoint) if settings.otlp_endpoint else None
+        exporter = exporter_from(settings.otlp_endpoint, os.environ)
+        self.tracing = Tracing(exporter) if exporter is not None else None
         self._server = grpc.aio.server(
             interceptors=[TelemetryInterceptor(self.metrics, self.tracing), AuthInterceptor(self.access)],
             options=[
