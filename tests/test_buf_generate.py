@@ -57,7 +57,7 @@ def generated(tmp_path_factory) -> Path:
     (stubs / "package.json").write_text(json.dumps({"type": "module"}))
     (stubs / "node_modules").symlink_to(NODE_MODULES)
     # protoc writes no __init__.py: make the generated Python a regular package, as a consumer would, so that it
-    # (first on PYTHONPATH) and not the project's own build/gen/python is imported.
+    # (first on PYTHONPATH) and not the project's own generated package is imported.
     for package in ("embeddings", "embeddings/v1"):
         (stubs / "python" / package / "__init__.py").touch()
     return stubs
