@@ -6,10 +6,11 @@ PY     := $(BIN)/python
 MODEL_REPO ?= models
 NPM_TOOLS := build/npm/.installed
 BUF    := build/npm/node_modules/.bin/buf
-# Swagger UI's files for GET /docs, served by the server from here (never from a CDN).
-SWAGGER_UI := build/swagger-ui/.installed
+# Swagger UI's files for GET /docs, copied into the package (service/console/swagger-ui) and served by the server
+# from there (never from a CDN).
+SWAGGER_UI := service/console/swagger-ui/.installed
 
-.PHONY: all setup proto stubs models run run-grpc cluster test test-clients lint bench bench-quick bench-throughput screenshots clean
+.PHONY: all setup proto wheel stubs models run run-grpc cluster test test-clients lint bench bench-quick bench-throughput screenshots clean
 
 all: setup proto models
 
@@ -19,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[build,test]'
+	$(PY) -m pip install -q -e '.[build,test,bench]'
 	touch $@
 
 # buf (proto lint), the official Node SDK the tests drive, and the TypeScript stub generator (protoc-gen-es, its
@@ -29,19 +30,26 @@ $(NPM_TOOLS): Makefile
 	npm install --silent --no-audit --no-fund --prefix build/npm $(NPM_PACKAGES)
 	touch $@
 
-$(SWAGGER_UI):
+$(SWAGGER_UI): $(VENV)/.installed
 	npm install --silent --no-audit --no-fund --prefix build/swagger-ui swagger-ui-dist@5.35.0
+	$(PY) -m tools.swagger_ui build/swagger-ui/node_modules/swagger-ui-dist
 	touch $@
 
 setup: $(VENV)/.installed $(NPM_TOOLS) $(SWAGGER_UI)
 
-# Generated code and the descriptor set, from proto/ (tools/genproto.py); the .pth puts them on the path.
-build/.proto: $(VENV)/.installed tools/genproto.py tools/openapi.py service/policy.py $(shell find proto -name '*.proto')
+# Generated code, the descriptor set and the OpenAPI document, from proto/ (tools/genproto.py), into the package
+# service/_gen (importable as service._gen.embeddings.v1; the wheel carries it).
+service/_gen/.proto: $(VENV)/.installed tools/genproto.py tools/openapi.py service/policy.py $(shell find proto -name '*.proto')
 	$(PY) -m tools.genproto
-	$(PY) -c 'import sysconfig, pathlib; pathlib.Path(sysconfig.get_paths()["purelib"], "_embeddings_generated.pth").write_text(str(pathlib.Path("build/gen/python").resolve()) + "\n")'
 	touch $@
 
-proto: build/.proto
+proto: service/_gen/.proto
+
+# The wheel (dist/embedgate-*.whl): the packages with the generated stubs, descriptor set, OpenAPI document, Envoy's
+# configuration and Swagger UI's files (tests/test_packaging.py installs it into a fresh venv and serves from it).
+wheel: proto $(SWAGGER_UI)
+	rm -rf build/lib build/bdist.* dist
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist .
 
 # Stubs for other languages (buf.gen.yaml: TypeScript with protoc-gen-es, Python messages) into build/gen/stubs.
 stubs: proto $(NPM_TOOLS)
@@ -83,7 +91,7 @@ test: setup lint models
 # the real server through Envoy, vectors checked against sentence-transformers. Its packages (the `clients` extra)
 # go into the same venv, after the pinned CPU torch (none of them asks for torch). CI runs it after `make test`.
 $(VENV)/.installed-clients: $(VENV)/.installed pyproject.toml
-	$(PY) -m pip install -q -e '.[build,test,clients]'
+	$(PY) -m pip install -q -e '.[build,test,bench,clients]'
 	touch $@
 
 test-clients: setup proto models $(VENV)/.installed-clients

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import grpc
 import httpx2 as httpx
-from embeddings.v1 import embeddings_pb2_grpc as pb_grpc
+from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 
 from bench.common import GRPC_ENCODINGS, make_requests, rest_bodies
 from bench.datasets import TextSet

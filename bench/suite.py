@@ -29,7 +29,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from embeddings.v1 import embeddings_pb2_grpc as pb_grpc
+from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 
 from bench.common import (
     GRPC_ENCODINGS,

@@ -336,7 +336,7 @@ def add_jobs_commands(commands) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="embeddings",
+        prog="embedgate",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Exit codes: 0 done, 1 an error from the server, 2 a bad file or option, 130 interrupted.",

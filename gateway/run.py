@@ -2,38 +2,74 @@
 
 Ctrl-C or SIGTERM drains the gRPC server first (Envoy still delivers the answers of in-flight REST calls), then
 stops Envoy. If either process dies, the other is stopped and the command exits non-zero. Flags it does not know
-are passed to `python -m service` (and EMBED_* variables apply as usual).
+are passed to `python -m service`; every flag, its and the server's, has an EMBED_* variable (service.config).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.envoy import ROOT, GatewayPorts, envoy_command, validate, write_rendered
+from gateway.envoy import GatewayPorts, envoy_command, validate, write_rendered
+from service.access.bootstrap import bootstrap_admin_key, without_secrets
 from service.access.control import OpenMode
-from service.config import Settings, load_settings
+from service.config import Settings, add_setting_flags, load_settings, resolve_settings
+from service.observability.tracing import exporter_from
 from service.stores import open_access_store
 
 POLL_S = 0.2
 
 
+@dataclass(frozen=True)
+class EnvoySettings:
+    """The settings of the Envoy a supervisor starts (gateway.run, gateway.cluster): flags `--<name>` and variables
+    `EMBED_<NAME>`, resolved as the server's are (service.config)."""
+
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    # Envoy's admin interface, on 127.0.0.1 only; 0 turns it off.
+    admin_port: int = 9901
+    envoy_concurrency: int = 1
+    envoy_log_level: str = "warning"
+
+
+ENVOY_HELP = {
+    "http_host": "where REST and gRPC through Envoy listen",
+    "http_port": "the port of REST and gRPC through Envoy",
+    "admin_port": "Envoy admin on 127.0.0.1; 0 turns it off",
+    "envoy_concurrency": "Envoy worker threads",
+    "envoy_log_level": "Envoy's log level (trace, debug, info, warning, error, critical, off)",
+}
+
+
 def add_envoy_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags of the Envoy a supervisor starts (gateway.run, gateway.cluster)."""
-    parser.add_argument("--http-host", default="127.0.0.1", help="where REST listens (default 127.0.0.1)")
-    parser.add_argument("--http-port", type=int, default=8080)
-    parser.add_argument("--admin-port", type=int, default=9901, help="Envoy admin on 127.0.0.1; 0 turns it off")
-    parser.add_argument("--envoy-concurrency", type=int, default=1, help="Envoy worker threads")
-    parser.add_argument("--envoy-log-level", default="warning")
+    add_setting_flags(parser, EnvoySettings, ENVOY_HELP)
+
+
+def envoy_settings(args: argparse.Namespace, program: str, environ: Mapping[str, str] | None = None) -> EnvoySettings:
+    """The Envoy settings from `EMBED_*` and the flags, or exit 2 with one line (as the server does)."""
+    try:
+        return resolve_settings(EnvoySettings, args, dict(os.environ if environ is None else environ))
+    except ValueError as exc:
+        print(f"{program}: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(prog="python -m gateway.run", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="embedgate-gateway",
+        description=__doc__.splitlines()[0],
+        epilog="Every other flag goes to the server (embedgate-server --help lists them, each with its EMBED_* name).",
+    )
     add_envoy_flags(parser)
     return parser.parse_known_args(argv)
 
@@ -44,13 +80,21 @@ def upstream_host(settings: Settings) -> str:
 
 
 def checked_config(
-    ports: GatewayPorts, name: str, settings: Settings, upstreams: Sequence[tuple[str, int]] = ()
+    ports: GatewayPorts,
+    name: str,
+    settings: Settings,
+    rendered_dir: Path,
+    upstreams: Sequence[tuple[str, int]] = (),
 ) -> Path | None:
-    """envoy.yaml rendered into build/<name> and validated by Envoy itself; None (the reason printed) if invalid.
+    """envoy.yaml rendered into a private directory of this run (`rendered_dir`) as <name> and validated by Envoy
+    itself; None (the reason printed) if invalid.
 
-    The server's otlp_endpoint turns tracing on in Envoy too: one trace from the HTTP request to inference.
+    The server's exporter (otlp_endpoint or OTEL_EXPORTER_OTLP_ENDPOINT) turns tracing on in Envoy too: one trace
+    from the HTTP request to inference. Envoy exports in plaintext only: to a TLS collector only the server traces.
     """
-    config = write_rendered(ports, ROOT / "build" / name, settings.otlp_endpoint, upstreams=upstreams)
+    exporter = exporter_from(settings.otlp_endpoint, os.environ)
+    envoy_endpoint = exporter.endpoint if exporter is not None and exporter.insecure else ""
+    config = write_rendered(ports, rendered_dir / name, envoy_endpoint, upstreams=upstreams)
     checked = validate(config)
     if checked.returncode != 0:
         print(f"invalid Envoy configuration:\n{checked.stdout}{checked.stderr}", file=sys.stderr)
@@ -58,11 +102,25 @@ def checked_config(
     return config
 
 
-def start_envoy(config: Path, args: argparse.Namespace) -> subprocess.Popen:
+def start_envoy(config: Path, args: EnvoySettings) -> subprocess.Popen:
     # Own sessions: a terminal's Ctrl-C reaches only the supervisor, which stops its children in order.
     return subprocess.Popen(
-        envoy_command(config, args.envoy_concurrency, args.envoy_log_level), cwd=ROOT, start_new_session=True
+        envoy_command(config, args.envoy_concurrency, args.envoy_log_level),
+        start_new_session=True,
+        env=without_secrets(os.environ),
     )
+
+
+def bootstrap_or_exit(settings: Settings, program: str) -> None:
+    """The first admin key from EMBED_ADMIN_KEY / EMBED_ADMIN_KEY_FILE, stored before the open-mode check (a keyed
+    store may listen on a public address); exit 2 with one line if it cannot be. Its children never see the key."""
+    try:
+        outcome = bootstrap_admin_key(settings, os.environ)
+    except (ValueError, OSError) as exc:
+        print(f"{program}: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if outcome is not None:
+        print(f"{program}: {outcome.message}", file=sys.stderr)
 
 
 class StopSignals:
@@ -117,19 +175,35 @@ def _stop(proc: subprocess.Popen, timeout: float) -> int:
     return proc.returncode
 
 
+@contextlib.contextmanager
+def rendered_config_dir() -> Iterator[Path]:
+    """A private directory for this run's rendered Envoy configuration (the installed package is read-only)."""
+    with tempfile.TemporaryDirectory(prefix="embedgate-") as directory:
+        yield Path(directory)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args, server_args = parse(argv)
+    with rendered_config_dir() as rendered_dir:
+        return supervise(argv, rendered_dir)
+
+
+def supervise(argv: list[str] | None, rendered_dir: Path) -> int:
+    flags, server_args = parse(argv)
+    args = envoy_settings(flags, "gateway")
     settings = settings_or_exit(server_args, "gateway")
+    bootstrap_or_exit(settings, "gateway")
     refusal = open_refusal(args.http_host, settings)
     if refusal is not None:
         print(f"gateway: {refusal}", file=sys.stderr)
         return 2
     ports = GatewayPorts(args.http_port, settings.port, args.admin_port, args.http_host, upstream_host(settings))
-    config = checked_config(ports, f"envoy-{args.http_port}.yaml", settings)
+    config = checked_config(ports, f"envoy-{args.http_port}.yaml", settings, rendered_dir)
     if config is None:
         return 2
     stop = StopSignals()
-    server = subprocess.Popen(server_command(server_args, settings, args.http_host), cwd=ROOT, start_new_session=True)
+    server = subprocess.Popen(
+        server_command(server_args, settings, args.http_host), start_new_session=True, env=without_secrets(os.environ)
+    )
     envoy = start_envoy(config, args)
     print(f"gateway: REST on http://{args.http_host}:{args.http_port}/v1 -> gRPC {settings.address}", file=sys.stderr)
     while not stop.requested and server.poll() is None and envoy.poll() is None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import sys
 
+from service.access.bootstrap import bootstrap_admin_key
 from service.config import load_settings
 from service.observability.logs import configure_logging
 
@@ -20,6 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    try:
+        bootstrapped = bootstrap_admin_key(settings, os.environ)
+    except (ValueError, OSError) as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    if bootstrapped is not None:
+        logging.getLogger("service.access.bootstrap").info(bootstrapped.message)
     from service.server import serve  # after logging is set up, so import-time warnings are formatted
 
     return asyncio.run(serve(settings))

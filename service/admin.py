@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import asdict
 
+from service.access import keys
 from service.access.records import KeyRecord, UsageRow
 from service.access.store import AccessStore
 from service.config import Settings
@@ -30,7 +31,7 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m service.admin", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="embedgate-admin", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--data-dir",
         default=os.environ.get("EMBED_DATA_DIR", "data"),
@@ -56,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--tenant")
     key_commands.add_parser("revoke", help="revoke a key").add_argument("id")
     key_commands.add_parser("rotate", help="give a key a new secret and print it (once)").add_argument("id")
+    key_commands.add_parser(
+        "generate",
+        help="print a new key without storing it: the value of EMBED_ADMIN_KEY (or its file) for a first start",
+    )
 
     tenant_commands = commands.add_parser("tenants", help="tenant limits").add_subparsers(dest="action", required=True)
     tenant_set = tenant_commands.add_parser("set", help="set a tenant's limits (omitted: the server's defaults)")
@@ -155,6 +160,9 @@ def run(args: argparse.Namespace, store: AccessStore) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "keys" and args.action == "generate":  # no store: the server stores it when it starts
+        print(keys.issue().token)
+        return 0
     store = open_access_store(Settings(data_dir=args.data_dir, store_url=args.store_url))
     try:
         return run(args, store)

@@ -141,31 +141,44 @@ def _coerce(field: dataclasses.Field, value: Any) -> Any:
     return str(value)
 
 
-def _from_mapping(values: dict[str, Any], source: str) -> dict[str, Any]:
-    known = {f.name: f for f in fields(Settings)}
+def _from_mapping(values: dict[str, Any], source: str, kind: type = Settings) -> dict[str, Any]:
+    known = {f.name: f for f in fields(kind)}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f"{source}: unknown setting(s) {unknown}")
     return {name: _coerce(known[name], value) for name, value in values.items()}
 
 
-def _from_env(environ: dict[str, str]) -> dict[str, Any]:
+def _from_env(environ: dict[str, str], kind: type = Settings) -> dict[str, Any]:
     values = {}
-    for f in fields(Settings):
+    for f in fields(kind):
         key = ENV_PREFIX + f.name.upper()
         if key in environ:
             values[f.name] = environ[key]
-    return _from_mapping(values, "environment")
+    return _from_mapping(values, "environment", kind)
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, kind: type, helps: dict[str, str] | None = None) -> None:
+    """One flag `--<name>` per field of the settings dataclass `kind`, each saying its default and its variable."""
+    for f in fields(kind):
+        note = f"default: {f.default!r} (env {ENV_PREFIX}{f.name.upper()})"
+        text = f"{helps[f.name]}; {note}" if helps and f.name in helps else note
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, help=text)
+
+
+def resolve_settings(kind: type, args: argparse.Namespace, environ: dict[str, str], base: dict[str, Any] | None = None):
+    """An instance of the settings dataclass `kind`: `base` (defaults, a config file) < `EMBED_*` < flags."""
+    values = dict(base or {})
+    values.update(_from_env(environ, kind))
+    flags = {f.name: getattr(args, f.name) for f in fields(kind) if getattr(args, f.name, None) is not None}
+    values.update(_from_mapping(flags, "command line", kind))
+    return kind(**values)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service", description="Embeddings gRPC server on ONNX Runtime.")
     parser.add_argument("--config", help="TOML file of settings (also EMBED_CONFIG)")
-    for f in fields(Settings):
-        flag = "--" + f.name.replace("_", "-")
-        parser.add_argument(
-            flag, dest=f.name, default=None, help=f"default: {f.default!r} (env {ENV_PREFIX}{f.name.upper()})"
-        )
+    add_setting_flags(parser, Settings)
     return parser
 
 
@@ -178,7 +191,4 @@ def load_settings(argv: list[str] | None = None, environ: dict[str, str] | None 
     if config_path:
         with Path(config_path).open("rb") as fh:
             values.update(_from_mapping(tomllib.load(fh), config_path))
-    values.update(_from_env(environ))
-    flags = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
-    values.update(_from_mapping(flags, "command line"))
-    return Settings(**values)
+    return resolve_settings(Settings, args, environ, values)

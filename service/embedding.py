@@ -15,7 +15,7 @@ from service import errors
 from service.access.control import AccessControl, Principal
 from service.engine.model import EmbedOptions, EmbedResult, ServedModel
 from service.observability.context import note_result
-from service.registry import ModelRegistry
+from service.engine.registry import ModelRegistry
 
 
 class Embedder:

@@ -14,8 +14,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType, ModuleType
 
-from embeddings.v1 import admin_pb2, batches_pb2, embeddings_pb2, jobs_pb2, ops_pb2, policy_pb2, rest_pb2
 from google.protobuf import descriptor_pb2
+
+from service._gen.embeddings.v1 import admin_pb2, batches_pb2, embeddings_pb2, jobs_pb2, ops_pb2, policy_pb2, rest_pb2
 
 # The contract's files, in the order their services are listed wherever order shows (the gateway's retry routes).
 CONTRACT_MODULES: tuple[ModuleType, ...] = (embeddings_pb2, rest_pb2, jobs_pb2, batches_pb2, admin_pb2, ops_pb2)

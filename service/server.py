@@ -5,16 +5,22 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import Any
 
 import grpc
-from embeddings.v1 import batches_pb2_grpc, embeddings_pb2_grpc, jobs_pb2_grpc, ops_pb2_grpc, rest_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from service import policy
+from service import assets, policy, reflection
+from service._gen.embeddings.v1 import (
+    batches_pb2_grpc,
+    embeddings_pb2_grpc,
+    jobs_pb2_grpc,
+    ops_pb2_grpc,
+    rest_pb2_grpc,
+)
 from service.access.control import AccessControl, Limits, OpenMode
 from service.access.ext_authz import add_authorization_service
 from service.access.interceptor import AuthInterceptor
@@ -35,7 +41,7 @@ from service.jobs import webhooks
 from service.jobs.runner import JobSettings, JobWorkers, announce
 from service.observability.interceptor import TelemetryInterceptor
 from service.observability.metrics import Metrics
-from service.observability.tracing import Tracing
+from service.observability.tracing import Tracing, exporter_from
 from service.stores import open_access_store, open_job_store, open_rate_limiter
 
 log = logging.getLogger(__name__)
@@ -43,8 +49,8 @@ log = logging.getLogger(__name__)
 # The contract's services: all are served, listed by reflection and reported by health, each method guarded by its
 # declared policy.
 CONTRACT_SERVICES = tuple(policy.contract_services())
-OPENAPI_DOCUMENT = Path(__file__).resolve().parent.parent / "build" / "openapi.json"
-SWAGGER_UI = Path(__file__).resolve().parent.parent / "build" / "swagger-ui" / "node_modules" / "swagger-ui-dist"
+OPENAPI_DOCUMENT = assets.OPENAPI
+SWAGGER_UI = assets.SWAGGER_UI
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # Keepalive pings a client may send, even between calls (embeddings_client's grpc_config.json pings every 30 s).
@@ -84,7 +90,8 @@ class EmbeddingServer:
         self.serving = False
         self.metrics = Metrics()
         self.access.on_refusal = self.metrics.record_rate_limited
-        self.tracing = Tracing(settings.otlp_endpoint) if settings.otlp_endpoint else None
+        exporter = exporter_from(settings.otlp_endpoint, os.environ)
+        self.tracing = Tracing(exporter) if exporter is not None else None
         self._server = grpc.aio.server(
             interceptors=[TelemetryInterceptor(self.metrics, self.tracing), AuthInterceptor(self.access, policies)],
             options=[

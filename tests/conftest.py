@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from embeddings.v1 import embeddings_pb2_grpc as pb_grpc
+from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 
 from tests.serving import EnvoyProcess, ServerProcess
 from tests.tiny_bert import build_tiny_sources

@@ -17,11 +17,11 @@ import grpc
 import httpx2
 import openai
 import pytest
-from embeddings.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, jobs_pb2_grpc
-from embeddings.v1 import embeddings_pb2 as pb
-from embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from openai import OpenAI
+from service._gen.embeddings.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+from service._gen.embeddings.v1 import embeddings_pb2 as pb
+from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 
 from tests.serving import ROOT, EnvoyProcess, ServerProcess, http
 

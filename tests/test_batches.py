@@ -16,9 +16,9 @@ import httpx2
 import numpy as np
 import openai
 import pytest
-from embeddings.v1 import batches_pb2, batches_pb2_grpc
 from google.api import httpbody_pb2
 from openai import OpenAI
+from service._gen.embeddings.v1 import batches_pb2, batches_pb2_grpc
 
 from service.jobs import webhooks
 from tests.serving import ROOT, EnvoyProcess, ServerProcess

@@ -57,7 +57,7 @@ def generated(tmp_path_factory) -> Path:
     (stubs / "package.json").write_text(json.dumps({"type": "module"}))
     (stubs / "node_modules").symlink_to(NODE_MODULES)
     # protoc writes no __init__.py: make the generated Python a regular package, as a consumer would, so that it
-    # (first on PYTHONPATH) and not the project's own build/gen/python is imported.
+    # (first on PYTHONPATH) and not the project's own generated package is imported.
     for package in ("embeddings", "embeddings/v1"):
         (stubs / "python" / package / "__init__.py").touch()
     return stubs
@@ -108,7 +108,7 @@ def test_python_stubs_match_the_servers_descriptors(generated):
     command = [sys.executable, "-c", script, str(generated / "python")]
     done = subprocess.run(command, env=env, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    from embeddings.v1 import embeddings_pb2, jobs_pb2  # the server's, from `make proto`
+    from service._gen.embeddings.v1 import embeddings_pb2, jobs_pb2  # the server's, from `make proto`
 
     ours = [embeddings_pb2.DESCRIPTOR.serialized_pb, jobs_pb2.DESCRIPTOR.serialized_pb]
     assert [comparable(d) for d in done.stdout.split(b"|", 1)] == [comparable(d) for d in ours]

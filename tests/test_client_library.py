@@ -16,9 +16,9 @@ import grpc
 import numpy as np
 import pytest
 import yaml
-from embeddings.v1 import embeddings_pb2 as pb
-from embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from google.protobuf import descriptor_pool
+from service._gen.embeddings.v1 import embeddings_pb2 as pb
+from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 
 from embeddings_client import (
     NO_RETRIES,

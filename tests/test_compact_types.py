@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from embeddings.v1 import embeddings_pb2 as pb
 from sentence_transformers.util.quantization import quantize_embeddings
+from service._gen.embeddings.v1 import embeddings_pb2 as pb
 
 from service.engine.manifest import ModelManifest
 from tests.serving import http

@@ -11,8 +11,8 @@ import time
 import urllib.request
 
 import grpc
-from embeddings.v1 import embeddings_pb2 as pb
-from embeddings.v1 import embeddings_pb2_grpc as pb_grpc
+from service._gen.embeddings.v1 import embeddings_pb2 as pb
+from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 
 from tests.serving import ROOT, free_port
 

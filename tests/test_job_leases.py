@@ -9,10 +9,10 @@ import threading
 import time
 
 import grpc
-from embeddings.v1 import embeddings_pb2 as pb
-from embeddings.v1 import embeddings_pb2_grpc as pb_grpc
-from embeddings.v1 import jobs_pb2, jobs_pb2_grpc
 from google.protobuf import struct_pb2
+from service._gen.embeddings.v1 import embeddings_pb2 as pb
+from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
+from service._gen.embeddings.v1 import jobs_pb2, jobs_pb2_grpc
 
 from tests.serving import ServerProcess
 

@@ -8,8 +8,8 @@ import time
 
 import grpc
 import pytest
-from embeddings.v1 import embeddings_pb2 as pb
 from prometheus_client.parser import text_string_to_metric_families
+from service._gen.embeddings.v1 import embeddings_pb2 as pb
 
 from gateway.envoy import TRACE_CLUSTER, GatewayPorts, render, validate, write_rendered
 from tests.serving import http

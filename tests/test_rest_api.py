@@ -14,7 +14,7 @@ import bpe_openai
 import numpy as np
 import openai
 import pytest
-from embeddings.v1 import embeddings_pb2 as pb
+from service._gen.embeddings.v1 import embeddings_pb2 as pb
 
 from gateway.envoy import CONFIG, ROOT, validate
 from tests.serving import http

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.envoy import ROOT, GatewayPorts, render, validate, write_rendered
+from gateway.envoy import CONFIG, ROOT, GatewayPorts, render, validate, write_rendered
 
 K8S = ROOT / "deploy" / "k8s"
 
@@ -35,7 +35,7 @@ def test_every_envoy_variant_validates(tmp_path: Path, upstreams, dns) -> None:
 
 def test_the_single_upstream_default_is_unchanged() -> None:
     config = render(GatewayPorts())
-    shipped = yaml.safe_load((ROOT / "envoy.yaml").read_text())
+    shipped = yaml.safe_load(CONFIG.read_text())
     assert config["static_resources"]["clusters"] == shipped["static_resources"]["clusters"]
     assert all("retry_policy" not in route["route"] for route in _routes(config))
 

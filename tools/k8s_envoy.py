@@ -2,8 +2,8 @@
 
 Envoy in the cluster balances over the replicas behind the headless Service `embeddings-grpc` (STRICT_DNS: every
 pod's address is a host, re-resolved as pods come and go), listens on 0.0.0.0:8080, and finds the descriptor set and
-the Lua error mapper where the image has them (/app). tests/test_scaleout_deploy.py checks that the committed file is
-what this renders and that Envoy accepts it.
+the Lua filters where the image installs the wheel (its venv's site-packages, see the Dockerfile).
+tests/test_scaleout_deploy.py checks that the committed file is what this renders and that Envoy accepts it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from gateway.envoy import ROOT, GatewayPorts, render
 
 SERVICE_DNS = "embeddings-grpc"
 GRPC_PORT = 50051
-IMAGE_ROOT = "/app"
+# Where the image's venv (/opt/embedgate, Python 3.12) holds the packages: the Dockerfile installs the wheel there.
+IMAGE_ROOT = "/opt/embedgate/lib/python3.12/site-packages"
 
 
 class _BlockDumper(yaml.SafeDumper):

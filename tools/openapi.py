@@ -1,4 +1,5 @@
-"""Build step: the OpenAPI 3 document of the REST surface, derived from the descriptor set (`build/openapi.json`).
+"""Build step: the OpenAPI 3 document of the REST surface, derived from the descriptor set
+(`service/_gen/openapi.json`).
 
 Every `google.api.http` rule of every service becomes an operation (additional bindings included): path
 parameters from the template, the body from `body: "*"`, query parameters from the request's other fields (as the
@@ -19,16 +20,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from google.api import annotations_pb2, http_pb2
+from google.api import annotations_pb2, field_behavior_pb2, http_pb2
 from google.protobuf import descriptor_pb2
 
+from service import assets
+from service.api.rest import ENCODING_FORMATS
 from service.policy import MissingPolicy, contract_policies, policy_of
 
 ROOT = Path(__file__).resolve().parent.parent
-DESCRIPTOR = ROOT / "build" / "descriptor.pb"
-OUTPUT = ROOT / "build" / "openapi.json"
+DESCRIPTOR = assets.DESCRIPTOR
+OUTPUT = assets.OPENAPI
 PACKAGE = "embeddings.v1"
 HTTPBODY = ".google.api.HttpBody"
+# String fields whose values the server checks against a list (kept strings in the proto for OpenAI's JSON): the
+# list the server checks is the document's enum.
+STRING_ENUMS = {".embeddings.v1.CreateEmbeddingRequest.encoding_format": list(ENCODING_FORMATS)}
 VERBS = ("get", "put", "post", "delete", "patch")
 F = descriptor_pb2.FieldDescriptorProto
 
@@ -443,14 +449,21 @@ class SchemaBuilder:
     def message_schema(self, full_name: str, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
         message, field_comments, comment = self.messages[full_name]
         properties = {}
+        required = []
         for j, field in enumerate(message.field):
             if field.name in skip:
                 continue
             schema = dict(self.field_schema(field))
+            if f"{full_name}.{field.name}" in STRING_ENUMS:
+                schema["enum"] = STRING_ENUMS[f"{full_name}.{field.name}"]
             if field_comments.get(j):
                 schema = {**schema, "description": field_comments[j]} if "$ref" not in schema else schema
             properties[field.name] = schema
+            if field_behavior_pb2.REQUIRED in field.options.Extensions[field_behavior_pb2.field_behavior]:
+                required.append(field.name)
         schema: dict[str, Any] = {"type": "object", "properties": properties}
+        if required:
+            schema["required"] = required
         if comment:
             schema["description"] = comment
         return schema

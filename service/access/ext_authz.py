@@ -12,11 +12,11 @@ from __future__ import annotations
 import base64
 
 import grpc
-from envoy_ext_authz import external_auth_pb2 as pb
-from envoy_ext_authz import external_auth_pb2_grpc as pb_grpc
 from google.rpc import status_pb2
 
 from service import errors
+from service._gen.envoy_ext_authz import external_auth_pb2 as pb
+from service._gen.envoy_ext_authz import external_auth_pb2_grpc as pb_grpc
 from service.access.control import AccessControl
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Authorization"].full_name

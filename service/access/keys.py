@@ -45,6 +45,19 @@ def issue(key_id: str | None = None) -> NewKey:
     return NewKey(key_id, f"{KEY_PREFIX}{key_id}-{secret}", hash_secret(secret))
 
 
+def from_token(token: str) -> NewKey | None:
+    """A key made outside the server (an operator's bootstrap key) in the form `issue` makes, with at least as much
+    secret; None if it is not one."""
+    parts = split(token)
+    if parts is None:
+        return None
+    key_id, secret = parts
+    well_formed = all(c in string.hexdigits.lower() for c in key_id) and len(secret) >= SECRET_LENGTH
+    if not well_formed or any(c not in SECRET_ALPHABET for c in secret):
+        return None
+    return NewKey(key_id, token, hash_secret(secret))
+
+
 def split(token: str) -> tuple[str, str] | None:
     """(key id, secret) of a well-formed key, else None."""
     if not token.startswith(KEY_PREFIX):

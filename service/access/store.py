@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
+from service.access import keys
 from service.access.records import KeyRecord, KeySnapshot, TenantRecord, UsageDelta, UsageRow
 
 
@@ -24,8 +25,10 @@ class AccessStore(Protocol):
         rpm: int | None = None,
         tpm: int | None = None,
         now: int,
+        issued: keys.NewKey | None = None,
     ) -> tuple[KeyRecord, str]:
-        """The new key and its token (`sk-...`): the only time the token exists outside the caller."""
+        """The new key and its token (`sk-...`): the only time the token exists outside the caller. `issued`: a key
+        made elsewhere (an operator's bootstrap key, service/access/bootstrap.py) instead of a fresh one."""
         ...
 
     def list_keys(self, tenant: str | None = None) -> list[KeyRecord]: ...

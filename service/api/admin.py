@@ -6,10 +6,10 @@ import asyncio
 import re
 
 import grpc
-from embeddings.v1 import admin_pb2 as pb
-from embeddings.v1 import admin_pb2_grpc as pb_grpc
 
 from service import errors
+from service._gen.embeddings.v1 import admin_pb2 as pb
+from service._gen.embeddings.v1 import admin_pb2_grpc as pb_grpc
 from service.access.control import AccessControl
 from service.access.records import KeyRecord, UsageRow
 from service.api.embeddings import rpc_errors

@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
-from embeddings.v1 import batches_pb2 as pb
-from embeddings.v1 import batches_pb2_grpc as pb_grpc
 from google.api import httpbody_pb2
 
 from service import errors
+from service._gen.embeddings.v1 import batches_pb2 as pb
+from service._gen.embeddings.v1 import batches_pb2_grpc as pb_grpc
 from service.access.interceptor import caller_of
 from service.api.embeddings import rpc_errors
 from service.batches import objects

@@ -9,10 +9,11 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import grpc
-from embeddings.v1 import embeddings_pb2 as pb
-from embeddings.v1 import embeddings_pb2_grpc as pb_grpc
+from google.protobuf import struct_pb2
 
 from service import errors
+from service._gen.embeddings.v1 import embeddings_pb2 as pb
+from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from service.access.interceptor import caller_of
 from service.api.engine_errors import as_api_error
 from service.embedding import Embedder
@@ -83,12 +84,17 @@ def model_message(model: ServedModel, aliases: list[str]) -> pb.Model:
         query_prefix=manifest.query_prefix,
         document_prefix=manifest.document_prefix,
         modality="embedding",
-        provenance={
-            k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in manifest.provenance.items()
-        },
+        provenance=provenance_struct(manifest.provenance),
         max_inputs_per_request=model.max_inputs,
         embedding_types=model.embedding_types,
     )
+
+
+def provenance_struct(provenance: dict) -> struct_pb2.Struct:
+    """The manifest's provenance as a JSON object (values round-trip through JSON: Struct holds only JSON types)."""
+    value = struct_pb2.Struct()
+    value.update(json.loads(json.dumps(provenance)))
+    return value
 
 
 def embed_response(result: EmbedResult, encoding: int) -> pb.EmbedResponse:

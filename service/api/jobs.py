@@ -14,11 +14,11 @@ from collections.abc import Callable, Mapping
 
 import grpc
 import orjson
-from embeddings.v1 import jobs_pb2 as pb
-from embeddings.v1 import jobs_pb2_grpc as pb_grpc
 from google.api import httpbody_pb2
 
 from service import errors
+from service._gen.embeddings.v1 import jobs_pb2 as pb
+from service._gen.embeddings.v1 import jobs_pb2_grpc as pb_grpc
 from service.access.control import Principal
 from service.access.interceptor import caller_of
 from service.api.embeddings import rpc_errors

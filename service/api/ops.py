@@ -9,11 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-from embeddings.v1 import ops_pb2 as pb
-from embeddings.v1 import ops_pb2_grpc as pb_grpc
 from google.api import httpbody_pb2
 
 from service import console, errors
+from service._gen.embeddings.v1 import ops_pb2 as pb
+from service._gen.embeddings.v1 import ops_pb2_grpc as pb_grpc
 from service.api.embeddings import rpc_errors
 from service.observability.metrics import CONTENT_TYPE, Metrics
 

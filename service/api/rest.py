@@ -15,13 +15,13 @@ from collections.abc import Callable, Mapping
 
 import grpc
 import orjson
-from embeddings.v1 import embeddings_pb2
-from embeddings.v1 import rest_pb2 as pb
-from embeddings.v1 import rest_pb2_grpc as pb_grpc
 from google.api import httpbody_pb2
 from google.protobuf import struct_pb2
 
 from service import errors
+from service._gen.embeddings.v1 import embeddings_pb2
+from service._gen.embeddings.v1 import rest_pb2 as pb
+from service._gen.embeddings.v1 import rest_pb2_grpc as pb_grpc
 from service.access.interceptor import caller_of
 from service.api.embeddings import deadline_of, model_message, rpc_errors
 from service.api.engine_errors import as_api_error

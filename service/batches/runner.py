@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 import orjson
-from embeddings.v1 import rest_pb2
 from google.protobuf import json_format
 
 from service import errors
+from service._gen.embeddings.v1 import rest_pb2
 from service.access.control import Principal
 from service.api.rest import as_rest_error, openai_body, parse_request
 from service.batches import objects

@@ -1,11 +1,12 @@
 """The browser pages the gateway serves: the operator console (GET /console) and the API reference (GET /docs).
 
 Their sources live in this package (`web/` for the console, `docs/` for the reference's own glue) so a wheel ships
-them; Swagger UI's files are a build output (`make setup` installs the npm package `swagger-ui-dist` under
-`build/swagger-ui`). Each page is served with its files under `{mount}/static/{version}/`, where the version is a
-hash of every file: files are cached for good (`immutable`), the page itself is revalidated on every load, so a new
-build is picked up at once and never mixes old and new files. Everything is read once into memory: a request
-names a file, it is looked up, never opened, so no path can reach the disk.
+them; Swagger UI's files are a build output (`make setup` installs the npm package `swagger-ui-dist` and copies the
+files below into `swagger-ui/` here, tools/swagger_ui.py). Each page is served with its files under
+`{mount}/static/{version}/`, where the version is a hash of every file: files are cached for good (`immutable`), the
+page itself is revalidated on every load, so a new build is picked up at once and never mixes old and new files.
+Everything is read once into memory: a request names a file, it is looked up, never opened, so no path can reach the
+disk.
 """
 
 from __future__ import annotations

@@ -138,6 +138,7 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
                 code = _code_name(context, error)
                 seconds = time.perf_counter() - info.started
                 metrics.record_call(info, code, seconds)
+                metrics.record_grpc(rpc, code, seconds)
                 if tracing is not None:
                     tracing.end_call(info, code, info.started_ns + int(seconds * 1e9))
                 if log.isEnabledFor(logging.DEBUG):

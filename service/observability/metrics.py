@@ -10,11 +10,13 @@ scrape time. Queue depth and job counts are read only when scraped.
 
 from __future__ import annotations
 
+import platform
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from importlib import metadata
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
@@ -24,6 +26,29 @@ from service.observability.context import CallInfo
 # What generate_latest writes: the classic text format, which every Prometheus version scrapes.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "embeddings_"
+GRPC_LABELS = ("grpc_service", "grpc_method")
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+BUILD_LABELS = {
+    "version": _version("embedgate"),
+    "python": platform.python_version(),
+    "grpcio": _version("grpcio"),
+    "onnxruntime": _version("onnxruntime-gpu") if _version("onnxruntime-gpu") != "unknown" else _version("onnxruntime"),
+}
+
+
+def grpc_code_label(code: str) -> str:
+    """grpc.StatusCode names as go-grpc-prometheus writes them: OK, InvalidArgument, ResourceExhausted, ..."""
+    return "OK" if code == "OK" else "".join(part.capitalize() for part in code.split("_"))
+
+
 JOB_STATUSES = ("queued", "in_progress", "completed", "failed", "cancelled")
 # Seconds: sub-millisecond tokenization up to multi-second long-text batches.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -143,8 +168,21 @@ class Metrics(Collector):
         self.rate_limited = CounterSeries(
             PREFIX + "rate_limited", "Calls refused by a rate limit.", ("tenant", "limit")
         )
+        # The names and labels standard gRPC dashboards use (go-grpc-prometheus), beside the service's own.
+        self.grpc_handled = CounterSeries(
+            "grpc_server_handled", "RPCs completed on the server, by status code.", (*GRPC_LABELS, "grpc_code")
+        )
+        self.grpc_handling_seconds = HistogramSeries(
+            "grpc_server_handling_seconds", "Time the server took to answer an RPC.", GRPC_LABELS
+        )
+        self.build_info = GaugeSeries(
+            PREFIX + "build_info", "1, labelled with the versions this server runs.", tuple(BUILD_LABELS)
+        )
+        self.build_info.values[tuple(BUILD_LABELS.values())] = 1.0
         self.registry = CollectorRegistry()
         self.registry.register(self)
+        # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ... (Linux /proc).
+        ProcessCollector(registry=self.registry)
 
     def collect(self) -> Iterator[Metric]:
         for series in vars(self).values():
@@ -164,6 +202,12 @@ class Metrics(Collector):
             self.tokens.inc((info.model, info.tenant), info.tokens)
             if info.truncated:
                 self.truncated_inputs.inc(model, info.truncated)
+
+    def record_grpc(self, full_method: str, code: str, seconds: float) -> None:
+        """`full_method` is "package.Service/Method"; `code` a grpc.StatusCode name (INVALID_ARGUMENT)."""
+        service, _, method = full_method.partition("/")
+        self.grpc_handled.inc((service, method, grpc_code_label(code)))
+        self.grpc_handling_seconds.observe((service, method), seconds)
 
     def batch_observer(self, model: str) -> Callable[[int, int, float], None]:
         """The batcher's per-batch hook for `model` (called on the event loop when a batch finishes)."""

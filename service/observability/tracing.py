@@ -1,4 +1,7 @@
-"""Optional OpenTelemetry tracing, exported over OTLP/gRPC; off unless `otlp_endpoint` is set.
+"""Optional OpenTelemetry tracing, exported over OTLP/gRPC; off unless `otlp_endpoint` is set, or the standard
+`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT` (either alone turns it on; `otlp_endpoint` wins).
+`OTEL_SERVICE_NAME` names the service. TLS unless told otherwise: an `http://` endpoint, or
+`OTEL_EXPORTER_OTLP_INSECURE=true` (or `..._TRACES_INSECURE`), is plaintext; `https://` or a bare host:port is TLS.
 
 One span per call (kind SERVER, the child of the W3C `traceparent` the caller sent: Envoy forwards its own span's
 context as gRPC metadata), with children `tokenize`, `queue` and `inference` laid out from the engine's measured
@@ -8,7 +11,8 @@ created at all. The provider belongs to the server (no global tracer provider is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -32,11 +36,40 @@ def endpoint_address(endpoint: str) -> tuple[str, int]:
     return parts.hostname, parts.port or 4317
 
 
+@dataclass(frozen=True)
+class Exporter:
+    """Where spans go, resolved from the server's setting and the standard OTEL_* variables."""
+
+    endpoint: str
+    insecure: bool
+    service_name: str = SERVICE_NAME
+
+
+def _true(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def exporter_from(otlp_endpoint: str, environ: Mapping[str, str]) -> Exporter | None:
+    """The exporter `otlp_endpoint` or the OTEL_* variables name; None when neither does (tracing off)."""
+    endpoint = (
+        otlp_endpoint
+        or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+        or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    )
+    if not endpoint:
+        return None
+    scheme = urlsplit(endpoint).scheme if "://" in endpoint else ""
+    told = environ.get("OTEL_EXPORTER_OTLP_TRACES_INSECURE") or environ.get("OTEL_EXPORTER_OTLP_INSECURE")
+    insecure = scheme == "http" or (scheme != "https" and _true(told))
+    name = environ.get("OTEL_SERVICE_NAME", "").strip() or SERVICE_NAME
+    return Exporter(endpoint, insecure, name)
+
+
 class Tracing:
-    def __init__(self, endpoint: str, service_name: str = SERVICE_NAME) -> None:
-        host, port = endpoint_address(endpoint)
-        self._provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-        exporter = OTLPSpanExporter(endpoint=f"{host}:{port}", insecure=True)
+    def __init__(self, exporter: Exporter) -> None:
+        host, port = endpoint_address(exporter.endpoint)
+        self._provider = TracerProvider(resource=Resource.create({"service.name": exporter.service_name}))
+        exporter = OTLPSpanExporter(endpoint=f"{host}:{port}", insecure=exporter.insecure)
         # Exported every second (the SDK's default is five), off the serving threads.
         self._provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=1000))
         self._tracer = self._provider.get_tracer("service.observability")

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from embeddings.v1 import embeddings_pb2 as pb
-from embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
+from service._gen.embeddings.v1 import embeddings_pb2 as pb
+from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 
 from tests.serving import EnvoyProcess, ServerProcess, http
 

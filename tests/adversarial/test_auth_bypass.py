@@ -12,12 +12,12 @@ import json
 
 import grpc
 import pytest
-from embeddings.v1 import admin_pb2, batches_pb2, embeddings_pb2, jobs_pb2, ops_pb2, rest_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from service._gen.embeddings.v1 import admin_pb2, batches_pb2, embeddings_pb2, jobs_pb2, ops_pb2, rest_pb2
 
+from service import assets
 from tests.adversarial.probes import WRONG_KEY, Stack, assert_openai_error, assert_still_serving, refused
-from tests.serving import ROOT
 
 OPEN_METHODS = {
     "/embeddings.v1.RestService/CheckHealth",
@@ -29,7 +29,7 @@ OPEN_METHODS = {
     "/embeddings.v1.OpsService/GetConsoleAsset",
 }
 ADMIN_METHODS_EXTRA = {"/embeddings.v1.OpsService/GetMetrics"}
-OPENAPI = json.loads((ROOT / "build" / "openapi.json").read_text())
+OPENAPI = json.loads(assets.OPENAPI.read_text())
 
 
 def all_methods() -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from embeddings.v1 import jobs_pb2 as pb
+from service._gen.embeddings.v1 import jobs_pb2 as pb
 
 from tests.adversarial.probes import (
     MODEL,

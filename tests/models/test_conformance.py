@@ -16,8 +16,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from embeddings.v1 import embeddings_pb2 as pb
-from embeddings.v1 import embeddings_pb2_grpc as pb_grpc
+from service._gen.embeddings.v1 import embeddings_pb2 as pb
+from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 
 from service.engine.manifest import ModelManifest
 from tests.models.tiny import (

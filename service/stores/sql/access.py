@@ -32,10 +32,11 @@ class AccessRows(Store):
         rpm: int | None = None,
         tpm: int | None = None,
         now: int,
+        issued: keys.NewKey | None = None,
     ) -> tuple[KeyRecord, str]:
         if not tenant.strip():
             raise ValueError("a key needs a tenant")
-        new = keys.issue()
+        new = issued or keys.issue()
         record = KeyRecord(
             new.key_id, tenant, name, new.secret_hash, "admin" if admin else "user", models, rpm, tpm, now, None, None
         )

@@ -32,7 +32,10 @@ function provenance(model) {
     "details",
     {},
     h("summary", {}, `${entries.length} fields`),
-    h("dl", { class: "pairs" }, entries.map(([name, value]) => [h("dt", {}, name), h("dd", {}, value)])),
+    h("dl", { class: "pairs" }, entries.map(([name, value]) => [
+      h("dt", {}, name),
+      h("dd", {}, typeof value === "string" ? value : JSON.stringify(value)),
+    ])),
   );
 }
 
