@@ -207,6 +207,8 @@ class DeliveryAttempt:
     duration_ms: int
     # The delivery's state now (not at the time of this attempt).
     delivery_state: str
+    # 1 for the delivery's first attempt, counted over all of its attempts (not only those listed).
+    attempt: int
 
 
 @dataclass(frozen=True)
@@ -1256,7 +1258,8 @@ class SqliteJobStore:
         with self._read() as conn:
             rows = conn.execute(
                 "SELECT a.id, a.delivery_id, d.event_id, e.type, e.job_id, d.webhook_id, a.attempted_at,"
-                " a.status_code, a.error, a.duration_ms, d.state"
+                " a.status_code, a.error, a.duration_ms, d.state,"
+                " (SELECT COUNT(*) FROM delivery_attempts p WHERE p.delivery_id = a.delivery_id AND p.id <= a.id)"
                 " FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id JOIN events e ON e.id = d.event_id"
                 " WHERE d.tenant = ? AND d.webhook_id = ? ORDER BY a.id DESC LIMIT ?",
                 (tenant, webhook_id, limit),
