@@ -11,8 +11,23 @@ import time
 import grpc
 from embeddings.v1 import embeddings_pb2 as pb
 from embeddings.v1 import embeddings_pb2_grpc as pb_grpc
+from embeddings.v1 import ops_pb2, ops_pb2_grpc
 
 from tests.serving import ROOT, ServerProcess
+from tests.test_observability import parse_metrics, value
+
+
+def wait_until_queued(server: ServerProcess, model: str, timeout: float = 120.0) -> None:
+    """Until the server's engine holds inputs of a call for `model` (its queue-depth gauge is above zero): the call
+    is in flight, whatever the machine's load. The state is polled as fast as the server answers."""
+    end = time.monotonic() + timeout
+    with grpc.insecure_channel(server.address) as channel:
+        stub = ops_pb2_grpc.OpsServiceStub(channel)
+        while time.monotonic() < end:
+            samples = parse_metrics(stub.GetMetrics(ops_pb2.GetMetricsRequest(), timeout=30).data)
+            if value(samples, "embeddings_queue_depth", model=model) > 0:
+                return
+    raise AssertionError(f"no input of a call for {model} reached the engine within {timeout}s")
 
 
 def test_sigterm_drains_in_flight_calls_then_exits_zero(served_repo):
@@ -30,7 +45,7 @@ def test_sigterm_drains_in_flight_calls_then_exits_zero(served_repo):
 
     caller = threading.Thread(target=long_call)
     caller.start()
-    time.sleep(1.0)  # the call is being computed
+    wait_until_queued(server, "all-minilm-l6-v2")  # the call is being computed
     server.signal(signal.SIGTERM)
     caller.join(120)
     code = server.wait(60)
