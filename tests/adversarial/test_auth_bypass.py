@@ -2,7 +2,8 @@
 
 No key, a wrong key and a revoked key each get UNAUTHENTICATED `invalid_api_key` (gRPC, straight to the server and
 through Envoy's listener) or 401 in OpenAI's envelope (REST); a non-admin key gets PERMISSION_DENIED
-`insufficient_permissions` / 403 on admin operations. Only health, reflection, the API description and the browser pages (docs, console) are open.
+`insufficient_permissions` / 403 on admin operations. Only health, reflection, the API description and the browser
+pages (docs, console) are open.
 """
 
 from __future__ import annotations
