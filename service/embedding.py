@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from service import errors
 from service.access.control import AccessControl, Principal
 from service.engine.model import EmbedOptions, EmbedResult, ServedModel
-from service.observability.context import note_result
 from service.engine.registry import ModelRegistry
+from service.observability.context import note_result
 
 
 class Embedder:

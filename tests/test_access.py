@@ -19,10 +19,10 @@ import openai
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from openai import OpenAI
+
 from service._gen.embeddings.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
-
 from tests.serving import ROOT, EnvoyProcess, ServerProcess, http
 
 FP32, INT8 = "all-minilm-l6-v2", "all-minilm-l6-v2-int8"
@@ -40,6 +40,8 @@ KEYS = {
     ),
     "int8-only": ("--tenant", "acme", "--models", INT8),
     "rpm": ("--tenant", "limited", "--rpm", "12"),
+    # Refills one request every 10 s: what a call takes shows in the next answer's remaining count.
+    "slow-refill": ("--tenant", "refill", "--rpm", "6"),
     "rpm-sibling": ("--tenant", "limited"),
     "tpm": ("--tenant", "tokens", "--tpm", "40"),
     "shared-1": ("--tenant", "shared"),
@@ -221,6 +223,17 @@ def test_every_rest_answer_carries_rate_limit_headers(stack):
         assert DURATION.match(headers["x-ratelimit-reset-requests"]), headers
         assert DURATION.match(headers["x-ratelimit-reset-tokens"]), headers
         assert not any(name.startswith("grpc-") for name in headers)
+
+
+def test_a_call_takes_one_request_and_a_refused_call_none(stack):
+    """On a fresh bucket of 6 that refills one every 10 s: the first call leaves exactly 5 (nothing can refill a
+    full bucket); the 400 after it leaves at least 5 whatever the time between them (refills only add)."""
+    key = stack[2]["slow-refill"]
+    status, headers, _ = embed(stack, key)
+    assert status == 200 and headers["x-ratelimit-limit-requests"] == "6"
+    assert headers["x-ratelimit-remaining-requests"] == "5"
+    status, headers, _ = embed(stack, key, text="")
+    assert status == 400 and int(headers["x-ratelimit-remaining-requests"]) >= 5
 
 
 def test_429_names_the_limit_and_the_sdk_retries_after_the_advertised_wait(stack):

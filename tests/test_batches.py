@@ -18,8 +18,8 @@ import openai
 import pytest
 from google.api import httpbody_pb2
 from openai import OpenAI
-from service._gen.embeddings.v1 import batches_pb2, batches_pb2_grpc
 
+from service._gen.embeddings.v1 import batches_pb2, batches_pb2_grpc
 from service.jobs import webhooks
 from tests.serving import ROOT, EnvoyProcess, ServerProcess
 from tests.stsb import load_pairs
@@ -375,7 +375,12 @@ def test_node_sdk_runs_the_flow(stack, tmp_path):
     if node is None:
         pytest.skip("node is not installed")
     lines, bodies = mixed_requests(8)
-    lines.append(line("bad", {"model": FP32, "input": ""}))
+    bad = {
+        "empty": {"model": FP32, "input": ""},
+        "unknown-model": {"model": "no-such-model", "input": "x"},
+        "too-long": {"model": FP32, "input": "word " * 600, "truncate": False},
+    }
+    lines[3:3] = [line(custom_id, body) for custom_id, body in bad.items()]
     path = tmp_path / "node.jsonl"
     path.write_text("\n".join(lines) + "\n")
     done = subprocess.run(
@@ -387,13 +392,18 @@ def test_node_sdk_runs_the_flow(stack, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["status"] == "completed" and result["counts"] == {"total": 9, "completed": 8, "failed": 1}
+    assert result["status"] == "completed" and result["counts"] == {"total": 11, "completed": 8, "failed": 3}
     output = {e["custom_id"]: e for e in map(json.loads, result["output"].splitlines())}
     assert set(output) == set(bodies)
     for custom_id, body in bodies.items():
         got = vectors_of(output[custom_id]["response"]["body"])
         assert cosines(got, vectors_of(live(stack, body))).min() >= 0.9999
-    assert [json.loads(e)["custom_id"] for e in result["errors"].splitlines()] == ["bad"]
+    errors = {e["custom_id"]: e for e in map(json.loads, result["errors"].splitlines())}
+    assert {cid: e["response"]["body"]["error"]["code"] for cid, e in errors.items()} == {
+        "empty": "invalid_input",
+        "unknown-model": "model_not_found",
+        "too-long": "context_length_exceeded",
+    }
 
 
 # --- tenants and keys ---------------------------------------------------------------------------------------------

@@ -711,14 +711,15 @@ def test_deliveries_are_leased_retried_and_recorded(store):
     with pytest.raises(ValueError):
         store.record_attempt(delivery.id, "s3", 200, None, 1, T0, next_attempt_at=T0, final_state="succeeded")
     attempts = store.list_attempts("default", hook.id)
-    assert [(a.status_code, a.error, a.duration_ms, a.attempted_at) for a in attempts] == [
-        (204, None, 8, T0 + 132),
-        (None, "timeout", 10_000, T0 + 131),
-        (500, "HTTP 500", 12, T0 + 1),
+    assert [(a.attempt, a.status_code, a.error, a.duration_ms, a.attempted_at) for a in attempts] == [
+        (3, 204, None, 8, T0 + 132),
+        (2, None, "timeout", 10_000, T0 + 131),
+        (1, 500, "HTTP 500", 12, T0 + 1),
     ]
     assert {(a.event_id, a.job_id, a.delivery_state) for a in attempts} == {(taken.event_id, job.id, "succeeded")}
     assert store.list_attempts("other", hook.id) == []
-    assert len(store.list_attempts("default", hook.id, limit=1)) == 1
+    (newest,) = store.list_attempts("default", hook.id, limit=1)
+    assert newest.attempt == 3  # numbered over all of the delivery's attempts, not only those listed
 
 
 def test_disabling_a_webhook_stops_its_pending_deliveries(store, backend):

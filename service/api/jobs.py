@@ -301,6 +301,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
                 object="webhook.delivery",
                 event_id=a.event_id,
                 event_type=a.event_type,
+                attempt=a.attempt,
                 attempted_at=a.attempted_at,
                 duration_ms=a.duration_ms,
                 outcome="succeeded" if a.status_code is not None and 200 <= a.status_code < 300 else "failed",

@@ -198,6 +198,8 @@ class DeliveryAttempt:
     duration_ms: int
     # The delivery's state now (not at the time of this attempt).
     delivery_state: str
+    # 1 for the delivery's first attempt, counted over all of its attempts (not only those listed).
+    attempt: int
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ It wraps the handlers with a unary response (every API method, whose request the
 stream so it can refuse a caller before reading it; health watch and reflection streams pass untouched), and
 caches the wrapped handler per method, so a call costs a contextvar, two clock reads and a few metric updates.
 Since it owns the wrapper, it also answers a request that does not decode with INVALID_ARGUMENT instead of grpc's
-INTERNAL: Envoy's transcoder emits corrupt protobuf for some malformed JSON (an object as a map value).
+INTERNAL: Envoy's transcoder emits corrupt protobuf for some malformed JSON (an object as a map value), and sees
+each message's size, so a call that received a large one hands the freed heap back when it ends (heap.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from google.protobuf.message import DecodeError
 
 from service import errors
 from service.observability.context import CallInfo, close_call, open_call
+from service.observability.heap import HeapTrimmer
 from service.observability.metrics import Metrics
 from service.observability.tracing import Tracing
 
@@ -35,11 +37,12 @@ class _Undecodable:
         self.error = error
 
 
-def _lenient(deserializer: Callable | None) -> Callable | None:
+def _lenient(deserializer: Callable | None, heap: HeapTrimmer) -> Callable | None:
     if deserializer is None:
         return None
 
     def deserialize(raw: bytes):
+        heap.note_received(len(raw))
         try:
             return deserializer(raw)
         except DecodeError as exc:
@@ -92,6 +95,7 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         self._metrics = metrics
         self._tracing = tracing
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self._heap = HeapTrimmer()
 
     async def intercept_service(
         self,
@@ -108,14 +112,14 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         make = grpc.stream_unary_rpc_method_handler if streaming else grpc.unary_unary_rpc_method_handler
         wrapped = make(
             self._observed(details.method.lstrip("/"), handler.stream_unary or handler.unary_unary, streaming),
-            request_deserializer=_lenient(handler.request_deserializer),
+            request_deserializer=_lenient(handler.request_deserializer, self._heap),
             response_serializer=handler.response_serializer,
         )
         self._handlers[details.method] = wrapped
         return wrapped
 
     def _observed(self, rpc: str, behavior: Callable, streaming: bool) -> Callable:
-        metrics, tracing = self._metrics, self._tracing
+        metrics, tracing, heap = self._metrics, self._tracing, self._heap
         short = rpc.rsplit(".", 1)[-1]  # "RestService/CreateEmbedding"
 
         async def observed(request, context: grpc.aio.ServicerContext):
@@ -144,5 +148,6 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("%s %s model=%s tokens=%d %.2f ms", short, code, info.model, info.tokens, seconds * 1e3)
                 close_call(token)
+                heap.after_call()
 
         return observed

@@ -110,6 +110,7 @@ ATTEMPT = row_map(
         "job_id": "e.job_id",
         "webhook_id": "d.webhook_id",
         "delivery_state": "d.state",
+        "attempt": "(SELECT COUNT(*) FROM delivery_attempts p WHERE p.delivery_id = a.delivery_id AND p.id <= a.id)",
     },
 )
 FILE = row_map(FileRecord)
