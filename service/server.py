@@ -157,8 +157,7 @@ class EmbeddingServer:
         ops = OpsServicer(self.metrics, self.store.count_jobs_by_status, OPENAPI_DOCUMENT, SWAGGER_UI)
         ops_pb2_grpc.add_OpsServiceServicer_to_server(ops, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        served = [*CONTRACT_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME]
-        reflection.enable_server_reflection(served, self._server)
+        reflection.enable([*CONTRACT_SERVICES, health.SERVICE_NAME], self._server)  # v1 and v1alpha
         self.port = 0
         self._warm_decoder: asyncio.Task | None = None
 
