@@ -11,11 +11,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from openai import OpenAI
 
 from tests.serving import EnvoyProcess, ServerProcess
 from tests.stsb import load_pairs
 from tests.test_batches import cosines, live, vectors_of, wait_batch
+
+pytestmark = pytest.mark.slow  # minutes: `make test-slow`
 
 FP32 = "all-minilm-l6-v2"
 REQUESTS = 50_000

@@ -9,12 +9,15 @@ import threading
 import time
 
 import grpc
+import pytest
 from google.protobuf import struct_pb2
+
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from service._gen.embeddings.v1 import jobs_pb2, jobs_pb2_grpc
-
 from tests.serving import ServerProcess
+
+pytestmark = pytest.mark.slow  # minutes: `make test-slow`
 
 FP32 = "all-minilm-l6-v2"
 LEASE_S = 2

@@ -57,7 +57,7 @@ def test_every_rpc_of_the_contract_declares_a_policy():
     declared_files = {p.stem for p in CONTRACT_DIR.glob("*.proto")} - {"policy"}
     served = set()
     for name in declared_files:
-        module = importlib.import_module(f"embeddings.v1.{name}_pb2")
+        module = importlib.import_module(f"service._gen.embeddings.v1.{name}_pb2")
         for service in module.DESCRIPTOR.services_by_name.values():
             served |= {f"/{service.full_name}/{method.name}" for method in service.methods}
     assert set(policies) == served  # no contract file left out of policy.CONTRACT_MODULES

@@ -2,10 +2,8 @@
 sign-bit types binary/ubinary, as sentence-transformers' `quantize_embeddings` defines them (Cohere's
 `embedding_types` use the same definitions).
 
-- uint8: (x - min) / step per dimension, step = (max - min) / 255 over the calibration corpus, truncated toward
-  zero; int8: that level minus 128, truncated toward zero (float32 arithmetic throughout, as theirs). Values
-  outside the calibrated range are clipped to it (sentence-transformers lets them wrap around, which turns a
-  slightly-too-large value into a very small one).
+- uint8: floor((x - min) / step) per dimension, step = (max - min) / 255 over the calibration corpus, clipped to
+  0..255; int8: that level minus 128 (float32 arithmetic, as sentence-transformers 6 computes it).
 - ubinary: one bit per dimension (x > 0), packed 8 to a byte, most significant bit first, each row padded with zero
   bits to a whole byte; binary: those bytes minus 128, as signed int8.
 Dimensions and normalization apply before quantizing: each (dimensions, normalized) pair has its own ranges.
@@ -78,10 +76,8 @@ def quantize(vectors: np.ndarray, embedding_type: str, ranges: ScalarRanges | No
     if embedding_type in SCALAR_TYPES:
         if ranges is None:
             raise QuantizationError(f"{embedding_type} needs calibrated ranges")
-        levels = scalar_levels(vectors, ranges)
-        if embedding_type == "uint8":
-            return np.clip(levels, 0, 255).astype(np.uint8)  # the cast truncates toward zero
-        return np.clip(levels - np.float32(128), -128, 127).astype(np.int8)
+        levels = np.clip(np.floor(scalar_levels(vectors, ranges)), 0, 255)
+        return levels.astype(np.uint8) if embedding_type == "uint8" else (levels - 128).astype(np.int8)
     raise QuantizationError(f"unknown embedding type {embedding_type!r}; one of {EMBEDDING_TYPES}")
 
 
