@@ -28,9 +28,9 @@ import httpx2 as httpx
 import numpy as np
 import onnxruntime as ort
 import orjson
+
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
-
 from service.engine.backends import RuntimeOptions
 from service.engine.backends.onnxruntime import OnnxRuntimeBackend
 from service.engine.encoder import Encoder

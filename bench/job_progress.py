@@ -21,10 +21,10 @@ from pathlib import Path
 
 import grpc
 from google.protobuf import struct_pb2
+
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from service._gen.embeddings.v1 import jobs_pb2, jobs_pb2_grpc
-
 from tests.serving import ServerProcess
 from tests.stsb import load_pairs
 

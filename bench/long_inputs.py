@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import grpc
+
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
-
 from tests.serving import EnvoyProcess, ServerProcess, http
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 import grpc
-from service._gen.embeddings.v1 import embeddings_pb2 as pb
-from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 
 from bench.common import BASELINE_CONFIGS, REQUEST_SIZE, RESULTS, InProcessBaseline, machine_facts
+from service._gen.embeddings.v1 import embeddings_pb2 as pb
+from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from tests.serving import ServerProcess
 from tests.stsb import load_pairs
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import grpc
 import httpx2 as httpx
-from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 
 from bench.common import GRPC_ENCODINGS, make_requests, rest_bodies
 from bench.datasets import TextSet
 from bench.memory import peak_rss_mib, rss_mib
+from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from tests.serving import EnvoyProcess, ServerProcess
 
 # Samples may drift this far from the first one (after warm-up) and still count as flat.

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 
 from bench.common import (
     GRPC_ENCODINGS,
@@ -68,6 +67,7 @@ from bench.suite_spec import (
     service_cells,
     st_name,
 )
+from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from service.engine.registry import discover
 from tests.serving import EnvoyProcess, ServerProcess
 from tests.stsb import load_pairs, spearman_x100

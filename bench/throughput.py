@@ -23,8 +23,6 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from service._gen.embeddings.v1 import embeddings_pb2 as pb
-from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 
 from bench.common import (
     BASELINE_CONFIGS,
@@ -48,6 +46,8 @@ from bench.common import (
     send_all_rest,
     summarize,
 )
+from service._gen.embeddings.v1 import embeddings_pb2 as pb
+from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from service.engine.registry import discover
 from tests.serving import EnvoyProcess, ServerProcess
 from tests.stsb import load_pairs

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 
+from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from tests.serving import EnvoyProcess, ServerProcess
 from tests.tiny_bert import build_tiny_sources
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
+
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
-
 from service.access.control import OpenMode
 from service.access.limits import format_duration
 from service.access.records import KeySnapshot

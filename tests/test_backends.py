@@ -11,10 +11,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from service._gen.embeddings.v1 import embeddings_pb2 as pb
-from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from tokenizers import Tokenizer
 
+from service._gen.embeddings.v1 import embeddings_pb2 as pb
+from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from service.engine.backends import backend_factory
 from tests.serving import EnvoyProcess, ServerProcess, http
 from tests.toy_backend import TABLE_FILE

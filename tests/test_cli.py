@@ -17,9 +17,9 @@ import grpc
 import numpy as np
 import pytest
 from google.protobuf import struct_pb2
+
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import jobs_pb2, jobs_pb2_grpc
-
 from tests.serving import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent

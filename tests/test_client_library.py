@@ -17,8 +17,6 @@ import numpy as np
 import pytest
 import yaml
 from google.protobuf import descriptor_pool
-from service._gen.embeddings.v1 import embeddings_pb2 as pb
-from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 
 from embeddings_client import (
     NO_RETRIES,
@@ -34,6 +32,8 @@ from embeddings_client import (
     connect,
 )
 from embeddings_client.config import parse_target, shipped_config
+from service._gen.embeddings.v1 import embeddings_pb2 as pb
+from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from service.server import MIN_CLIENT_PING_INTERVAL_MS
 from tests.serving import ROOT, EnvoyProcess, ServerProcess, free_port
 

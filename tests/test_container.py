@@ -27,10 +27,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from service._gen.embeddings.v1 import admin_pb2, admin_pb2_grpc
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
-
 from service.access import keys
 from tests.serving import ROOT, free_port
 from tools.k8s_envoy import IMAGE_ROOT

@@ -15,10 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from service._gen.embeddings.v1 import jobs_pb2, jobs_pb2_grpc
-
 from tests.serving import EnvoyProcess, ServerProcess
 from tests.shared_stores import temp_schema
 from tests.test_access import create_key, metadata, rest, wait_for

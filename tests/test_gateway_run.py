@@ -11,9 +11,9 @@ import time
 import urllib.request
 
 import grpc
+
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
-
 from tests.serving import ROOT, free_port
 
 

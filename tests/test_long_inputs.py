@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from google.protobuf import struct_pb2
 from openai import OpenAI
+
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from service._gen.embeddings.v1 import jobs_pb2, jobs_pb2_grpc
-
 from tests.serving import EnvoyProcess, ServerProcess, http
 from tests.test_observability import scrape, value
 

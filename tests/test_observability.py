@@ -9,9 +9,9 @@ import time
 import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from service._gen.embeddings.v1 import embeddings_pb2 as pb
 
 from gateway.envoy import TRACE_CLUSTER, GatewayPorts, render, validate, write_rendered
+from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from tests.serving import http
 
 FP32 = "all-minilm-l6-v2"

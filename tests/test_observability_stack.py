@@ -22,9 +22,9 @@ from concurrent import futures
 import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
-
 from tests.serving import ROOT, EnvoyProcess, ServerProcess, free_port, http
 from tests.test_access import create_key
 from tests.test_observability import parse_metrics, scrape, value

@@ -14,9 +14,9 @@ import bpe_openai
 import numpy as np
 import openai
 import pytest
-from service._gen.embeddings.v1 import embeddings_pb2 as pb
 
 from gateway.envoy import CONFIG, ROOT, validate
+from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from tests.serving import http
 
 FP32 = "all-minilm-l6-v2"

@@ -20,8 +20,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from service._gen.embeddings.v1 import admin_pb2, admin_pb2_grpc, embeddings_pb2, embeddings_pb2_grpc
 
+from service._gen.embeddings.v1 import admin_pb2, admin_pb2_grpc, embeddings_pb2, embeddings_pb2_grpc
 from tests.serving import EnvoyProcess, ServerProcess, free_port, http
 from tests.shared_stores import temp_redis_prefix, temp_schema
 from tests.stsb import load_pairs

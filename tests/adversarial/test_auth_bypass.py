@@ -14,9 +14,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from service._gen.embeddings.v1 import admin_pb2, batches_pb2, embeddings_pb2, jobs_pb2, ops_pb2, rest_pb2
 
 from service import assets
+from service._gen.embeddings.v1 import admin_pb2, batches_pb2, embeddings_pb2, jobs_pb2, ops_pb2, rest_pb2
 from tests.adversarial.probes import WRONG_KEY, Stack, assert_openai_error, assert_still_serving, refused
 
 OPEN_METHODS = {

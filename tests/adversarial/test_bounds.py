@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from service._gen.embeddings.v1 import jobs_pb2 as pb
 
+from service._gen.embeddings.v1 import jobs_pb2 as pb
 from tests.adversarial.conftest import MAX_WEBHOOKS
 from tests.adversarial.probes import MODEL, Stack, assert_openai_error, assert_still_serving, refused
 

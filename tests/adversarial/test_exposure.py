@@ -10,8 +10,8 @@ import stat
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from service._gen.embeddings.v1 import rest_pb2
 
+from service._gen.embeddings.v1 import rest_pb2
 from tests.adversarial.probes import MODEL, Stack, raw_call
 
 

@@ -14,9 +14,9 @@ import urllib.request
 
 import grpc
 import pytest
+
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
-
 from tests.adversarial.probes import MODEL, Stack, assert_openai_error, assert_still_serving, bearer, wait_for
 from tests.serving import EnvoyProcess, free_port, http
 

@@ -9,8 +9,8 @@ import socket
 import threading
 
 import grpc
-from service._gen.embeddings.v1 import embeddings_pb2 as pb
 
+from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from tests.adversarial.probes import MODEL, Stack, assert_openai_error, assert_still_serving, bearer, grpc_error
 from tests.adversarial.test_headers import raw_request
 

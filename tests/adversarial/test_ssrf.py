@@ -9,8 +9,8 @@ import socket
 
 import grpc
 import pytest
-from service._gen.embeddings.v1 import jobs_pb2 as pb
 
+from service._gen.embeddings.v1 import jobs_pb2 as pb
 from tests.adversarial.probes import MODEL, Stack, assert_openai_error, refused, wait_for
 
 PRIVATE = [
