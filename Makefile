@@ -87,8 +87,8 @@ lint: proto $(NPM_TOOLS)
 test: setup lint models
 	EMBED_MODEL_REPO=$(abspath $(MODEL_REPO)) $(PY) -m pytest -q --durations=25 --ignore=tests/clients -m "not slow"
 
-# The proofs that take minutes (marked slow): a 50,000-line batch surviving a SIGKILL, chunk leases outlasting
-# their time under load. CI runs them after the rest when its time allows.
+# The proofs that take a minute or more (marked slow): a 50,000-line batch surviving a SIGKILL, chunk leases
+# outlasting their time under load, the model conformance suite, the wheel in a fresh venv. CI runs them after the rest when its time allows.
 test-slow: setup proto models
 	EMBED_MODEL_REPO=$(abspath $(MODEL_REPO)) $(PY) -m pytest -q --durations=10 -m slow --ignore=tests/clients
 

@@ -28,6 +28,8 @@ import pytest
 from service import assets
 from tests.serving import ROOT, free_port
 
+pytestmark = pytest.mark.slow  # a wheel built and installed into a fresh venv: ~1 minute: `make test-slow`
+
 DISTRIBUTION = "embedgate"
 # What the wheel ships besides modules: everything the installed server and gateway read at run time.
 RUNTIME_FILES = (

@@ -32,6 +32,8 @@ from tests.models.tiny import (
 from tests.serving import ServerProcess
 from tools.modelrepo.cli import run as modelrepo
 
+pytestmark = pytest.mark.slow  # every architecture x pooling, imported and served: ~1.5 minutes: `make test-slow`
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 MIN_COSINE = 0.9999
