@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
@@ -124,11 +125,17 @@ class ServedModel:
     def _normalizes(self, options: EmbedOptions) -> bool:
         return self.manifest.normalize if options.normalize is None else options.normalize
 
+    @functools.cached_property
+    def _calibrated_ranges(self) -> dict[str, ScalarRanges]:
+        """The manifest's ranges as arrays, parsed once (not per call)."""
+        return {key: ScalarRanges.from_dict(stored) for key, stored in self.manifest.quantization_ranges.items()}
+
     def _scalar_ranges(self, options: EmbedOptions) -> ScalarRanges | None:
         """The calibrated ranges int8/uint8 vectors of this call's size and normalization are scaled by."""
+        if options.embedding_type not in SCALAR_TYPES:
+            return None
         key = ranges_key(options.dimensions or self.manifest.dimensions, self._normalizes(options))
-        stored = self.manifest.quantization_ranges.get(key)
-        return ScalarRanges.from_dict(stored) if stored else None
+        return self._calibrated_ranges.get(key)
 
     def _check_embedding_type(self, options: EmbedOptions) -> None:
         if options.embedding_type not in EMBEDDING_TYPES:
