@@ -353,3 +353,34 @@ def test_usage_can_be_grouped_by_user(stack):
     assert {row["user"]: row["tokens"] for row in cli["data"] if row["tokens"]} == told
     text = admin_cli(data_dir, "usage", "--tenant", "grouped", "--by-user").stdout
     assert "jobber" in text and "alice" in text
+
+
+# --- configuration ------------------------------------------------------------------------------------------------
+
+
+def test_a_manifest_price_is_an_exact_non_negative_decimal():
+    from service.engine.manifest import ManifestError, ModelManifest
+
+    base = {"id": "m", "dimensions": 4, "max_input_tokens": 8}
+    assert ModelManifest.from_dict({**base, "price_per_million_tokens": 0.02}).price == Decimal("0.02")  # a number
+    priced = ModelManifest.from_dict({**base, "price_per_million_tokens": "0.10"})
+    assert priced.price == Decimal("0.1") and json.loads(priced.to_json())["price_per_million_tokens"] == "0.10"
+    assert "price_per_million_tokens" not in json.loads(ModelManifest.from_dict(base).to_json())
+    for bad in ("-1", "cheap", "NaN", True):
+        with pytest.raises(ManifestError, match="price_per_million_tokens"):
+            ModelManifest.from_dict({**base, "price_per_million_tokens": bad})
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--model-prices", "all-minilm-l6-v2"), "must look like 'model-id=price'"),
+        (("--model-prices", "all-minilm-l6-v2=-0.5"), "0 or more"),
+        (("--currency", "U S D"), "currency must be a short code"),
+    ],
+)
+def test_bad_prices_or_currency_stop_the_server_at_start(billing_repo: Path, flags: tuple[str, ...], message: str):
+    server = ServerProcess(billing_repo, *flags)
+    with pytest.raises(RuntimeError, match="did not start listening"):  # refused before it listens
+        server.start(timeout=120)
+    assert server.proc is not None and server.proc.returncode == 2 and message in server.log
