@@ -10,7 +10,7 @@ BUF    := build/npm/node_modules/.bin/buf
 # from there (never from a CDN).
 SWAGGER_UI := service/console/swagger-ui/.installed
 
-.PHONY: all setup proto wheel stubs models run run-grpc cluster test test-slow test-clients lint bench bench-quick bench-throughput screenshots clean
+.PHONY: all setup proto wheel stubs models run run-grpc cluster test test-quick test-slow test-clients lint bench bench-quick bench-throughput screenshots clean
 
 all: setup proto models
 
@@ -84,13 +84,25 @@ lint: proto $(NPM_TOOLS)
 	$(BIN)/ruff format --check .
 	$(BUF) lint
 
-test: setup lint models
-	EMBED_MODEL_REPO=$(abspath $(MODEL_REPO)) $(PY) -m pytest -q --durations=25 --ignore=tests/clients -m "not slow"
+# The tests run on TEST_WORKERS pytest-xdist workers (the machines have 2 cores and most tests wait on servers they
+# start), a whole file at a time, the files of minutes-long proofs first (tests/conftest.py orders them); 1: one process.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
+PYTEST = EMBED_MODEL_REPO=$(abspath $(MODEL_REPO)) $(PY) -m pytest -q $(XDIST)
 
-# The proofs that take a minute or more (marked slow): a 50,000-line batch surviving a SIGKILL, chunk leases
-# outlasting their time under load, the model conformance suite, the wheel in a fresh venv. CI runs them after the rest when its time allows.
+# The whole suite, the minutes-long proofs included (a 50,000-line batch surviving a SIGKILL, chunk leases outlasting
+# their time under load, the model conformance suite, the wheel in a fresh venv). Tests of models built only on
+# request (all-mpnet-base-v2) run when built: `make test MODELS=all-minilm-l6-v2,all-mpnet-base-v2` builds them first.
+test: setup lint models
+	$(PYTEST) --durations=25 --ignore=tests/clients
+
+# The everyday suite without the proofs marked slow.
+test-quick: setup lint models
+	$(PYTEST) --durations=10 --ignore=tests/clients -m "not slow"
+
+# The slow proofs alone.
 test-slow: setup proto models
-	EMBED_MODEL_REPO=$(abspath $(MODEL_REPO)) $(PY) -m pytest -q --durations=10 -m slow --ignore=tests/clients
+	$(PYTEST) --durations=10 -m slow --ignore=tests/clients
 
 # The client matrix: langchain-openai, llama-index, litellm, haystack-ai and the openai SDKs (Python, Node) against
 # the real server through Envoy, vectors checked against sentence-transformers. Its packages (the `clients` extra)
@@ -100,7 +112,7 @@ $(VENV)/.installed-clients: $(VENV)/.installed pyproject.toml
 	touch $@
 
 test-clients: setup proto models $(VENV)/.installed-clients
-	EMBED_MODEL_REPO=$(abspath $(MODEL_REPO)) $(PY) -m pytest -q --durations=10 tests/clients
+	$(PYTEST) --durations=10 tests/clients
 
 # The benchmark suite (~20 min): in-process limit, sentence-transformers, gRPC and REST load grid, int8, long texts,
 # memory soak. Writes bench/results/suite.{md,png,json}. Not part of `make test`.
