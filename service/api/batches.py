@@ -24,7 +24,7 @@ from service.access.interceptor import caller_of
 from service.api.embeddings import rpc_errors
 from service.batches import objects
 from service.batches.files import UploadLimits, UploadReceiver, expiry_seconds, stream_parts
-from service.batches.runner import ENDPOINT, BatchSettings
+from service.batches.settings import ENDPOINT, BatchSettings
 from service.batches.store import BatchStore
 from service.jobs.records import InvalidCursor, NotFound
 from service.jobs.runner import now_s
