@@ -32,7 +32,6 @@ import numpy as np
 
 from bench.common import (
     GRPC_ENCODINGS,
-    RESULTS,
     InProcessBaseline,
     Meter,
     Run,
@@ -50,6 +49,7 @@ from bench.common import (
 )
 from bench.datasets import TextSet, load_text_sets
 from bench.memory import peak_rss_mib, rss_mib
+from bench.report import RESULTS
 from bench.soak import soak, soak_mix
 from bench.suite_report import chart, markdown
 from bench.suite_spec import (

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
@@ -28,7 +27,6 @@ from bench.common import (
     BASELINE_CONFIGS,
     DISTURBED_CORES,
     REQUEST_SIZE,
-    RESULTS,
     BaselineConfig,
     InProcessBaseline,
     Meter,
@@ -46,6 +44,7 @@ from bench.common import (
     send_all_rest,
     summarize,
 )
+from bench.report import RESULTS, write_report
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from service.engine.registry import discover
@@ -224,12 +223,6 @@ def markdown(summary: Summary, facts: dict[str, object], args: argparse.Namespac
     return "\n".join(lines) + "\n"
 
 
-def write_results(out: Path, text: str, payload: dict[str, object]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{NAME}.md").write_text(text)
-    (out / f"{NAME}.json").write_text(json.dumps(payload, indent=2) + "\n")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n")[0])
     parser.add_argument("--model-repo", default="models")
@@ -260,8 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
         "runs": [asdict(r) for r in runs],
     }
-    write_results(args.out, text, payload)
-    print(text)
+    write_report(NAME, text, payload, out=args.out)
     return 0
 
 
