@@ -8,6 +8,7 @@ empty is discarded. The files stay invisible until the transaction that ends the
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,53 +71,62 @@ async def write_output_files(store: BatchStore, batch: Batch, status: str, lease
     return OutputFiles(kept["output"], kept["error"], tally)
 
 
+async def _requests(
+    lease: BatchLease, read_page: Callable[[Any], list[BatchRequest]], cursor: Callable[[BatchRequest], Any]
+) -> AsyncIterator[BatchRequest]:
+    """Every request a paged read of the store returns (`read_page(after)`, first None), keeping the lease between
+    pages; `cursor` is where the next page starts after a request."""
+    after = None
+    while True:
+        await lease.keep()
+        page = await asyncio.to_thread(read_page, after)
+        if not page:
+            return
+        for request in page:
+            yield request
+        after = cursor(page[-1])
+
+
 async def _write_accepted(
     store: BatchStore, batch: Batch, status: str, writers: dict[str, _LineWriter], tally: Tally, lease: BatchLease
 ) -> None:
     jobs = await asyncio.to_thread(store.batch_jobs, batch.id)
     readers: dict[int, _JobReader] = {}
-    after = None
-    while True:
-        await lease.keep()
-        page = await asyncio.to_thread(store.accepted_requests, batch.id, after, PAGE_REQUESTS)
-        if not page:
-            return
-        for request in page:
-            assert request.part is not None and request.start is not None
-            reader = readers.get(request.part)
-            if reader is None:
-                readers.clear()  # parts come in order: the previous one is done
-                reader = await _JobReader.open(store, batch.tenant, jobs[request.part])
-                readers[request.part] = reader
-            vectors = await reader.vectors(request)
-            if vectors is None:
-                code, message = reader.failure(status)
-                await writers["error"].write(objects.failure_line(request.custom_id, code, message))
-                tally.failed += 1
-                continue
-            rows, counts = vectors
-            result = EmbedResult(reader.job.model, rows, counts, [False] * len(counts))
-            body = openai_body(result, request.encoding_format or "float")
-            await writers["output"].write(objects.response_line(request.custom_id, 200, body))
-            tally.completed += 1
-            tally.tokens += result.prompt_tokens
-        last = page[-1]
-        after = (last.part, last.start)
+    pages = _requests(
+        lease,
+        lambda after: store.accepted_requests(batch.id, after, PAGE_REQUESTS),
+        lambda last: (last.part, last.start),
+    )
+    async for request in pages:
+        assert request.part is not None and request.start is not None
+        reader = readers.get(request.part)
+        if reader is None:
+            readers.clear()  # parts come in order: the previous one is done
+            reader = await _JobReader.open(store, batch.tenant, jobs[request.part])
+            readers[request.part] = reader
+        vectors = await reader.vectors(request)
+        if vectors is None:
+            code, message = reader.failure(status)
+            await writers["error"].write(objects.failure_line(request.custom_id, code, message))
+            tally.failed += 1
+            continue
+        rows, counts = vectors
+        result = EmbedResult(reader.job.model, rows, counts, [False] * len(counts))
+        body = openai_body(result, request.encoding_format or "float")
+        await writers["output"].write(objects.response_line(request.custom_id, 200, body))
+        tally.completed += 1
+        tally.tokens += result.prompt_tokens
 
 
 async def _write_refused(store: BatchStore, batch: Batch, writer: _LineWriter, tally: Tally, lease: BatchLease) -> None:
-    after = 0
-    while True:
-        await lease.keep()
-        page = await asyncio.to_thread(store.refused_requests, batch.id, after, PAGE_REQUESTS)
-        if not page:
-            return
-        for request in page:
-            error = orjson.loads(request.error or "{}")
-            body = orjson.dumps(error.get("body"))
-            await writer.write(objects.response_line(request.custom_id, error.get("status_code", 400), body))
-            tally.failed += 1
-        after = page[-1].line
+    pages = _requests(
+        lease, lambda after: store.refused_requests(batch.id, after or 0, PAGE_REQUESTS), lambda last: last.line
+    )
+    async for request in pages:
+        error = orjson.loads(request.error or "{}")
+        body = orjson.dumps(error.get("body"))
+        await writer.write(objects.response_line(request.custom_id, error.get("status_code", 400), body))
+        tally.failed += 1
 
 
 class _LineWriter:
