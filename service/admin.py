@@ -13,14 +13,15 @@ import os
 import sys
 import time
 from dataclasses import asdict
+from decimal import Decimal
 
 from service.access import keys
-from service.access.records import KeyRecord, UsageRow
+from service.access.records import KeyRecord, TenantRecord, UsageRow
 from service.access.store import AccessStore
 from service.config import Settings
 from service.stores import open_access_store
 
-USAGE_COLUMNS = ("day", "tenant", "key_id", "model", "requests", "tokens", "job_requests", "job_tokens")
+COUNT_COLUMNS = ("requests", "tokens", "job_requests", "job_tokens")
 
 
 def _positive(text: str) -> int:
@@ -43,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the replicas' shared PostgreSQL store instead of the data directory (default: $EMBED_STORE_URL)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument(
+        "--currency",
+        default=os.environ.get("EMBED_CURRENCY", "USD"),
+        help="the currency usage costs are shown in: the server's (default: $EMBED_CURRENCY or USD)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     key_commands = commands.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
@@ -53,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--rpm", type=_positive, help="requests per minute (default: the server's rate_limit_rpm)")
     create.add_argument("--tpm", type=_positive, help="tokens per minute (default: the server's rate_limit_tpm)")
     create.add_argument("--admin", action="store_true", help="the key may manage keys and read usage")
+    create.add_argument(
+        "--user-rpm", type=_positive, help="requests per minute of each end user (a call's `user`; default: tenant's)"
+    )
+    create.add_argument("--user-tpm", type=_positive, help="tokens per minute of each end user (default: tenant's)")
     listing = key_commands.add_parser("list", help="list keys (never their secrets)")
     listing.add_argument("--tenant")
     key_commands.add_parser("revoke", help="revoke a key").add_argument("id")
@@ -67,13 +77,21 @@ def build_parser() -> argparse.ArgumentParser:
     tenant_set.add_argument("name")
     tenant_set.add_argument("--rpm", type=_positive)
     tenant_set.add_argument("--tpm", type=_positive)
+    tenant_set.add_argument("--user-rpm", type=_positive, help="per-user requests per minute of the tenant's keys")
+    tenant_set.add_argument("--user-tpm", type=_positive, help="per-user tokens per minute of the tenant's keys")
     tenant_commands.add_parser("list", help="list tenants with their own limits")
 
-    usage = commands.add_parser("usage", help="requests and tokens per day, tenant, key and model")
+    usage = commands.add_parser("usage", help="requests, tokens and cost per day, tenant, key and model")
     usage.add_argument("--tenant")
     usage.add_argument("--since", help="first UTC day, YYYY-MM-DD")
     usage.add_argument("--until", help="last UTC day, YYYY-MM-DD")
+    usage.add_argument("--by-user", action="store_true", help="one row per end user too (the calls' `user`)")
     return parser
+
+
+def _cost(value: Decimal) -> str:
+    """A cost as exact decimal text, without an exponent ("0.00012", not "1.2E-4")."""
+    return format(value, "f")
 
 
 def key_dict(key: KeyRecord) -> dict:
@@ -88,31 +106,51 @@ def _limit(value: int | None) -> str:
 
 
 def _print_key_table(records: list[KeyRecord]) -> None:
-    print(f"{'id':<14}{'tenant':<16}{'name':<16}{'role':<7}{'status':<9}{'rpm':>8}{'tpm':>10}  models")
+    print(
+        f"{'id':<14}{'tenant':<16}{'name':<16}{'role':<7}{'status':<9}{'rpm':>8}{'tpm':>10}"
+        f"{'user_rpm':>10}{'user_tpm':>10}  models"
+    )
     for k in records:
         status = "revoked" if k.revoked_at else "active"
-        rpm, tpm = _limit(k.rpm), _limit(k.tpm)
+        rpm, tpm, user_rpm, user_tpm = _limit(k.rpm), _limit(k.tpm), _limit(k.user_rpm), _limit(k.user_tpm)
         models = ",".join(k.models) if k.models is not None else "all"
-        print(f"{k.id:<14}{k.tenant:<16}{k.name:<16}{k.role:<7}{status:<9}{rpm:>8}{tpm:>10}  {models}")
+        print(
+            f"{k.id:<14}{k.tenant:<16}{k.name:<16}{k.role:<7}{status:<9}{rpm:>8}{tpm:>10}"
+            f"{user_rpm:>10}{user_tpm:>10}  {models}"
+        )
 
 
-def _print_usage(rows: list[UsageRow], as_json: bool) -> None:
-    totals = {c: sum(getattr(r, c) for r in rows) for c in USAGE_COLUMNS[4:]}
+def _print_usage(rows: list[UsageRow], as_json: bool, by_user: bool, currency: str) -> None:
+    totals: dict[str, object] = {c: sum(getattr(r, c) for r in rows) for c in COUNT_COLUMNS}
+    total_cost = sum((r.cost for r in rows), Decimal(0))
     if as_json:
-        print(json.dumps({"data": [asdict(r) for r in rows], "totals": totals}, indent=2))
+        data = [{**asdict(r), "cost": _cost(r.cost)} for r in rows]
+        if not by_user:
+            for row in data:
+                del row["user"]
+        totals["cost"] = _cost(total_cost)
+        print(json.dumps({"data": data, "totals": totals, "currency": currency}, indent=2))
         return
+    user = f"{'user':<20}" if by_user else ""
     print(
-        f"{'day':<12}{'tenant':<16}{'key':<14}{'model':<28}{'requests':>10}{'tokens':>12}{'jobs':>6}{'job_tokens':>12}"
+        f"{'day':<12}{'tenant':<16}{'key':<14}{'model':<28}{user}{'requests':>10}{'tokens':>12}{'jobs':>6}"
+        f"{'job_tokens':>12}  cost ({currency})"
     )
     for r in rows:
+        user = f"{r.user or '-':<20}" if by_user else ""
         print(
-            f"{r.day:<12}{r.tenant:<16}{r.key_id:<14}{r.model:<28}"
-            f"{r.requests:>10}{r.tokens:>12}{r.job_requests:>6}{r.job_tokens:>12}"
+            f"{r.day:<12}{r.tenant:<16}{r.key_id:<14}{r.model:<28}{user}"
+            f"{r.requests:>10}{r.tokens:>12}{r.job_requests:>6}{r.job_tokens:>12}  {_cost(r.cost)}"
         )
+    width = 70 + (20 if by_user else 0)
     print(
-        f"{'total':<70}{totals['requests']:>10}{totals['tokens']:>12}{totals['job_requests']:>6}"
-        f"{totals['job_tokens']:>12}"
+        f"{'total':<{width}}{totals['requests']:>10}{totals['tokens']:>12}{totals['job_requests']:>6}"
+        f"{totals['job_tokens']:>12}  {_cost(total_cost)}"
     )
+
+
+def _tenant_limits(tenant: TenantRecord, separator: str) -> str:
+    return separator.join(f"{name} {_limit(getattr(tenant, name))}" for name in ("rpm", "tpm", "user_rpm", "user_tpm"))
 
 
 def _announce_token(key: KeyRecord, token: str, verb: str, as_json: bool) -> None:
@@ -129,7 +167,15 @@ def run(args: argparse.Namespace, store: AccessStore) -> int:
     if args.command == "keys" and args.action == "create":
         models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else None
         key, token = store.create_key(
-            args.tenant, args.name, admin=args.admin, models=models, rpm=args.rpm, tpm=args.tpm, now=now
+            args.tenant,
+            args.name,
+            admin=args.admin,
+            models=models,
+            rpm=args.rpm,
+            tpm=args.tpm,
+            now=now,
+            user_rpm=args.user_rpm,
+            user_tpm=args.user_tpm,
         )
         _announce_token(key, token, "created", args.json)
     elif args.command == "keys" and args.action == "list":
@@ -148,13 +194,14 @@ def run(args: argparse.Namespace, store: AccessStore) -> int:
             return 1
         _announce_token(*rotated, "rotated", args.json)
     elif args.command == "tenants" and args.action == "set":
-        tenant = store.set_tenant(args.name, args.rpm, args.tpm, now)
-        print(f"tenant {tenant.name}: rpm {_limit(tenant.rpm)}, tpm {_limit(tenant.tpm)}", file=sys.stderr)
+        tenant = store.set_tenant(args.name, args.rpm, args.tpm, now, args.user_rpm, args.user_tpm)
+        print(f"tenant {tenant.name}: {_tenant_limits(tenant, ', ')}", file=sys.stderr)
     elif args.command == "tenants":
         for t in store.list_tenants():
-            print(f"{t.name}\trpm {_limit(t.rpm)}\ttpm {_limit(t.tpm)}")
+            print(t.name, _tenant_limits(t, "\t"), sep="\t")
     elif args.command == "usage":
-        _print_usage(store.usage(args.tenant, args.since, args.until), args.json)
+        rows = store.usage(args.tenant, args.since, args.until, args.by_user)
+        _print_usage(rows, args.json, args.by_user, args.currency)
     return 0
 
 

@@ -7,8 +7,11 @@ import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass, fields
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+from service.engine.prices import parse_price
 
 ENV_PREFIX = "EMBED_"
 
@@ -81,6 +84,16 @@ class Settings:
     tenant_rate_limit_rpm: int = 0
     tenant_rate_limit_tpm: int = 0
     job_rate_limit_reserve: float = 0.5
+    # Per-user limits (OpenAI's `user` names an end user inside a key): the default requests and tokens per minute
+    # of each (key, user) pair, 0 = none; a tenant or a key may set its own. Calls without `user` are not limited
+    # per user. usage_by_user: record the user in usage for every key (else only for keys with per-user limits).
+    user_rate_limit_rpm: int = 0
+    user_rate_limit_tpm: int = 0
+    usage_by_user: bool = False
+    # Prices for charge-back: "model-id=price" per million tokens (overriding the manifest's
+    # price_per_million_tokens), in `currency`.
+    model_prices: tuple[str, ...] = ()
+    currency: str = "USD"
     # Shared mode, for several replicas (service/stores): empty keeps jobs, keys and usage in SQLite under data_dir;
     # a postgresql:// URL keeps them in that database, and rate limits in Redis at redis_url (empty: per replica).
     # rate_limit_redis_failure: "open" (allow, with a warning) or "closed" (refuse, 429) while Redis is unreachable.
@@ -111,6 +124,19 @@ class Settings:
             if not sep or not alias.strip() or not target.strip():
                 raise ValueError(f"alias {entry!r} must look like 'alias=model-id'")
             result[alias.strip()] = target.strip()
+        return result
+
+    def price_map(self) -> dict[str, Decimal]:
+        """Parse `model_prices` into {model id: price per million tokens}."""
+        result: dict[str, Decimal] = {}
+        for entry in self.model_prices:
+            model, sep, price = entry.partition("=")
+            if not sep or not model.strip():
+                raise ValueError(f"model price {entry!r} must look like 'model-id=price'")
+            try:
+                result[model.strip()] = parse_price(price)
+            except ValueError as exc:
+                raise ValueError(f"model price {entry!r}: {exc}") from None
         return result
 
     def provider_option_map(self) -> dict[str, dict[str, str]]:

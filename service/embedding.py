@@ -3,8 +3,9 @@
 resolve the model -> authorize (a model the caller's key may not use does not exist for it: 404
 `model_not_found`) -> charge (the call's request and tokens together, once the tokens are counted and before
 inference; a job chunk's tokens from the room above the interactive reserve) -> embed -> meter (usage, once the
-result is the caller's). The caller is passed in (`Principal`, set per call by the access interceptor; a job's
-tenant and key), never looked up out of sight, and usage is recorded here only.
+result is the caller's, under its end user when its key records users, at the model's price). The caller is passed
+in (`Principal`, set per call by the access interceptor, `as_user` the call's `user`; a job's tenant, key and
+user), never looked up out of sight, and usage is recorded here only.
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ from service.access.control import AccessControl, Principal
 from service.engine.model import EmbedOptions, EmbedResult, ServedModel
 from service.engine.registry import ModelRegistry
 from service.observability.context import note_result
+from service.pricing import PriceList
 
 
 class Embedder:
     """The models as callers see them, and embedding on their behalf. `access` None: no limits, no metering."""
 
-    def __init__(self, registry: ModelRegistry, access: AccessControl | None) -> None:
+    def __init__(self, registry: ModelRegistry, access: AccessControl | None, prices: PriceList | None = None) -> None:
         self.registry = registry
         self._access = access
+        self.prices = prices or PriceList()
 
     # --- resolve and authorize
 
@@ -63,14 +66,25 @@ class Embedder:
         result = await model.embed(texts, options, deadline, admit=admit)
         note_result(result, caller.tenant)
         if access is not None:
-            access.meter.record(caller.tenant, caller.key_id, result.model, requests=1, tokens=result.prompt_tokens)
+            access.meter.record(
+                caller.tenant,
+                caller.key_id,
+                result.model,
+                requests=1,
+                tokens=result.prompt_tokens,
+                user=caller.usage_user,
+                price=self.prices.text_of(model),
+            )
         return result
 
     def job_accepted(self, caller: Principal, model_id: str) -> None:
         """An async job was accepted: one job request of the caller, under its model (its request was charged
         before the call was read, its tokens are charged and recorded chunk by chunk)."""
         if self._access is not None:
-            self._access.meter.record(caller.tenant, caller.key_id, model_id, job_requests=1)
+            price = self.prices.text_of(self.registry.resolve(model_id))
+            self._access.meter.record(
+                caller.tenant, caller.key_id, model_id, job_requests=1, user=caller.usage_user, price=price
+            )
 
     async def embed_chunk(
         self,
@@ -80,20 +94,25 @@ class Embedder:
         texts: Sequence[str],
         options: EmbedOptions,
         keep: Callable[[EmbedResult], Awaitable[None]],
+        user: str = "",
     ) -> EmbedResult:
-        """A job chunk, in the engine's background lane: its tokens charged to the submitting key's and tenant's
-        limits above the interactive reserve (waiting for room), then `keep` stores the vectors, and only then
-        are the tokens recorded (a chunk whose vectors were not kept runs again and is recorded then). The job was
-        authorized when it was accepted."""
+        """A job chunk, in the engine's background lane: its tokens charged to the submitting key's, tenant's (and
+        its end user's) limits above the interactive reserve (waiting for room), then `keep` stores the vectors,
+        and only then are the tokens recorded (a chunk whose vectors were not kept runs again and is recorded
+        then). The job was authorized when it was accepted."""
         access = self._access
 
         async def admit(tokens: int) -> None:
             if access is not None:
-                await access.admit_job_tokens(tenant, key_id, tokens)
+                await access.admit_job_tokens(tenant, key_id, tokens, user)
 
         model = self.registry.resolve(model_name)
         result = await model.embed(texts, options, background=True, admit=admit)
         await keep(result)
         if access is not None:
-            access.meter.record(tenant, key_id, result.model, job_tokens=result.prompt_tokens)
+            recorded = access.job_principal(tenant, key_id, user).usage_user
+            price = self.prices.text_of(model)
+            access.meter.record(
+                tenant, key_id, result.model, job_tokens=result.prompt_tokens, user=recorded, price=price
+            )
         return result

@@ -42,6 +42,7 @@ from service.jobs.runner import JobSettings, JobWorkers, announce
 from service.observability.interceptor import TelemetryInterceptor
 from service.observability.metrics import Metrics
 from service.observability.tracing import Tracing, exporter_from
+from service.pricing import PriceList
 from service.stores import open_access_store, open_job_store, open_rate_limiter
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ class EmbeddingServer:
         self.access = access_control(settings)  # first: refuses to start open on a public address, at once
         self.registry = ModelRegistry(engine_options(settings))
         # The embed use case of every way in: the caller's models only, its limits charged, its usage metered.
-        self.embedder = Embedder(self.registry, self.access)
+        self.prices = PriceList(settings.price_map(), settings.currency)
+        self.embedder = Embedder(self.registry, self.access, self.prices)
         self.health = health.aio.HealthServicer()
         self.serving = False
         self.metrics = Metrics()
@@ -152,7 +154,7 @@ class EmbeddingServer:
             on_change=lambda: self.batch_workers.notify() if self.batch_workers else None,
         )
         batches_pb2_grpc.add_BatchServiceServicer_to_server(batch_servicer, self._server)
-        add_admin_service(self.access, self._server)
+        add_admin_service(self.access, self._server, settings.currency)
         add_authorization_service(self.access, self._server)
         ops = OpsServicer(self.metrics, self.store.count_jobs_by_status, OPENAPI_DOCUMENT, SWAGGER_UI)
         ops_pb2_grpc.add_OpsServiceServicer_to_server(ops, self._server)
@@ -176,6 +178,9 @@ class EmbeddingServer:
         await asyncio.get_running_loop().run_in_executor(None, self.registry.load)
         self.registry.start()
         self._watch_engine()
+        unpriced = self.prices.unknown(m.id for m in self.registry.models())
+        if unpriced:
+            log.warning("model_prices names models this server does not serve: %s", ", ".join(unpriced))
         self.workers = JobWorkers(
             self.store, self.embedder, self.job_settings, self.registry.inference_workers, self.metrics
         )
@@ -236,6 +241,9 @@ def access_control(settings: Settings) -> AccessControl:
         tenant_rpm=settings.tenant_rate_limit_rpm,
         tenant_tpm=settings.tenant_rate_limit_tpm,
         job_reserve=settings.job_rate_limit_reserve,
+        user_rpm=settings.user_rate_limit_rpm,
+        user_tpm=settings.user_rate_limit_tpm,
+        usage_by_user=settings.usage_by_user,
     )
     return AccessControl(
         store,

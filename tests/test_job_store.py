@@ -26,6 +26,7 @@ import pytest
 
 from service.jobs.records import Chunk, InvalidCursor, Job, NotFound, ResultsNotReady, ResultsRemoved, TooManyWebhooks
 from service.jobs.store import JobStore
+from service.stores import schema
 from service.stores.schema import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from service.stores.sqlite import SqliteJobStore
 from tests.shared_stores import temp_schema
@@ -254,16 +255,33 @@ def test_takeovers_are_not_failures_and_released_chunks_are_claimed_at_once(stor
     assert store.release_chunk(job.id, 0, "w1", failed=True) is None  # done: nothing to give back
 
 
+def undo_billing(backend: Backend) -> list[str]:
+    """Statements that take a store back to schema 5: without per-user limits, the jobs' end user, and usage rows
+    by end user and price (6). The usage table goes back to its first shape (SQLite's is made again by the
+    migration, which first ensures the access tables)."""
+    drops = [
+        "ALTER TABLE jobs DROP COLUMN end_user",
+        *(f"ALTER TABLE {table} DROP COLUMN {column}" for table in ("access_keys", "access_tenants")
+          for column in ("user_rpm", "user_tpm")),
+        "DROP TABLE access_usage",
+    ]  # fmt: skip
+    if backend.name == "sqlite":
+        return drops
+    return [*drops, *schema.statements((schema.ACCESS_TABLES[-1],), schema.POSTGRES)]
+
+
 def undo_batch_api(backend: Backend) -> list[str]:
-    """Statements that take a store back to schema 2: the jobs' key id column (5), on PostgreSQL the access flags
-    (4; SQLite keeps them beside its access tables, which predate its versioning) and the Batch API's tables (3)."""
+    """Statements that take a store back to schema 2: the billing columns (6), the jobs' key id column (5), on
+    PostgreSQL the access flags (4; SQLite keeps them beside its access tables, which predate its versioning) and
+    the Batch API's tables (3)."""
     drops = [
         f"DROP TABLE {table}" for table in ("batch_spans", "batch_requests", "batch_jobs", "batches", "file_parts")
     ]
     if backend.name == "sqlite":  # migration 3 rebuilds events with a nullable job_id; running it again is harmless
-        return ["ALTER TABLE jobs DROP COLUMN key_id", *drops, "DELETE FROM events WHERE batch_id IS NOT NULL",
-                "DROP TABLE files"]  # fmt: skip
+        return [*undo_billing(backend), "ALTER TABLE jobs DROP COLUMN key_id", *drops,
+                "DELETE FROM events WHERE batch_id IS NOT NULL", "DROP TABLE files"]  # fmt: skip
     return [
+        *undo_billing(backend),
         "ALTER TABLE jobs DROP COLUMN key_id",
         "DROP TABLE access_flags",
         "ALTER TABLE events DROP CONSTRAINT events_batch_type",
@@ -302,6 +320,8 @@ def test_the_submitting_key_is_a_column_and_jobs_from_before_keep_theirs(backend
         opened = store.create_job("default", "mini", {}, {}, None, ["a"], 1, T0)
         assert opened.key_id is None  # submitted while the server ran open
     table = "schema_version" if backend.name == "sqlite" else "schema_migrations"
+    for statement in undo_billing(backend):  # back to schema 5
+        backend.query(statement, ())
     backend.query("ALTER TABLE jobs DROP COLUMN key_id", ())  # back to schema 4: the key id only in the options
     backend.query(f"DELETE FROM {table} WHERE version > 4", ())
     backend.query("UPDATE jobs SET options = ? WHERE id = ?", (json.dumps({"normalize": True, "key_id": "key_new"}),

@@ -86,3 +86,39 @@ async def test_a_chunk_larger_than_the_room_above_the_reserve_is_charged_in_part
     assert abs(sum(parts) - 306) < 1e-6 and len(parts) > 1 and min(parts) >= min(part, parts[-1]) - 1e-6
     # Interactive calls meanwhile find the reserve at once.
     assert await limiter.acquire((quota,), {"requests": 1, "tokens": 29}, now) is None
+
+
+async def test_each_end_user_of_a_key_has_a_bucket_of_its_own(limiter):
+    """Per-user buckets: (key, user) pairs, charged with the key's (all or nothing), the tightest one reported."""
+    key, other_key = Quota("key", "k1", rpm=100, tpm=0), Quota("key", "k2", rpm=100, tpm=0)
+
+    def user(name: str, parent: str = "k1") -> Quota:
+        return Quota("user", name, rpm=1, tpm=0, parent=parent)
+
+    assert await limiter.acquire((key, user("alice")), {"requests": 1}, 0.0) is None
+    refusal = await limiter.acquire((key, user("alice")), {"requests": 1}, 0.0)
+    assert refusal is not None and refusal.quota == user("alice") and "on user 'alice' of key k1" in refusal.message
+    state = {s.kind: s for s in await limiter.state((key, user("alice")), 0.0)}
+    assert (state["requests"].limit, state["requests"].remaining) == (1, 0)  # the tightest: the user's
+    assert await limiter.acquire((key, user("bob")), {"requests": 1}, 0.0) is None  # another user
+    assert await limiter.acquire((other_key, user("alice", "k2")), {"requests": 1}, 0.0) is None  # another key's
+    assert await limiter.acquire((key, user("a:b")), {"requests": 1}, 0.0) is None  # names are opaque
+    assert 97 <= (await remaining(limiter, (key,)))["requests"] <= 98  # the refused call took nothing from the key
+
+
+async def test_the_local_limiter_keeps_a_bounded_number_of_user_buckets():
+    """A caller naming a new user on every call cannot grow the process: the least recently used user buckets go
+    first (the key's and the tenant's are never dropped), and a bucket idle for a minute is full again: dropped."""
+    limiter = LocalRateLimiter(max_user_buckets=4)
+    key = Quota("key", "k1", rpm=0, tpm=1000)
+    for n in range(100):
+        user = Quota("user", f"u{n}", rpm=0, tpm=10, parent="k1")
+        assert await limiter.acquire((key, user), {"tokens": 1}, 0.0) is None
+        assert limiter.user_buckets <= 4
+    assert (await remaining(limiter, (key,)))["tokens"] == 900  # every call counted on the key
+    recent = Quota("user", "u99", rpm=0, tpm=10, parent="k1")
+    assert (await remaining(limiter, (recent,)))["tokens"] == 9  # the most recent user's bucket was kept
+
+    fresh = Quota("user", "new", rpm=0, tpm=10, parent="k1")
+    assert await limiter.acquire((fresh,), {"tokens": 1}, 61.0) is None  # a minute on: the others are full again
+    assert limiter.user_buckets == 1

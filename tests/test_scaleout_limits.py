@@ -131,3 +131,22 @@ def test_an_unreachable_postgresql_is_a_clear_start_up_error_without_the_passwor
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "cannot connect to the PostgreSQL store" in done.stderr and "sekrit" not in done.stdout + done.stderr
+
+
+async def test_per_user_buckets_are_shared_and_expire_when_idle(prefix):
+    """An end user's bucket holds across replicas, and Redis forgets it two idle minutes after its last use however
+    many distinct users callers name."""
+    import redis
+
+    first, second = _limiters(prefix)
+    quotas = (Quota("key", "k1", 0, 0), Quota("user", "alice", 2, 0, parent="k1"))
+    assert [await limiter.acquire(quotas, {"requests": 1}, 0.0) is None for limiter in (first, second, first)] == [
+        True,
+        True,
+        False,
+    ]
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        assert 0 < client.ttl(f"{prefix}user:k1:alice:requests") <= 120
+    finally:
+        client.close()

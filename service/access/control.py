@@ -13,7 +13,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 
@@ -37,22 +37,31 @@ log = logging.getLogger(__name__)
 
 REFRESH_S = 1.0
 JOB_WAIT_STEP_S = 1.0
+# The longest `user` (OpenAI's end-user id) a call may name: it keys rate-limit buckets and usage rows. OpenAI sets
+# no limit; ids are usually hashes or UUIDs, far shorter.
+MAX_USER_CHARS = 256
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Defaults per minute (0: unlimited) and the share of a bucket that async jobs leave to interactive calls."""
+    """Defaults per minute (0: unlimited) and the share of a bucket that async jobs leave to interactive calls.
+    `user_rpm`/`user_tpm`: each end user's limits within a key (0: none); `usage_by_user`: record the end user in
+    usage for every key (else only for keys with per-user limits)."""
 
     key_rpm: int = 0
     key_tpm: int = 0
     tenant_rpm: int = 0
     tenant_tpm: int = 0
     job_reserve: float = 0.5
+    user_rpm: int = 0
+    user_tpm: int = 0
+    usage_by_user: bool = False
 
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: set per call by the interceptor, read by the servicers."""
+    """Who is calling: set per call by the interceptor, read by the servicers. A call made for an end user (OpenAI's
+    `user`) is its key's principal `as_user` that user: the user's own bucket joins the quotas."""
 
     tenant: str
     # None while the server runs open (no keys).
@@ -61,6 +70,13 @@ class Principal:
     # Model ids or aliases the key may use; None: all.
     models: tuple[str, ...] | None
     quotas: tuple[Quota, ...]
+    # Requests and tokens per minute of each end user of the key (0: no limit).
+    user_rpm: int = 0
+    user_tpm: int = 0
+    # Whether usage records the end user (the key has per-user limits, or the server records users for all keys).
+    record_users: bool = False
+    # The end user this call is made for ("" none).
+    user: str = ""
 
     def may_use(self, names: list[str]) -> bool:
         """Whether any of a model's names (id and aliases) is among the key's models."""
@@ -69,8 +85,32 @@ class Principal:
         allowed = {m.casefold() for m in self.models}
         return any(name.casefold() in allowed for name in names)
 
+    def as_user(self, user: str) -> Principal:
+        """This caller acting for end user `user`: with per-user limits, the (key, user) bucket joins the quotas,
+        charged with the others (all or nothing) and reported in the headers when tightest. No user: unchanged."""
+        if not user or self.user:
+            return self
+        quotas = self.quotas
+        if self.key_id is not None and (self.user_rpm > 0 or self.user_tpm > 0):
+            quotas = (*quotas, Quota("user", user, self.user_rpm, self.user_tpm, parent=self.key_id))
+        return replace(self, quotas=quotas, user=user)
+
+    @property
+    def usage_user(self) -> str:
+        """The user this call's usage is recorded under ("" when the key does not record users)."""
+        return self.user if self.record_users else ""
+
 
 OPEN_PRINCIPAL = Principal(DEFAULT_TENANT, None, True, None, ())
+
+
+def checked_user(user: str) -> str:
+    """OpenAI's `user`, if it is short enough to key buckets and usage rows by; else 400 (`user`)."""
+    if len(user) > MAX_USER_CHARS:
+        raise errors.invalid_input(
+            f"'user' must be at most {MAX_USER_CHARS} characters, got {len(user)}.", field="user"
+        )
+    return user
 
 
 def is_loopback(host: str) -> bool:
@@ -150,17 +190,32 @@ def rate_limited(refusal: Refusal) -> errors.ApiError:
     )
 
 
+def _first(*values: int | None) -> int:
+    """The first value that is set (the last one always is)."""
+    return next(value for value in values if value is not None)
+
+
+def _tenant_quota(name: str, tenant: TenantRecord | None, limits: Limits) -> Quota:
+    rpm = _first(tenant.rpm if tenant else None, limits.tenant_rpm)
+    tpm = _first(tenant.tpm if tenant else None, limits.tenant_tpm)
+    return Quota("tenant", name, rpm, tpm)
+
+
 def _principal(key: KeyRecord, tenant: TenantRecord | None, limits: Limits) -> Principal:
-    key_quota = Quota(
-        "key",
+    key_quota = Quota("key", key.id, _first(key.rpm, limits.key_rpm), _first(key.tpm, limits.key_tpm))
+    # Per-user limits: the key's own, else its tenant's, else the server's.
+    user_rpm = _first(key.user_rpm, tenant.user_rpm if tenant else None, limits.user_rpm)
+    user_tpm = _first(key.user_tpm, tenant.user_tpm if tenant else None, limits.user_tpm)
+    return Principal(
+        key.tenant,
         key.id,
-        limits.key_rpm if key.rpm is None else key.rpm,
-        limits.key_tpm if key.tpm is None else key.tpm,
+        key.admin,
+        key.models,
+        (key_quota, _tenant_quota(key.tenant, tenant, limits)),
+        user_rpm=user_rpm,
+        user_tpm=user_tpm,
+        record_users=limits.usage_by_user or user_rpm > 0 or user_tpm > 0,
     )
-    tenant_rpm = tenant.rpm if tenant is not None and tenant.rpm is not None else limits.tenant_rpm
-    tenant_tpm = tenant.tpm if tenant is not None and tenant.tpm is not None else limits.tenant_tpm
-    tenant_quota = Quota("tenant", key.tenant, tenant_rpm, tenant_tpm)
-    return Principal(key.tenant, key.id, key.admin, key.models, (key_quota, tenant_quota))
 
 
 class AccessControl:
@@ -185,6 +240,7 @@ class AccessControl:
         self._tenants: dict[str, TenantRecord] = {}
         self._active_keys = 0
         self._open = False
+        self._open_principal = replace(OPEN_PRINCIPAL, record_users=limits.usage_by_user)
         self._task: asyncio.Task | None = None
         self.refresh()
 
@@ -218,7 +274,7 @@ class AccessControl:
         """The caller's principal, or 401 `invalid_api_key`. Never logs or echoes the key (only a mask)."""
         if self._active_keys == 0:
             if self._open:
-                return OPEN_PRINCIPAL
+                return self._open_principal
             raise unauthenticated(
                 "This server has no active API keys and does not run open: ask your administrator for a key."
             )
@@ -238,8 +294,9 @@ class AccessControl:
     # --- limits
 
     async def charge(self, principal: Principal, requests: int = 0, tokens: int = 0) -> None:
-        """Charge a call's requests and tokens to every bucket that applies (key and tenant), all or nothing: a call
-        refused (429 `rate_limit_exceeded`, or 400 `max_tokens_per_request`) consumes nothing."""
+        """Charge a call's requests and tokens to every bucket that applies (key, tenant, and the end user's when the
+        principal acts for one with per-user limits), all or nothing: a call refused (429 `rate_limit_exceeded`, or
+        400 `max_tokens_per_request`) consumes nothing."""
         if not principal.quotas:
             return
         amounts: dict[Kind, int] = {"requests": requests, "tokens": tokens}
@@ -257,25 +314,29 @@ class AccessControl:
             return {}
         return rate_headers(await self.limiter.state(principal.quotas, self._clock()))
 
-    def job_quotas(self, tenant: str, key_id: str | None) -> tuple[Quota, ...]:
-        """The buckets an async job of `tenant` (submitted with `key_id`) draws on; none while running open."""
+    def job_principal(self, tenant: str, key_id: str | None, user: str = "") -> Principal:
+        """Whom an async job of `tenant` (submitted with `key_id`, for end user `user`) runs as, with today's
+        limits: the key's principal as that user; the tenant alone once the key is revoked; no limits while
+        running open."""
         entry = self._keys.get(key_id) if key_id else None
         if entry is not None:
-            return entry[1].quotas
+            return entry[1].as_user(user)
         if self._active_keys == 0:
-            return ()
-        tenant_record = self._tenants.get(tenant)
-        rpm = tenant_record.rpm if tenant_record and tenant_record.rpm is not None else self.limits.tenant_rpm
-        tpm = tenant_record.tpm if tenant_record and tenant_record.tpm is not None else self.limits.tenant_tpm
-        return (Quota("tenant", tenant, rpm, tpm),)
+            return replace(self._open_principal, tenant=tenant, key_id=key_id, user=user)
+        quota = _tenant_quota(tenant, self._tenants.get(tenant), self.limits)
+        return Principal(tenant, key_id, False, None, (quota,), record_users=self.limits.usage_by_user, user=user)
 
-    async def admit_job_tokens(self, tenant: str, key_id: str | None, tokens: int) -> None:
+    def job_quotas(self, tenant: str, key_id: str | None, user: str = "") -> tuple[Quota, ...]:
+        """The buckets an async job of `tenant` (submitted with `key_id`, for `user`) draws on; none running open."""
+        return self.job_principal(tenant, key_id, user).quotas
+
+    async def admit_job_tokens(self, tenant: str, key_id: str | None, tokens: int, user: str = "") -> None:
         """Charge a job chunk's tokens from the room above the interactive reserve, in parts when the chunk is larger
         than that room, waiting for each: the buckets are never overdrawn and interactive calls always find the
         reserve. Never fails; the limits are re-read at every step (a key or tenant changed meanwhile applies)."""
         remaining = float(tokens)
         while remaining > _EPSILON:
-            quotas = self.job_quotas(tenant, key_id)
+            quotas = self.job_quotas(tenant, key_id, user)
             charged, wait = await self.limiter.acquire_background(
                 quotas, remaining, self.limits.job_reserve, self._clock()
             )

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 
 from service import errors, policy
-from service.access.control import AccessControl, Principal, permission_denied
+from service.access.control import AccessControl, Principal, checked_user, permission_denied
 from service.policy import MethodPolicy
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,15 @@ def caller_of(context: grpc.aio.ServicerContext) -> Principal:
     caller = getattr(context, "caller", None)
     if not isinstance(caller, Principal):
         raise errors.internal("The call reached its servicer without an authenticated caller.")
+    return caller
+
+
+def acting_for(context: grpc.aio.ServicerContext, user: str) -> Principal:
+    """The caller acting for end user `user` (OpenAI's `user`; "" none), which becomes the call's caller: its
+    per-user limits are charged with the key's and the tenant's, and the `x-ratelimit-*` headers the call answers
+    with report the tightest of them all. 400 when `user` is too long to key buckets and usage by."""
+    caller = caller_of(context).as_user(checked_user(user))
+    context.caller = caller  # type: ignore[attr-defined]  # the interceptor's context: its headers follow
     return caller
 
 

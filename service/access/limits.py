@@ -1,10 +1,15 @@
-"""Rate limits: requests and tokens per minute, per key and per tenant, as token buckets.
+"""Rate limits: requests and tokens per minute, per key, per tenant and per end user of a key, as token buckets.
 
 A bucket holds up to one minute's allowance and refills continuously (limit / 60 per second), so a client may
 burst up to its limit and then runs at the limit's pace. A call is checked against every bucket that applies (its
 key's and its tenant's, for requests and for tokens) and charged to all of them only if all allow it: a refused call
 costs nothing. Async job chunks draw from the same token buckets, but only from the room above a reserve, in parts
 when a chunk is larger than that room, so interactive calls always find the reserve and a bucket is never overdrawn.
+
+A per-user bucket belongs to a (key, user) pair: OpenAI's `user` names an end user inside a key, and any caller can
+send a million distinct names, so the local limiter keeps at most `max_user_buckets` of them (least recently used
+first out) and drops those idle long enough to be full again (a bucket refills completely within a minute, so
+dropping it changes nothing); Redis expires them after two idle minutes.
 
 `RateLimiter` is the interface (async: a shared limiter waits on the network); `LocalRateLimiter` keeps buckets in
 this process (one replica), `service.access.redis_limits.RedisRateLimiter` in Redis (several).
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -23,23 +29,38 @@ KINDS: tuple[Kind, ...] = ("requests", "tokens")
 _ABBREVIATION = {"requests": "RPM", "tokens": "TPM"}
 # Floating-point slack: a bucket refilled for exactly the advertised wait must admit the retry.
 _EPSILON = 1e-6
+# A bucket idle this long is full again (it holds one minute's allowance): forgetting it changes nothing.
+REFILL_S = 60.0
+# Per-user buckets kept in one process at most (least recently used dropped first).
+MAX_USER_BUCKETS = 100_000
 
 
 @dataclass(frozen=True)
 class Quota:
-    """One party's limits per minute; 0 means unlimited."""
+    """One party's limits per minute; 0 means unlimited. A "user" quota is an end user's (`name`) of one key
+    (`parent`, the key id)."""
 
-    scope: Literal["key", "tenant"]
+    scope: Literal["key", "tenant", "user"]
     name: str
     rpm: int
     tpm: int
+    parent: str = ""
 
     def limit(self, kind: Kind) -> int:
         return self.rpm if kind == "requests" else self.tpm
 
     @property
     def label(self) -> str:
+        if self.scope == "user":
+            return f"user {self.name!r} of key {self.parent}"
         return f"{self.scope} {self.name}"
+
+    @property
+    def bucket_id(self) -> str:
+        """The bucket's name, unique across scopes ("key:<id>", "tenant:<name>", "user:<key id>:<user>")."""
+        if self.scope == "user":
+            return f"user:{self.parent}:{self.name}"
+        return f"{self.scope}:{self.name}"
 
 
 @dataclass(frozen=True)
@@ -124,23 +145,45 @@ class _Bucket:
 
 
 class LocalRateLimiter:
-    """`RateLimiter` in this process's memory. Thread-safe."""
+    """`RateLimiter` in this process's memory. Thread-safe. Key and tenant buckets are as many as keys and tenants;
+    per-user buckets are bounded (`max_user_buckets`, least recently used first out, idle ones dropped)."""
 
-    def __init__(self) -> None:
-        self._buckets: dict[tuple[str, str, Kind], _Bucket] = {}
+    def __init__(self, max_user_buckets: int = MAX_USER_BUCKETS) -> None:
+        self._buckets: dict[tuple[str, Kind], _Bucket] = {}
+        self._user_buckets: OrderedDict[tuple[str, Kind], _Bucket] = OrderedDict()
+        self._max_user_buckets = max(1, max_user_buckets)
         self._lock = threading.Lock()
+
+    @property
+    def user_buckets(self) -> int:
+        """How many per-user buckets are kept now."""
+        return len(self._user_buckets)
 
     def _bucket(self, quota: Quota, kind: Kind, now: float) -> _Bucket | None:
         limit = quota.limit(kind)
         if limit <= 0:
             return None
-        key = (quota.scope, quota.name, kind)
-        bucket = self._buckets.get(key)
+        key = (quota.bucket_id, kind)
+        buckets = self._user_buckets if quota.scope == "user" else self._buckets
+        bucket = buckets.get(key)
         if bucket is None or bucket.capacity != limit:
             level = float(limit) if bucket is None else min(bucket.level, float(limit))
-            bucket = self._buckets[key] = _Bucket(limit, level, now)
+            bucket = buckets[key] = _Bucket(limit, level, now)
         bucket.refill(now)
+        if buckets is self._user_buckets:
+            self._user_buckets.move_to_end(key)
+            self._forget_users(now)
         return bucket
+
+    def _forget_users(self, now: float) -> None:
+        """Drop the least recently used user buckets beyond the bound, and those idle long enough to be full."""
+        while len(self._user_buckets) > self._max_user_buckets:
+            self._user_buckets.popitem(last=False)
+        while self._user_buckets:
+            oldest = next(iter(self._user_buckets.values()))
+            if now - oldest.updated < REFILL_S:
+                break
+            self._user_buckets.popitem(last=False)
 
     async def acquire(self, quotas: Sequence[Quota], amounts: Mapping[Kind, int], now: float) -> Refusal | None:
         with self._lock:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal
 
 # The tenant of calls made without a key (open mode) and of rows written before tenants existed.
 DEFAULT_TENANT = "default"
@@ -23,6 +24,9 @@ class KeyRecord:
     created_at: int
     rotated_at: int | None
     revoked_at: int | None
+    # Limits of each end user (OpenAI's `user`) of the key; None: the tenant's, else the server's defaults.
+    user_rpm: int | None = None
+    user_tpm: int | None = None
 
     @property
     def admin(self) -> bool:
@@ -38,11 +42,14 @@ class TenantRecord:
     name: str
     rpm: int | None
     tpm: int | None
+    # Defaults for the per-user limits of the tenant's keys; None: the server's.
+    user_rpm: int | None = None
+    user_tpm: int | None = None
 
 
 @dataclass(frozen=True)
 class UsageDelta:
-    """Counts to add to one (day, tenant, key, model) row."""
+    """Counts to add to one (day, tenant, key, model, user, price) row."""
 
     day: str
     tenant: str
@@ -52,11 +59,28 @@ class UsageDelta:
     tokens: int = 0
     job_requests: int = 0
     job_tokens: int = 0
+    # The end user (OpenAI's `user`) when the key records users, else "".
+    user: str = ""
+    # The model's price per million tokens when the tokens were used (exact decimal text), "" when unpriced.
+    price: str = ""
 
 
 @dataclass(frozen=True)
-class UsageRow(UsageDelta):
-    pass
+class UsageRow:
+    """A line of a usage report: what a key (grouped by user: one of its end users) used of a model on a UTC day,
+    and what that cost at the prices in effect when it was used."""
+
+    day: str
+    tenant: str
+    key_id: str
+    model: str
+    requests: int = 0
+    tokens: int = 0
+    job_requests: int = 0
+    job_tokens: int = 0
+    # "" unless the report is grouped by user.
+    user: str = ""
+    cost: Decimal = field(default=Decimal(0))
 
 
 @dataclass(frozen=True)

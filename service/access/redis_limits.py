@@ -1,18 +1,19 @@
 """Rate limits shared by every replica: `LocalRateLimiter`'s token buckets kept in Redis, charged by one Lua script.
 
 The script does what `LocalRateLimiter` does in one atomic step on the Redis server: refill every bucket that applies
-(key and tenant, requests and tokens), refuse if any lacks room (charging none), else charge all. So a per-key limit
-of N requests a minute holds across all replicas combined. Time is Redis's own clock (`TIME`), not the callers':
-replicas on different machines need no synchronized clocks, and the `now` the `RateLimiter` protocol passes is
-ignored.
+(key, tenant and end user; requests and tokens), refuse if any lacks room (charging none), else charge all. So a
+per-key limit of N requests a minute holds across all replicas combined. Time is Redis's own clock (`TIME`), not
+the callers': replicas on different machines need no synchronized clocks, and the `now` the `RateLimiter` protocol
+passes is ignored.
 
-A bucket is a hash {level, updated, capacity} under `<prefix><scope>:<name>:<kind>`, expiring after two idle
-minutes (it is full again after one anyway). Redis is called with the asyncio client on the event loop, each call
-bounded by `timeout_s` (connecting included, no retries): a slow or dead Redis costs the call waiting on it at most
-that, never the others. When Redis cannot be reached in time the limiter follows `on_failure`: "open" allows the
-call and logs a warning (at most every 10 s), "closed" refuses it (429, with a message that says why); for 2 s
-after a failure it is not asked again, so calls do not each wait out the deadline. redis is imported here only: the
-default deployment neither needs nor loads it.
+A bucket is a hash {level, updated, capacity} under `<prefix><scope>:<name>:<kind>` (an end user's:
+`<prefix>user:<key id>:<user>:<kind>`), expiring after two idle minutes (it is full again after one anyway), so
+per-user buckets, however many distinct users callers name, live only while used. Redis is called with the asyncio
+client on the event loop, each call bounded by `timeout_s` (connecting included, no retries): a slow or dead Redis
+costs the call waiting on it at most that, never the others. When Redis cannot be reached in time the limiter
+follows `on_failure`: "open" allows the call and logs a warning (at most every 10 s), "closed" refuses it (429, with
+a message that says why); for 2 s after a failure it is not asked again, so calls do not each wait out the
+deadline. redis is imported here only: the default deployment neither needs nor loads it.
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ class RedisRateLimiter:
 
     def _buckets(self, quotas: Sequence[Quota], amounts: Mapping[Kind, float]) -> list[_Bucket]:
         return [
-            _Bucket(quota, kind, f"{self.prefix}{quota.scope}:{quota.name}:{kind}", quota.limit(kind), amount)
+            _Bucket(quota, kind, f"{self.prefix}{quota.bucket_id}:{kind}", quota.limit(kind), amount)
             for kind, amount in amounts.items()
             for quota in quotas
             if quota.limit(kind) > 0

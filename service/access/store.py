@@ -26,9 +26,12 @@ class AccessStore(Protocol):
         tpm: int | None = None,
         now: int,
         issued: keys.NewKey | None = None,
+        user_rpm: int | None = None,
+        user_tpm: int | None = None,
     ) -> tuple[KeyRecord, str]:
         """The new key and its token (`sk-...`): the only time the token exists outside the caller. `issued`: a key
-        made elsewhere (an operator's bootstrap key, service/access/bootstrap.py) instead of a fresh one."""
+        made elsewhere (an operator's bootstrap key, service/access/bootstrap.py) instead of a fresh one.
+        `user_rpm`/`user_tpm`: limits of each end user of the key (None: the tenant's, else the server's)."""
         ...
 
     def list_keys(self, tenant: str | None = None) -> list[KeyRecord]: ...
@@ -41,7 +44,17 @@ class AccessStore(Protocol):
         """A new secret for an active key (same id, tenant and limits); the old one stops working."""
         ...
 
-    def set_tenant(self, name: str, rpm: int | None, tpm: int | None, now: int) -> TenantRecord: ...
+    def set_tenant(
+        self,
+        name: str,
+        rpm: int | None,
+        tpm: int | None,
+        now: int,
+        user_rpm: int | None = None,
+        user_tpm: int | None = None,
+    ) -> TenantRecord:
+        """A tenant's own limits (None: the server's default), and its keys' per-user defaults."""
+        ...
 
     def list_tenants(self) -> list[TenantRecord]: ...
 
@@ -52,7 +65,13 @@ class AccessStore(Protocol):
     def add_usage(self, deltas: Iterable[UsageDelta]) -> None: ...
 
     def usage(
-        self, tenant: str | None = None, since: str | None = None, until: str | None = None
-    ) -> list[UsageRow]: ...
+        self,
+        tenant: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        group_by_user: bool = False,
+    ) -> list[UsageRow]:
+        """Per day, tenant, key and model (and end user, when `group_by_user`), with its cost."""
+        ...
 
     def close(self) -> None: ...

@@ -1,4 +1,7 @@
-"""Usage metering: requests and tokens per (UTC day, tenant, key, model), what clients were told they used.
+"""Usage metering: requests and tokens per (UTC day, tenant, key, model, user, price), what clients were told they
+used. `user` is the end user (OpenAI's `user`) for keys that record users, else ""; `price` the model's price per
+million tokens when the tokens were used (exact decimal text, "" unpriced), so reports cost usage at the prices it
+was actually charged at, even after a price changes.
 
 Counts are added up in memory and written to the store about once a second (one small transaction, however busy
 the server is) and on shutdown; a process killed with SIGKILL loses at most the last second. Interactive calls
@@ -39,7 +42,7 @@ class UsageMeter:
 
     def __init__(self, store: AccessStore) -> None:
         self._store = store
-        self._pending: defaultdict[tuple[str, str, str, str], _Counts] = defaultdict(_Counts)
+        self._pending: defaultdict[tuple[str, ...], _Counts] = defaultdict(_Counts)
         self._lock = threading.Lock()
 
     def record(
@@ -52,9 +55,11 @@ class UsageMeter:
         tokens: int = 0,
         job_requests: int = 0,
         job_tokens: int = 0,
+        user: str = "",
+        price: str = "",
         now: float | None = None,
     ) -> None:
-        key = (utc_day(time.time() if now is None else now), tenant, key_id or OPEN_KEY_ID, model)
+        key = (utc_day(time.time() if now is None else now), tenant, key_id or OPEN_KEY_ID, model, user, price)
         with self._lock:
             counts = self._pending[key]
             counts.requests += requests
@@ -68,7 +73,10 @@ class UsageMeter:
             pending, self._pending = self._pending, defaultdict(_Counts)
         if not pending:
             return
-        deltas = [UsageDelta(*key, **vars(counts)) for key, counts in pending.items()]
+        deltas = [
+            UsageDelta(day, tenant, key_id, model, user=user, price=price, **vars(counts))
+            for (day, tenant, key_id, model, user, price), counts in pending.items()
+        ]
         try:
             self._store.add_usage(deltas)
         except Exception:

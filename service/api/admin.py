@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from decimal import Decimal
 
 import grpc
 
@@ -16,6 +17,7 @@ from service.api.embeddings import rpc_errors
 from service.jobs.runner import now_s
 
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_TENANT_LIMITS = ("rpm", "tpm", "user_rpm", "user_tpm")
 
 
 def key_message(key: KeyRecord) -> pb.ApiKey:
@@ -28,21 +30,24 @@ def key_message(key: KeyRecord) -> pb.ApiKey:
         models=list(key.models or ()),
         created_at=key.created_at,
     )
-    for name in ("rpm", "tpm", "rotated_at", "revoked_at"):
+    for name in ("rpm", "tpm", "rotated_at", "revoked_at", "user_rpm", "user_tpm"):
         value = getattr(key, name)
         if value is not None:
             setattr(message, name, value)
     return message
 
 
-def usage_response(rows: list[UsageRow]) -> pb.GetUsageResponse:
+def usage_response(rows: list[UsageRow], currency: str) -> pb.GetUsageResponse:
+    """The report; costs are summed exactly (decimals) and only then rounded to doubles."""
     return pb.GetUsageResponse(
         object="list",
-        data=[pb.UsageRecord(**vars(row)) for row in rows],
+        data=[pb.UsageRecord(**{**vars(row), "cost": float(row.cost)}) for row in rows],
         total_requests=sum(r.requests for r in rows),
         total_tokens=sum(r.tokens for r in rows),
         total_job_requests=sum(r.job_requests for r in rows),
         total_job_tokens=sum(r.job_tokens for r in rows),
+        total_cost=float(sum((r.cost for r in rows), Decimal(0))),
+        currency=currency,
     )
 
 
@@ -57,9 +62,10 @@ def _optional(message, name: str) -> int | None:
 
 
 class AdminServicer(pb_grpc.AdminServiceServicer):
-    def __init__(self, control: AccessControl) -> None:
+    def __init__(self, control: AccessControl, currency: str = "USD") -> None:
         self._control = control
         self._store = control.store
+        self._currency = currency
 
     async def _refresh(self) -> None:
         """Apply a change to this server at once (other replicas and the CLI's changes: within a second)."""
@@ -78,6 +84,8 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                 rpm=_optional(request, "rpm"),
                 tpm=_optional(request, "tpm"),
                 now=now_s(),
+                user_rpm=_optional(request, "user_rpm"),
+                user_tpm=_optional(request, "user_tpm"),
             )
         )
         await self._refresh()
@@ -108,14 +116,15 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     async def SetTenantLimits(self, request: pb.SetTenantLimitsRequest, context) -> pb.SetTenantLimitsResponse:
         if not request.name.strip():
             raise errors.invalid_input("'name' is required.", field="name")
-        rpm, tpm = _optional(request, "rpm"), _optional(request, "tpm")
-        tenant = await asyncio.to_thread(self._store.set_tenant, request.name.strip(), rpm, tpm, now_s())
+        limits = {name: _optional(request, name) for name in _TENANT_LIMITS}
+        tenant = await asyncio.to_thread(
+            lambda: self._store.set_tenant(request.name.strip(), now=now_s(), **limits)  # type: ignore[arg-type]
+        )
         await self._refresh()
         response = pb.SetTenantLimitsResponse(name=tenant.name)
-        if tenant.rpm is not None:
-            response.rpm = tenant.rpm
-        if tenant.tpm is not None:
-            response.tpm = tenant.tpm
+        for name in _TENANT_LIMITS:
+            if getattr(tenant, name) is not None:
+                setattr(response, name, getattr(tenant, name))
         return response
 
     @rpc_errors
@@ -126,13 +135,17 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                 raise errors.invalid_input(f"'{name}' must be a UTC day, YYYY-MM-DD; got {value!r}.", field=name)
         await asyncio.to_thread(self._control.meter.flush)  # include the last second's calls
         rows = await asyncio.to_thread(
-            self._store.usage, request.tenant or None, request.since or None, request.until or None
+            self._store.usage,
+            request.tenant or None,
+            request.since or None,
+            request.until or None,
+            request.group_by_user,
         )
-        return usage_response(rows)
+        return usage_response(rows, self._currency)
 
 
 ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["AdminService"].full_name
 
 
-def add_admin_service(control: AccessControl, server: grpc.aio.Server) -> None:
-    pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(control), server)
+def add_admin_service(control: AccessControl, server: grpc.aio.Server, currency: str = "USD") -> None:
+    pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(control, currency), server)

@@ -11,11 +11,12 @@ from google.protobuf import struct_pb2
 from service import errors
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
-from service.access.interceptor import caller_of
+from service.access.interceptor import acting_for, caller_of
 from service.api.rpc_errors import rpc_errors
 from service.embedding import Embedder
 from service.engine.model import EmbedOptions, EmbedResult, ServedModel
 from service.observability.context import note_model, timing_headers
+from service.pricing import PriceList
 
 _INPUT_TYPES = {pb.INPUT_TYPE_UNSPECIFIED: "", pb.INPUT_TYPE_QUERY: "query", pb.INPUT_TYPE_DOCUMENT: "document"}
 _EMBEDDING_TYPES = {
@@ -40,9 +41,10 @@ def _as_text(value: object) -> str:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
-def model_message(model: ServedModel, aliases: list[str]) -> pb.Model:
+def model_message(model: ServedModel, aliases: list[str], prices: PriceList | None = None) -> pb.Model:
     manifest = model.manifest
-    return pb.Model(
+    price = prices.of(model) if prices is not None else None
+    message = pb.Model(
         id=manifest.id,
         object="model",
         created=manifest.created,
@@ -59,7 +61,11 @@ def model_message(model: ServedModel, aliases: list[str]) -> pb.Model:
         provenance=provenance_struct(manifest.provenance),
         max_inputs_per_request=model.max_inputs,
         embedding_types=model.embedding_types,
+        currency=prices.currency if prices is not None else "",
     )
+    if price is not None:
+        message.price_per_million_tokens = float(price.per_million_tokens)
+    return message
 
 
 def provenance_struct(provenance: dict) -> struct_pb2.Struct:
@@ -93,7 +99,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         if request.encoding_format not in pb.EncodingFormat.values():
             raise errors.invalid_input("Unknown encoding_format.", field="encoding_format")
-        caller = caller_of(context)
+        caller = acting_for(context, request.user)
         model = self._embedder.resolve(caller, request.model)
         note_model(model.id)
         options = EmbedOptions(
@@ -116,10 +122,12 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             raise errors.unavailable("The server is starting: models are still loading. Retry shortly.")
         models = []
         if request.modality in ("", "embedding"):
-            models = [model_message(m, registry.aliases_of(m)) for m in self._embedder.models(caller_of(context))]
+            prices, allowed = self._embedder.prices, self._embedder.models(caller_of(context))
+            models = [model_message(m, registry.aliases_of(m), prices) for m in allowed]
         return pb.ListModelsResponse(object="list", data=models)
 
     @rpc_errors
     async def GetModel(self, request: pb.GetModelRequest, context) -> pb.GetModelResponse:
         model = self._embedder.resolve(caller_of(context), request.model)
-        return pb.GetModelResponse(model=model_message(model, self._embedder.registry.aliases_of(model)))
+        message = model_message(model, self._embedder.registry.aliases_of(model), self._embedder.prices)
+        return pb.GetModelResponse(model=message)

@@ -20,7 +20,7 @@ from service import errors
 from service._gen.embeddings.v1 import jobs_pb2 as pb
 from service._gen.embeddings.v1 import jobs_pb2_grpc as pb_grpc
 from service.access.control import Principal
-from service.access.interceptor import caller_of
+from service.access.interceptor import acting_for, caller_of
 from service.api.paging import page_limit
 from service.api.rest import as_rest_error, parse_request
 from service.api.rpc_errors import rpc_errors
@@ -153,7 +153,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
 
     @rpc_errors
     async def AsyncEmbed(self, request: pb.AsyncEmbedRequest, context) -> pb.Job:
-        caller = caller_of(context)
+        caller = acting_for(context, request.user)
         metadata = checked_metadata(request.metadata)
         model_id, texts, options = await self._validated_inputs(caller, request)
         webhook_id = metadata.get("webhook_id") or None
@@ -169,6 +169,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
                 self._chunk_size,
                 now_s(),
                 key_id=caller.key_id,  # its chunks are metered, and rate-limited, as this key's
+                user=caller.user,  # ... and as this end user's
             )
         except NotFound:
             raise errors.invalid_input(

@@ -22,7 +22,7 @@ from service import errors
 from service._gen.embeddings.v1 import embeddings_pb2
 from service._gen.embeddings.v1 import rest_pb2 as pb
 from service._gen.embeddings.v1 import rest_pb2_grpc as pb_grpc
-from service.access.interceptor import caller_of
+from service.access.interceptor import acting_for, caller_of
 from service.api.embeddings import deadline_of, model_message, rpc_errors
 from service.api.engine_errors import as_api_error
 from service.embedding import Embedder
@@ -235,7 +235,7 @@ class RestServicer(pb_grpc.RestServiceServicer):
         self._is_serving = is_serving
 
     async def _embed(self, request: pb.CreateEmbeddingRequest, context) -> tuple[EmbedResult, str]:
-        caller = caller_of(context)
+        caller = acting_for(context, request.user)
         parsed = await parse_request(request, functools.partial(self._embedder.resolve, caller), self._decoder)
         result = await self._embedder.embed(caller, parsed.model, parsed.texts, parsed.options, deadline_of(context))
         return result, parsed.encoding_format
@@ -255,7 +255,7 @@ class RestServicer(pb_grpc.RestServiceServicer):
     @rpc_errors
     async def RetrieveModel(self, request: pb.RetrieveModelRequest, context) -> embeddings_pb2.Model:
         model = self._embedder.resolve(caller_of(context), request.model)
-        return model_message(model, self._embedder.registry.aliases_of(model))
+        return model_message(model, self._embedder.registry.aliases_of(model), self._embedder.prices)
 
     @rpc_errors
     async def CheckHealth(self, request: pb.CheckHealthRequest, context) -> pb.CheckHealthResponse:

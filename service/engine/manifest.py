@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from service.engine.backends import BACKENDS, is_backend_name
 from service.engine.pooling import ACTIVATIONS, POOLING_MODES, POOLING_SEPARATOR
+from service.engine.prices import parse_price
 
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
@@ -87,6 +89,9 @@ class ModelManifest:
     # service.engine.quantize.ranges_key(dimensions, normalized): what the int8 and uint8 types scale by. Written at
     # build time (tools.modelrepo calibrate); empty: those two types are unavailable for the model.
     quantization_ranges: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    # What a million of the model's tokens cost (in the server's currency), a decimal written as a string ("0.02")
+    # or a number; None: unpriced. The server may override it per model (its `model_prices` setting).
+    price_per_million_tokens: str | None = None
 
     def __post_init__(self) -> None:
         if not self.id or "\n" in self.id:
@@ -112,6 +117,11 @@ class ModelManifest:
         if self.default_prompt_name and self.default_prompt_name not in self.prompts:
             raise ManifestError(f"manifest {self.id}: default_prompt_name {self.default_prompt_name!r} is not a prompt")
         self._check_dense()
+        if self.price_per_million_tokens is not None:
+            try:
+                parse_price(self.price_per_million_tokens)
+            except ValueError as exc:
+                raise ManifestError(f"manifest {self.id}: price_per_million_tokens: {exc}") from None
 
     def _check_dense(self) -> None:
         for index, layer in enumerate(self.dense):
@@ -151,6 +161,11 @@ class ModelManifest:
         name = input_type if input_type in self.prompts else self.default_prompt_name
         return self.prompts.get(name, "")
 
+    @property
+    def price(self) -> Decimal | None:
+        """The price per million tokens the manifest declares, if any."""
+        return None if self.price_per_million_tokens is None else parse_price(self.price_per_million_tokens)
+
     def allows_dimensions(self, dimensions: int) -> bool:
         return dimensions == self.dimensions or dimensions in self.shortened_dimensions
 
@@ -162,6 +177,8 @@ class ModelManifest:
             del data["auto_truncate"]  # the server's setting applies
         if not self.quantization_ranges:
             del data["quantization_ranges"]  # not calibrated
+        if self.price_per_million_tokens is None:
+            del data["price_per_million_tokens"]  # unpriced
         data["dense"] = [asdict(layer) for layer in self.dense]
         return json.dumps(data, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
 
@@ -177,6 +194,8 @@ class ModelManifest:
             values["shortened_dimensions"] = tuple(int(d) for d in values.get("shortened_dimensions", ()))
             values["dense"] = tuple(DenseLayer.from_dict(layer) for layer in values.get("dense", ()))
             values["prompts"] = {str(k): str(v) for k, v in values.get("prompts", {}).items()}
+            if values.get("price_per_million_tokens") is not None:
+                values["price_per_million_tokens"] = str(values["price_per_million_tokens"])
             return cls(**values)
         except (TypeError, AttributeError) as exc:
             raise ManifestError(f"manifest {data.get('id', '?')}: {exc}") from exc

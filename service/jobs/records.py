@@ -90,6 +90,8 @@ class Job:
     results_removed: bool
     # The API key that submitted it: its chunks are metered and rate-limited as that key's. None: submitted open.
     key_id: str | None = None
+    # The end user it was submitted for (OpenAI's `user`; "" none): its chunks draw on that user's limits too.
+    user: str = ""
 
     @property
     def finished(self) -> bool:
@@ -124,6 +126,8 @@ class Chunk:
     failures: int = 0
     # The job's submitting key (see `Job.key_id`).
     key_id: str | None = None
+    # The job's end user (see `Job.user`).
+    user: str = ""
 
 
 @dataclass(frozen=True)

@@ -196,6 +196,7 @@ class JobWorkers(WorkerLoops):
                 chunk.inputs,
                 embed_options(chunk.options),
                 keep=lambda result: self._keep(chunk, result),
+                user=chunk.user,
             )
         except (engine.NotReady, engine.QueueFull):  # passing: the chunk goes back, uncounted
             await asyncio.to_thread(self._store.release_chunk, chunk.job_id, chunk.idx, self._owner, False)

@@ -28,9 +28,11 @@ class JobStore(Protocol):
         now: int,
         job_id: str | None = None,
         key_id: str | None = None,
+        user: str = "",
     ) -> Job:
         """The job and all its chunks, in one transaction. NotFound if the webhook is not this tenant's. `job_id`:
-        the id to give it (default: a new one); a duplicate fails the insert. `key_id`: the submitting API key."""
+        the id to give it (default: a new one); a duplicate fails the insert. `key_id`: the submitting API key;
+        `user`: the end user it was submitted for."""
         ...
 
     def get_job(self, tenant: str, job_id: str) -> Job | None: ...

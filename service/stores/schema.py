@@ -10,7 +10,9 @@ Migration n (1-based) is MIGRATIONS[n - 1], applied in one transaction with the 
 database of any earlier version upgrades by running the ones it lacks.
 
 The access tables predate versioning on SQLite (the access store created them at every start), so SQLite ensures
-them at every start (`ACCESS_SCHEMA`, idempotent); PostgreSQL created them in migrations 1 and 4.
+them at every start (`ACCESS_SCHEMA`, idempotent); PostgreSQL created them in migrations 1 and 4. `ACCESS_TABLES` is
+their shape as of migration 1, and stays so: later changes are migrations of both dialects (SQLite's first ensure
+the tables, since on a new file they come after the migrations).
 """
 
 from __future__ import annotations
@@ -106,6 +108,24 @@ ACCESS_TABLES = (
 )
 # What SQLite ensures at every start.
 ACCESS_SCHEMA = (*ACCESS_TABLES, *ACCESS_FLAGS)
+
+# Migration 6's usage table: a row per (day, tenant, key, model, end user, price). `end_user` is OpenAI's `user`
+# ("" none; `user` is a reserved word in PostgreSQL); `price` the model's price per million tokens when the tokens
+# were used (exact decimal text, "" unpriced), so a price change starts new rows and reports cost each row at its
+# own price.
+USAGE_BY_USER_AND_PRICE = """CREATE TABLE access_usage_v6 (
+        day TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        end_user TEXT NOT NULL DEFAULT '',
+        price TEXT NOT NULL DEFAULT '',
+        requests {int64} NOT NULL DEFAULT 0,
+        tokens {int64} NOT NULL DEFAULT 0,
+        job_requests {int64} NOT NULL DEFAULT 0,
+        job_tokens {int64} NOT NULL DEFAULT 0,
+        PRIMARY KEY (day, tenant, key_id, model, end_user, price)
+    )"""
 
 MIGRATIONS: tuple[tuple[str | Only, ...], ...] = (
     # 1: jobs, their chunks, webhooks, events and deliveries.
@@ -336,6 +356,21 @@ MIGRATIONS: tuple[tuple[str | Only, ...], ...] = (
         "ALTER TABLE jobs ADD COLUMN key_id TEXT",
         sqlite("UPDATE jobs SET key_id = json_extract(options, '$.key_id') WHERE key_id IS NULL"),
         postgres("UPDATE jobs SET key_id = options::jsonb ->> 'key_id' WHERE key_id IS NULL"),
+    ),
+    # 6: per-user limits (a key's own, a tenant's defaults), a job's end user, and usage by end user and price.
+    (
+        sqlite(*ACCESS_TABLES),
+        "ALTER TABLE access_keys ADD COLUMN user_rpm INTEGER",
+        "ALTER TABLE access_keys ADD COLUMN user_tpm INTEGER",
+        "ALTER TABLE access_tenants ADD COLUMN user_rpm INTEGER",
+        "ALTER TABLE access_tenants ADD COLUMN user_tpm INTEGER",
+        "ALTER TABLE jobs ADD COLUMN end_user TEXT NOT NULL DEFAULT ''",
+        # Both rebuild the table (SQLite cannot change a primary key); the rows keep their counts, unpriced.
+        USAGE_BY_USER_AND_PRICE,
+        "INSERT INTO access_usage_v6 (day, tenant, key_id, model, requests, tokens, job_requests, job_tokens)"
+        " SELECT day, tenant, key_id, model, requests, tokens, job_requests, job_tokens FROM access_usage",
+        "DROP TABLE access_usage",
+        "ALTER TABLE access_usage_v6 RENAME TO access_usage",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

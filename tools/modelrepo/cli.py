@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from service.engine.manifest import INPUT_TYPE_PROMPTS, MANIFEST_FILE, ManifestError, ModelManifest
+from service.engine.prices import parse_price, price_text
 from tools.modelrepo import __doc__ as PACKAGE_DOC
 from tools.modelrepo.build import Target, build_model, repo_lock
 from tools.modelrepo.calibrate import calibrate
@@ -69,9 +70,15 @@ def import_model(args: argparse.Namespace) -> Path:
         owned_by=args.owned_by,
         created=int(weights[0].stat().st_mtime),  # stable across rebuilds of the same source
         provenance=provenance,
+        price_per_million_tokens=args.price,
     )
     say(f"{args.src}: {source.describe()}")
-    request = {k: v for k, v in asdict(manifest).items() if k != "provenance"}
+    # An unpriced import keeps the fingerprint it had before prices existed (no needless rebuild).
+    request = {
+        k: v
+        for k, v in asdict(manifest).items()
+        if k != "provenance" and (v is not None or k != "price_per_million_tokens")
+    }
     target = Target(model_id, precision, source.file_hashes, {**request, "source": str(source.root)})
     return build_model(target, source, manifest, args.repo, force=args.force)
 
@@ -89,6 +96,13 @@ def _positive(text: str) -> int:
     if value < 2:
         raise argparse.ArgumentTypeError("must be at least 2")
     return value
+
+
+def _price(text: str) -> str:
+    try:
+        return price_text(parse_price(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _prompt(text: str) -> tuple[str, str]:
@@ -162,6 +176,11 @@ def parser() -> argparse.ArgumentParser:
     imp.add_argument("--document-prefix", help="text prepended to documents (default: the 'document' prompt)")
     imp.add_argument("--owned-by", default=ModelManifest.__dataclass_fields__["owned_by"].default)
     imp.add_argument("--max-input-tokens", type=_positive, help="token limit incl. special tokens")
+    imp.add_argument(
+        "--price",
+        type=_price,
+        help="price per million tokens, in the server's currency (manifest price_per_million_tokens; default: none)",
+    )
     imp.add_argument("--force", action="store_true", help="rebuild even when up to date")
     return top
 

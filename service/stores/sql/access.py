@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import Any
 
 from service.access import keys
 from service.access.records import KeyRecord, KeySnapshot, TenantRecord, UsageDelta, UsageRow
+from service.engine.prices import cost
 from service.stores.sql.database import Database, Store, dumps, retried
-from service.stores.sql.rows import KEY, TENANT, USAGE
+from service.stores.sql.rows import KEY, TENANT
 
 _SET_KEYS_REQUIRED = "INSERT INTO access_flags (name, set_at) VALUES ('keys_required', ?) ON CONFLICT (name) DO NOTHING"
 _READ_KEYS_REQUIRED = "SELECT COUNT(*) FROM access_flags WHERE name = 'keys_required'"
 _COUNTS = ("requests", "tokens", "job_requests", "job_tokens")
+_GROUP = "day, tenant, key_id, model"
 
 
 class AccessRows(Store):
@@ -33,18 +37,21 @@ class AccessRows(Store):
         tpm: int | None = None,
         now: int,
         issued: keys.NewKey | None = None,
+        user_rpm: int | None = None,
+        user_tpm: int | None = None,
     ) -> tuple[KeyRecord, str]:
         if not tenant.strip():
             raise ValueError("a key needs a tenant")
         new = issued or keys.issue()
+        role = "admin" if admin else "user"
         record = KeyRecord(
-            new.key_id, tenant, name, new.secret_hash, "admin" if admin else "user", models, rpm, tpm, now, None, None
+            new.key_id, tenant, name, new.secret_hash, role, models, rpm, tpm, now, None, None, user_rpm, user_tpm
         )
         with self._db.write() as conn:
             conn.execute(
-                f"INSERT INTO access_keys ({KEY.select}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO access_keys ({KEY.select}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (record.id, tenant, name, record.secret_hash, record.role,
-                 dumps(list(models)) if models is not None else None, rpm, tpm, now, None, None),
+                 dumps(list(models)) if models is not None else None, rpm, tpm, now, None, None, user_rpm, user_tpm),
             )  # fmt: skip
             conn.execute(_SET_KEYS_REQUIRED, (now,))
         return record, new.token
@@ -86,14 +93,23 @@ class AccessRows(Store):
 
     # --- tenants
 
-    def set_tenant(self, name: str, rpm: int | None, tpm: int | None, now: int) -> TenantRecord:
+    def set_tenant(
+        self,
+        name: str,
+        rpm: int | None,
+        tpm: int | None,
+        now: int,
+        user_rpm: int | None = None,
+        user_tpm: int | None = None,
+    ) -> TenantRecord:
         with self._db.write() as conn:
             conn.execute(
-                "INSERT INTO access_tenants (name, rpm, tpm, created_at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET rpm = excluded.rpm, tpm = excluded.tpm",
-                (name, rpm, tpm, now),
+                "INSERT INTO access_tenants (name, rpm, tpm, created_at, user_rpm, user_tpm) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET rpm = excluded.rpm, tpm = excluded.tpm,"
+                " user_rpm = excluded.user_rpm, user_tpm = excluded.user_tpm",
+                (name, rpm, tpm, now, user_rpm, user_tpm),
             )
-        return TenantRecord(name, rpm, tpm)
+        return TenantRecord(name, rpm, tpm, user_rpm, user_tpm)
 
     def list_tenants(self) -> list[TenantRecord]:
         with self._db.read() as conn:
@@ -115,24 +131,55 @@ class AccessRows(Store):
     def add_usage(self, deltas: Iterable[UsageDelta]) -> None:
         """Upserts adding to the stored counts."""
         # Sorted: concurrent flushes of several replicas lock the same rows in the same order (no deadlock).
-        rows = sorted((d.day, d.tenant, d.key_id, d.model, *(getattr(d, c) for c in _COUNTS)) for d in deltas)
+        rows = sorted(
+            (d.day, d.tenant, d.key_id, d.model, d.user, d.price, *(getattr(d, c) for c in _COUNTS)) for d in deltas
+        )
         if not rows:
             return
         added = ", ".join(f"{c} = u.{c} + excluded.{c}" for c in _COUNTS)
         with self._db.write() as conn:
             conn.executemany(
-                f"INSERT INTO access_usage AS u (day, tenant, key_id, model, {', '.join(_COUNTS)})"
-                f" VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (day, tenant, key_id, model) DO UPDATE SET {added}",
+                f"INSERT INTO access_usage AS u (day, tenant, key_id, model, end_user, price, {', '.join(_COUNTS)})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                f" ON CONFLICT (day, tenant, key_id, model, end_user, price) DO UPDATE SET {added}",
                 rows,
             )
 
-    def usage(self, tenant: str | None = None, since: str | None = None, until: str | None = None) -> list[UsageRow]:
-        """Rows per (day, tenant, key, model); `since`/`until` are inclusive UTC days (YYYY-MM-DD)."""
+    def usage(
+        self,
+        tenant: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        group_by_user: bool = False,
+    ) -> list[UsageRow]:
+        """Rows per (day, tenant, key, model), or per (day, tenant, key, model, user) when `group_by_user`; `since`
+        and `until` are inclusive UTC days (YYYY-MM-DD). Each row's cost sums its tokens (interactive and job) at
+        the prices they were recorded at."""
+        group = _GROUP + (", end_user" if group_by_user else "")
+        sums = ", ".join(f"SUM({c})" for c in _COUNTS)
         with self._db.read() as conn:
             rows = conn.execute(
-                f"SELECT {USAGE.select} FROM access_usage"
+                f"SELECT {group}, price, {sums} FROM access_usage"
                 " WHERE (? IS NULL OR tenant = ?) AND (? IS NULL OR day >= ?) AND (? IS NULL OR day <= ?)"
-                " ORDER BY day, tenant, key_id, model",
+                f" GROUP BY {group}, price ORDER BY {group}, price",
                 (tenant, tenant, since, since, until, until),
             ).fetchall()
-        return [USAGE(row) for row in rows]
+        return _priced_rows(rows, group_by_user)
+
+
+def _priced_rows(rows: Sequence[Sequence[Any]], group_by_user: bool) -> list[UsageRow]:
+    """One report row per group, from the database's rows per (group, price): counts added, each price's tokens
+    costed at that price."""
+    width = 5 if group_by_user else 4
+    merged: dict[tuple, UsageRow] = {}
+    for row in rows:
+        group, price = tuple(row[:width]), row[width]
+        counts = dict(zip(_COUNTS, (int(v) for v in row[width + 1 :]), strict=True))
+        spent = cost(counts["tokens"] + counts["job_tokens"], price)
+        before = merged.get(group)
+        if before is None:
+            merged[group] = UsageRow(*group[:4], **counts, user=group[4] if group_by_user else "", cost=spent)
+            continue
+        added = {c: getattr(before, c) + counts[c] for c in _COUNTS}
+        merged[group] = replace(before, **added, cost=before.cost + spent)
+    return list(merged.values())

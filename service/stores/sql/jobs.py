@@ -89,6 +89,7 @@ class JobRows:
         now: int,
         job_id: str | None = None,
         key_id: str | None = None,
+        user: str = "",
     ) -> Job:
         if not inputs:
             raise ValueError("a job needs at least one input")
@@ -105,9 +106,9 @@ class JobRows:
             require_webhook(conn, tenant, webhook_id)
             conn.execute(
                 "INSERT INTO jobs (id, tenant, status, model, options, metadata, webhook_id, total_inputs, chunk_size,"
-                " created_at, key_id) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
+                " created_at, key_id, end_user) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job_id, tenant, model, dumps(dict(options)), dumps(dict(metadata)), webhook_id, len(inputs),
-                 chunk_size, now, key_id),
+                 chunk_size, now, key_id, user),
             )  # fmt: skip
             conn.executemany(
                 "INSERT INTO chunks (job_id, idx, start, count, status, inputs) VALUES (?, ?, ?, ?, 'pending', ?)",

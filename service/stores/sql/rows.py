@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from service.access.records import KeyRecord, TenantRecord, UsageRow
+from service.access.records import KeyRecord, TenantRecord
 from service.batches.records import Batch, BatchRequest, FileRecord
 from service.jobs.records import LEGACY_KEY_ID_OPTION, Chunk, Delivery, DeliveryAttempt, Job, JobEvent, Webhook
 
@@ -77,13 +77,20 @@ def key_id_from_options(values: dict[str, Any]) -> None:
 
 JOB = row_map(
     Job,
+    columns={"user": "end_user"},
     decode={"options": json.loads, "metadata": json.loads, "error": optional(json.loads), "results_removed": bool},
     adjust=key_id_from_options,
 )
 CHUNK = row_map(
     Chunk,
     table="c",
-    columns={"tenant": "j.tenant", "model": "j.model", "options": "j.options", "key_id": "j.key_id"},
+    columns={
+        "tenant": "j.tenant",
+        "model": "j.model",
+        "options": "j.options",
+        "key_id": "j.key_id",
+        "user": "j.end_user",
+    },
     decode={"inputs": json.loads, "options": json.loads},
     adjust=key_id_from_options,
 )
@@ -118,4 +125,3 @@ BATCH = row_map(Batch, decode={"models": optional(json_tuple), "metadata": json.
 BATCH_REQUEST = row_map(BatchRequest)
 KEY = row_map(KeyRecord, decode={"models": optional(json_tuple)})
 TENANT = row_map(TenantRecord)
-USAGE = row_map(UsageRow)
