@@ -19,12 +19,11 @@ from pathlib import Path
 
 import grpc
 
+from bench.report import write_report
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from tests.serving import EnvoyProcess, ServerProcess, http
 from tests.stsb import load_pairs
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def latencies_ms(stub: pb_grpc.EmbeddingServiceStub, model: str, texts: list[str]) -> list[float]:
@@ -84,9 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         f"p50 ratio busy/idle: **{ratio:.2f}x** (target <= 2x: {'met' if ratio <= 2 else 'not met'}).",
     ]
     text = "\n".join(lines) + "\n"
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "async_latency.md").write_text(text)
-    print(text)
+    write_report("async_latency", text)
     return 0
 
 

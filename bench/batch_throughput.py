@@ -23,10 +23,9 @@ import httpx2
 from openai import OpenAI
 
 from bench.common import BaselineConfig, InProcessBaseline
+from bench.report import write_report
 from tests.serving import EnvoyProcess, ServerProcess
 from tests.stsb import load_pairs
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def in_process(model_dir: Path, sentences: list[str]) -> float:
@@ -108,9 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         f"writing {batch['output_mb']:.1f} MB of output), download {batch['download_s']:.2f} s.",
         "",
     ]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "batches.md").write_text("\n".join(report))
-    print("\n".join(report))
+    write_report("batches", "\n".join(report))
     return 0
 
 

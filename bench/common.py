@@ -38,7 +38,6 @@ from service.engine.manifest import MODEL_FILE, TOKENIZER_FILE, ModelManifest
 from service.engine.pooling import EmbeddingHead, finalize
 from service.engine.tokenize import TextTokenizer, TokenizedInput
 
-RESULTS = Path(__file__).resolve().parent / "results"
 REQUEST_SIZE = 32
 # gRPC vector encodings by the names the reports use.
 GRPC_ENCODINGS = {"float": pb.ENCODING_FORMAT_FLOAT, "bytes": pb.ENCODING_FORMAT_BYTES}

@@ -22,13 +22,13 @@ from pathlib import Path
 import grpc
 from google.protobuf import struct_pb2
 
+from bench.report import write_report
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from service._gen.embeddings.v1 import jobs_pb2, jobs_pb2_grpc
 from tests.serving import ServerProcess
 from tests.stsb import load_pairs
 
-RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = "all-minilm-l6-v2"
 
 
@@ -133,9 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         job = f"completed in {o.seconds:.1f} s" if o.finished else f"**not done after {o.seconds:.0f} s**"
         lines.append(f"| {o.share:g} | {o.clients} | {job} | {o.completed} / {o.total} {o.interactive()}")
     text = "\n".join(lines) + "\n"
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "job_progress.md").write_text(text)
-    print(text)
+    write_report("job_progress", text)
     return 0
 
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import grpc
 
+from bench.report import write_report
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from tests.serving import EnvoyProcess, ServerProcess, http
 
-RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = "all-minilm-l6-v2"
 MiB = 1 << 20
 SENTENCE = "hello world, this is a sentence. "
@@ -100,9 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         + f". RSS over the whole run: {started_rss:.0f} -> {rows[-1][4]:.0f} MiB.",
     ]
     text = "\n".join(lines) + "\n"
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "long_inputs.md").write_text(text)
-    print(text)
+    write_report("long_inputs", text)
     return 0
 
 

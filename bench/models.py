@@ -20,7 +20,8 @@ from pathlib import Path
 
 import grpc
 
-from bench.common import BASELINE_CONFIGS, REQUEST_SIZE, RESULTS, InProcessBaseline, machine_facts
+from bench.common import BASELINE_CONFIGS, REQUEST_SIZE, InProcessBaseline, machine_facts
+from bench.report import RESULTS, write_report
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from tests.serving import ServerProcess
@@ -94,9 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         limit, served = measure(args.model_repo.resolve(), model, sentences, args.repeats)
         lines.append(f"| `{model}` | {limit:.0f} | {served:.0f} | {served / limit:.2f}x |")
     text = "\n".join(lines) + "\n"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "models.md").write_text(text)
-    print(text)
+    write_report("models", text, out=args.out)
     return 0
 
 

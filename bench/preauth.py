@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import socket
 import statistics
 import subprocess
@@ -36,7 +35,8 @@ import httpx2 as httpx
 import orjson
 import yaml
 
-from bench.common import RESULTS, Meter, machine_facts
+from bench.common import Meter, machine_facts
+from bench.report import RESULTS, write_report
 from gateway.envoy import GatewayPorts, envoy_command, render
 from service.stores.sqlite import SqliteAccessStore
 from tests.serving import ROOT, ServerProcess, free_port
@@ -220,10 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(results)
     facts = machine_facts()
     text = report(summary, facts, args.rounds)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "preauth.md").write_text(text)
-    (args.out / "preauth.json").write_text(json.dumps({"facts": facts, "summary": summary}, indent=2))
-    print(text)
+    write_report("preauth", text, {"facts": facts, "summary": summary}, out=args.out)
     return 0
 
 

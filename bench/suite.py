@@ -21,36 +21,30 @@ import asyncio
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import grpc
 import numpy as np
 
 from bench.common import (
     GRPC_ENCODINGS,
-    RESULTS,
     InProcessBaseline,
     Meter,
     Run,
     check_close,
-    decode,
     machine_facts,
     make_requests,
     rest_bodies,
     run_baseline,
-    run_grpc,
-    run_rest,
-    send_all,
-    send_all_rest,
     summarize,
 )
 from bench.datasets import TextSet, load_text_sets
 from bench.memory import peak_rss_mib, rss_mib
+from bench.report import RESULTS
 from bench.soak import soak, soak_mix
+from bench.stack import ServedStack, serve
 from bench.suite_report import chart, markdown
 from bench.suite_spec import (
     BASELINES,
@@ -67,9 +61,7 @@ from bench.suite_spec import (
     service_cells,
     st_name,
 )
-from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from service.engine.registry import discover
-from tests.serving import EnvoyProcess, ServerProcess
 from tests.stsb import load_pairs, spearman_x100
 
 # sentence-transformers vectors must match ours this closely (cosine), on a sample of each data set.
@@ -135,20 +127,19 @@ class Suite:
     full_stsb: TextSet
     baselines: dict[str, InProcessBaseline]  # by model id
     st: SentenceTransformersBaseline
-    stub: pb_grpc.EmbeddingServiceStub
-    rest_url: str
-    meter: Meter
+    stack: ServedStack
     workloads: list[Workload]
+
+    @property
+    def meter(self) -> Meter:
+        return self.stack.meter
 
     async def grpc_vectors(self, model: str, texts: TextSet, encoding: str = "float") -> np.ndarray:
         requests = make_requests(model, texts.texts, GRPC_ENCODINGS[encoding], truncate=texts.name == "long")
-        _, responses = await send_all(self.stub, requests, 8)
-        return decode(responses)
+        return await self.stack.grpc_vectors(requests)
 
     async def rest_vectors(self, texts: TextSet, encoding: str) -> np.ndarray:
-        bodies = rest_bodies(FP32, texts.texts, encoding, truncate=texts.name == "long")
-        _, vectors = await send_all_rest(self.rest_url, bodies, 8)
-        return np.vstack(vectors)
+        return await self.stack.rest_vectors(rest_bodies(FP32, texts.texts, encoding, truncate=texts.name == "long"))
 
     def in_process_vectors(self) -> dict[tuple[str, str], np.ndarray]:
         """Every in-process configuration once on a few texts (first runs allocate), then the vectors of each
@@ -218,13 +209,9 @@ class Suite:
         return runs
 
     async def cell_run(self, workload: Workload, repeat: int) -> Run:
-        cell, meter = workload.cell, self.meter
-        if cell.path == "grpc":
-            run = await run_grpc(self.stub, workload.payloads, cell.name, cell.clients, repeat, meter, workload.tokens)
-        else:
-            run = await run_rest(
-                self.rest_url, workload.payloads, cell.name, cell.clients, repeat, meter, workload.tokens
-            )
+        cell = workload.cell
+        send = self.stack.run_grpc if cell.path == "grpc" else self.stack.run_rest
+        run = await send(workload.payloads, cell.name, cell.clients, repeat, workload.tokens)
         if run.sentences != workload.sentences:
             raise RuntimeError(f"{cell.name}: {run.sentences} vectors for {workload.sentences} inputs")
         return run
@@ -249,25 +236,15 @@ async def measure(plan: Plan, model_repo: Path, sets: dict[str, TextSet], full_s
     baselines = {model: InProcessBaseline(discover(model_repo, (model,))[0]) for model in (FP32, INT8)}
     workloads = [build_workload(cell, sets[cell.data], plan) for cell in service_cells()]
     st = SentenceTransformersBaseline()
-    with (
-        ServerProcess(model_repo.resolve()) as server,
-        tempfile.TemporaryDirectory() as tmp,
-        EnvoyProcess(server.port, Path(tmp)) as gateway,
-    ):
-        assert server.proc is not None and gateway.proc is not None
-        meter = Meter([server.proc.pid, gateway.proc.pid], plan.max_quiet_wait_s)
-        # One channel shared by all client tasks, as an application would hold one: HTTP/2 multiplexes the calls.
-        async with grpc.aio.insecure_channel(server.address) as channel:
-            stub = pb_grpc.EmbeddingServiceStub(channel)
-            rest_url = f"{gateway.base_url}/v1/embeddings"
-            suite = Suite(sets, full_stsb, baselines, st, stub, rest_url, meter, workloads)
-            checks = await suite.warm_up()
-            progress("warm-up and checks done")
-            runs: list[Run] = []
-            for repeat in range(plan.repeats):
-                runs.extend(await suite.repeat(repeat))
-                progress(f"repeat {repeat + 1}/{plan.repeats} done")
-        memory = Memory(rss_mib(server.proc.pid), peak_rss_mib(server.proc.pid), rss_mib(gateway.proc.pid))
+    async with serve(model_repo, max_quiet_wait_s=plan.max_quiet_wait_s) as stack:
+        suite = Suite(sets, full_stsb, baselines, st, stack, workloads)
+        checks = await suite.warm_up()
+        progress("warm-up and checks done")
+        runs: list[Run] = []
+        for repeat in range(plan.repeats):
+            runs.extend(await suite.repeat(repeat))
+            progress(f"repeat {repeat + 1}/{plan.repeats} done")
+        memory = Memory(rss_mib(stack.server_pid), peak_rss_mib(stack.server_pid), rss_mib(stack.gateway_pid))
     return Measured(runs, checks, memory)
 
 

@@ -15,41 +15,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import grpc
-import numpy as np
 
 from bench.common import (
     BASELINE_CONFIGS,
     DISTURBED_CORES,
     REQUEST_SIZE,
-    RESULTS,
     BaselineConfig,
     InProcessBaseline,
-    Meter,
     Run,
     Summary,
     check_close,
-    decode,
     machine_facts,
     make_requests,
     rest_bodies,
     run_baseline,
-    run_grpc,
-    run_rest,
-    send_all,
-    send_all_rest,
     summarize,
 )
+from bench.report import RESULTS, write_report
+from bench.stack import ServedStack, serve
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
-from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from service.engine.registry import discover
-from tests.serving import EnvoyProcess, ServerProcess
 from tests.stsb import load_pairs
 
 NAME = "throughput"
@@ -95,25 +83,13 @@ GRPC_CONFIGS = (
 
 @dataclass
 class Bench:
-    """Everything one run needs: sentences, the baseline, the server and a client channel to it."""
+    """Everything one run needs: sentences, the baseline, the served stack and the payloads sent to it."""
 
     sentences: list[str]
     baseline: InProcessBaseline
-    server: ServerProcess
-    gateway: EnvoyProcess
-    stub: pb_grpc.EmbeddingServiceStub
+    stack: ServedStack
     requests: dict[int, list[pb.EmbedRequest]]
     rest_bodies: dict[str, list[bytes]]
-
-    @property
-    def rest_url(self) -> str:
-        return f"{self.gateway.base_url}/v1/embeddings"
-
-    @property
-    def meter(self) -> Meter:
-        """Times against the server side: the gRPC server, then Envoy."""
-        assert self.server.proc is not None and self.gateway.proc is not None
-        return Meter([self.server.proc.pid, self.gateway.proc.pid])
 
     async def warm_up(self) -> dict[str, float]:
         """One untimed pass of each path (every batch size, both encodings: first shapes allocate), checking that
@@ -123,24 +99,25 @@ class Bench:
         expected = self.baseline.embed(self.sentences, BASELINE_CONFIGS[0])
         diffs = {}
         for encoding in (pb.ENCODING_FORMAT_FLOAT, pb.ENCODING_FORMAT_BYTES):
-            _, responses = await send_all(self.stub, self.requests[encoding], 8)
             label = pb.EncodingFormat.Name(encoding)
-            diffs[label] = check_close(f"gRPC ({label})", decode(responses), expected)
+            diffs[label] = check_close(
+                f"gRPC ({label})", await self.stack.grpc_vectors(self.requests[encoding]), expected
+            )
         for encoding_format, bodies in self.rest_bodies.items():
-            _, vectors = await send_all_rest(self.rest_url, bodies, 8)
-            diffs[f"rest {encoding_format}"] = check_close(f"REST ({encoding_format})", np.vstack(vectors), expected)
+            vectors = await self.stack.rest_vectors(bodies)
+            diffs[f"rest {encoding_format}"] = check_close(f"REST ({encoding_format})", vectors, expected)
         return diffs
 
     async def repeat(self, repeat: int) -> list[Run]:
         """Baseline (each batch size) with the server idle, then each gRPC config: never both at once."""
-        meter = self.meter
-        runs = [run_baseline(self.baseline, self.sentences, c, repeat, meter) for c in BASELINE_CONFIGS]
+        stack = self.stack
+        runs = [run_baseline(self.baseline, self.sentences, c, repeat, stack.meter) for c in BASELINE_CONFIGS]
         for config in GRPC_CONFIGS:
             requests = self.requests[config.encoding]
-            runs.append(await run_grpc(self.stub, requests, config.name, config.concurrency, repeat, meter))
+            runs.append(await stack.run_grpc(requests, config.name, config.concurrency, repeat))
         for config in REST_CONFIGS:
             bodies = self.rest_bodies[config.encoding_format]
-            runs.append(await run_rest(self.rest_url, bodies, config.name, config.concurrency, repeat, meter))
+            runs.append(await stack.run_rest(bodies, config.name, config.concurrency, repeat))
         return runs
 
 
@@ -149,20 +126,13 @@ async def run_all(args: argparse.Namespace, sentences: list[str]) -> tuple[list[
     requests = {e: make_requests(args.model, sentences, e) for e in {c.encoding for c in GRPC_CONFIGS}}
     bodies = {f: rest_bodies(args.model, sentences, f) for f in {c.encoding_format for c in REST_CONFIGS}}
     # Only the benchmarked model is loaded; every other server setting is the default, and so is envoy.yaml.
-    with (
-        ServerProcess(Path(args.model_repo).resolve(), "--models", args.model) as server,
-        tempfile.TemporaryDirectory() as tmp,
-        EnvoyProcess(server.port, Path(tmp)) as gateway,
-    ):
-        # One channel shared by all client tasks, as an application would hold one: HTTP/2 multiplexes the calls.
-        async with grpc.aio.insecure_channel(server.address) as channel:
-            stub = pb_grpc.EmbeddingServiceStub(channel)
-            bench = Bench(sentences, baseline, server, gateway, stub, requests, bodies)
-            diffs = await bench.warm_up()
-            runs: list[Run] = []
-            for repeat in range(args.repeats):
-                runs.extend(await bench.repeat(repeat))
-                print(f"repeat {repeat + 1}/{args.repeats} done", file=sys.stderr)
+    async with serve(Path(args.model_repo), "--models", args.model) as stack:
+        bench = Bench(sentences, baseline, stack, requests, bodies)
+        diffs = await bench.warm_up()
+        runs: list[Run] = []
+        for repeat in range(args.repeats):
+            runs.extend(await bench.repeat(repeat))
+            print(f"repeat {repeat + 1}/{args.repeats} done", file=sys.stderr)
     return runs, diffs
 
 
@@ -224,12 +194,6 @@ def markdown(summary: Summary, facts: dict[str, object], args: argparse.Namespac
     return "\n".join(lines) + "\n"
 
 
-def write_results(out: Path, text: str, payload: dict[str, object]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{NAME}.md").write_text(text)
-    (out / f"{NAME}.json").write_text(json.dumps(payload, indent=2) + "\n")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n")[0])
     parser.add_argument("--model-repo", default="models")
@@ -260,8 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
         "runs": [asdict(r) for r in runs],
     }
-    write_results(args.out, text, payload)
-    print(text)
+    write_report(NAME, text, payload, out=args.out)
     return 0
 
 

@@ -1,31 +1,39 @@
 """`AsyncEmbeddingsClient`: the gRPC client for asyncio (grpc.aio). Same options and behaviour as
-`EmbeddingsClient`; the requests of one `embed` call run `concurrency` at a time."""
+`EmbeddingsClient` (the same calls, from `grpc_calls.py`, and the same retry and paging bookkeeping, from `base.py`);
+the requests of one `embed` call run `concurrency` at a time."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
 import grpc
 import numpy as np
 
-from embeddings_client._proto import embeddings_pb2 as pb
-from embeddings_client._proto import embeddings_pb2_grpc as pb_grpc
-from embeddings_client._proto import jobs_pb2, jobs_pb2_grpc
 from embeddings_client.base import (
     DEFAULT_PAGE_SIZE,
     DEFAULT_TIMEOUT_S,
-    EmbedParams,
+    Attempts,
+    JobWait,
+    ResultPages,
     concatenate,
     make_params,
-    page_vectors,
+    stack_pages,
 )
-from embeddings_client.client import embed_batch, embed_request, job_info, model_info, submit_request
-from embeddings_client.config import PemSource, TlsFiles, auth_metadata, grpc_channel, parse_target
-from embeddings_client.errors import DeadlineExceededError, EmbeddingsError, from_grpc_error
+from embeddings_client.config import PemSource
+from embeddings_client.errors import EmbeddingsError, from_grpc_error
+from embeddings_client.grpc_calls import (
+    Connection,
+    Rpc,
+    embed_rpc,
+    job_rpc,
+    list_jobs_rpc,
+    model_rpc,
+    models_rpc,
+    results_rpc,
+    submit_rpc,
+)
 from embeddings_client.retry import RetryPolicy
 from embeddings_client.types import (
     DEFAULT_MAX_REQUEST_BYTES,
@@ -74,16 +82,23 @@ class AsyncEmbeddingsClient:
         self.retry = retry or RetryPolicy()
         self.max_request_bytes = max_request_bytes
         self.concurrency = concurrency
-        self.target = parse_target(target, tls)
-        files = TlsFiles.load(root_certificates, client_certificate, client_key, server_name)
-        self._channel = grpc_channel(self.target, files, channel_options, asynchronous=True)
-        self._embeddings = pb_grpc.EmbeddingServiceStub(self._channel)
-        self._jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
-        self._metadata = (*auth_metadata(api_key), *metadata)
+        self._connection = Connection(
+            target,
+            api_key=api_key,
+            tls=tls,
+            root_certificates=root_certificates,
+            client_certificate=client_certificate,
+            client_key=client_key,
+            server_name=server_name,
+            channel_options=channel_options,
+            metadata=metadata,
+            asynchronous=True,
+        )
+        self.target = self._connection.target
         self._models: dict[str, ModelInfo] = {}
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._connection.channel.close()
 
     async def __aenter__(self) -> AsyncEmbeddingsClient:
         return self
@@ -91,43 +106,34 @@ class AsyncEmbeddingsClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _unary(self, method, request, timeout: float):
+    async def _call(self, rpc: Rpc[T], timeout: float) -> T:
         try:
-            return await method(request, metadata=self._metadata, timeout=timeout)
+            response = await self._connection.method(rpc)(
+                rpc.request, metadata=self._connection.metadata, timeout=timeout
+            )
         except grpc.aio.AioRpcError as err:
             raise from_grpc_error(err) from None
+        return rpc.read(response)
 
     async def _retrying(
         self, call: Callable[[float], Awaitable[T]], timeout: float | None, idempotent: bool = True
     ) -> T:
-        budget = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + budget
-        attempt = 0
+        attempts = Attempts(self.timeout if timeout is None else timeout, self.retry, idempotent)
         while True:
-            attempt += 1
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise DeadlineExceededError(f"no answer within {budget:g} s", code="DEADLINE_EXCEEDED")
+            left = attempts.next()
             try:
                 return await call(left)
             except EmbeddingsError as err:
                 error = err
-            wait = self.retry.delay(attempt, error, idempotent)
-            if wait is None or time.monotonic() + wait >= deadline:
-                raise error
-            self.retry.notify(attempt, error, wait)
-            await asyncio.sleep(wait)
+            await asyncio.sleep(attempts.wait_after(error))
+
+    def _retrying_rpc(self, rpc: Rpc[T], timeout: float | None, idempotent: bool = True) -> Awaitable[T]:
+        return self._retrying(lambda left: self._call(rpc, left), timeout, idempotent)
 
     # --- models ------------------------------------------------------------------------------------------------
 
     async def models(self, timeout: float | None = None) -> list[ModelInfo]:
-        async def call(left: float) -> list[ModelInfo]:
-            return [
-                model_info(m)
-                for m in (await self._unary(self._embeddings.ListModels, pb.ListModelsRequest(), left)).data
-            ]
-
-        found = await self._retrying(call, timeout)
+        found = await self._retrying_rpc(models_rpc(), timeout)
         self._models.update({m.id: m for m in found})
         return found
 
@@ -136,12 +142,7 @@ class AsyncEmbeddingsClient:
         if not name:
             raise ValueError("no model: pass a name or set the client's model")
         if name not in self._models:
-
-            async def call(left: float) -> ModelInfo:
-                response = await self._unary(self._embeddings.GetModel, pb.GetModelRequest(model=name), left)
-                return model_info(response.model)
-
-            self._models[name] = await self._retrying(call, timeout)
+            self._models[name] = await self._retrying_rpc(model_rpc(name), timeout)
         return self._models[name]
 
     # --- embeddings --------------------------------------------------------------------------------------------
@@ -170,9 +171,7 @@ class AsyncEmbeddingsClient:
         async def one(start: int, stop: int) -> EmbedBatch:
             async with gate:
                 try:
-                    batch = await self._retrying(
-                        lambda left: self._embed_call(items[start:stop], params, left), timeout
-                    )
+                    batch = await self._retrying_rpc(embed_rpc(items[start:stop], params), timeout)
                 except EmbeddingsError as err:
                     raise err.shifted(start) from None
             return EmbedBatch(start, batch.vectors, batch.tokens, batch.truncated, batch.model)
@@ -186,9 +185,6 @@ class AsyncEmbeddingsClient:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
         return concatenate(batches, dimensions or info.dimensions)
-
-    async def _embed_call(self, texts: list[str], params: EmbedParams, timeout: float) -> EmbedBatch:
-        return embed_batch(await self._unary(self._embeddings.Embed, embed_request(texts, params), timeout))
 
     # --- async jobs --------------------------------------------------------------------------------------------
 
@@ -208,32 +204,16 @@ class AsyncEmbeddingsClient:
     ) -> Job:
         params = make_params(model, self.default_model, dimensions, normalize, input_type, truncate, user)
         fields = {**(metadata or {}), **({"webhook_id": webhook_id} if webhook_id else {})}
-        request = submit_request(as_texts(texts), params, fields)
-
-        async def call(left: float) -> Job:
-            return job_info(await self._unary(self._jobs.AsyncEmbed, request, left))
-
-        return await self._retrying(call, timeout, idempotent=False)
+        return await self._retrying_rpc(submit_rpc(as_texts(texts), params, fields), timeout, idempotent=False)
 
     async def get_job(self, job_id: str, timeout: float | None = None) -> Job:
-        async def call(left: float) -> Job:
-            return job_info(await self._unary(self._jobs.GetJob, jobs_pb2.GetJobRequest(id=job_id), left))
-
-        return await self._retrying(call, timeout)
+        return await self._retrying_rpc(job_rpc("get", job_id), timeout)
 
     async def cancel_job(self, job_id: str, timeout: float | None = None) -> Job:
-        async def call(left: float) -> Job:
-            return job_info(await self._unary(self._jobs.CancelJob, jobs_pb2.CancelJobRequest(id=job_id), left))
-
-        return await self._retrying(call, timeout, idempotent=False)
+        return await self._retrying_rpc(job_rpc("cancel", job_id), timeout, idempotent=False)
 
     async def list_jobs(self, limit: int = 20, after: str | None = None, timeout: float | None = None) -> JobPage:
-        async def call(left: float) -> JobPage:
-            request = jobs_pb2.ListJobsRequest(limit=limit, after=after or "")
-            page = await self._unary(self._jobs.ListJobs, request, left)
-            return JobPage([job_info(j) for j in page.data], page.has_more, page.last_id)
-
-        return await self._retrying(call, timeout)
+        return await self._retrying_rpc(list_jobs_rpc(limit, after), timeout)
 
     async def wait_job(
         self,
@@ -244,34 +224,18 @@ class AsyncEmbeddingsClient:
         on_progress: Callable[[Job], None] | None = None,
     ) -> Job:
         """Poll until the job is completed, failed or cancelled; returns the finished job."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            job = await self.get_job(job_id)
-            if on_progress is not None:
-                on_progress(job)
-            if job.finished:
-                return job
-            if deadline is not None and time.monotonic() + poll_interval_s > deadline:
-                raise DeadlineExceededError(
-                    f"job {job_id} is still {job.status} after {timeout:g} s", code="DEADLINE_EXCEEDED"
-                )
+        waiting = JobWait(job_id, poll_interval_s, timeout, on_progress)
+        while not waiting.ended(job := await self.get_job(job_id)):
             await asyncio.sleep(poll_interval_s)
+        return job
 
     async def job_results(
         self, job_id: str, *, page_size: int = DEFAULT_PAGE_SIZE, timeout: float | None = None
     ) -> np.ndarray:
         """All of a completed job's vectors, in input order: an array [inputs, dimensions]."""
-        pages, offset = [], 0
-        while True:
-
-            async def call(left: float, at: int = offset) -> dict:
-                request = jobs_pb2.GetJobResultsRequest(id=job_id, offset=at, limit=page_size)
-                return json.loads((await self._unary(self._jobs.GetJobResults, request, left)).data)
-
-            page = await self._retrying(call, timeout)
-            rows = page_vectors(page)
+        pages, kept = ResultPages(), []
+        while not pages.done:
+            rows = pages.take(await self._retrying_rpc(results_rpc(job_id, pages.offset, page_size), timeout))
             if len(rows):
-                pages.append(rows)
-            offset += len(rows)
-            if not page.get("has_more") or not len(rows):
-                return np.concatenate(pages) if pages else np.zeros((0, 0), np.float32)
+                kept.append(rows)
+        return stack_pages(kept)

@@ -1,13 +1,15 @@
 """What every client does the same way whatever the transport: split a call's texts to the server's limits, retry
 with back-off, follow async jobs and page their results. The transports (gRPC in `client.py`, REST in `rest.py`)
-supply single calls."""
+supply single calls. The asyncio client (`aio.py`) shares the bookkeeping of retries, job waits and result pages
+(`Attempts`, `JobWait`, `ResultPages`): only how it waits differs."""
 
 from __future__ import annotations
 
+import functools
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
@@ -76,10 +78,81 @@ def page_vectors(page: Mapping) -> np.ndarray:
     return np.stack(rows).astype(np.float32, copy=False) if rows else np.zeros((0, 0), np.float32)
 
 
+def stack_pages(pages: Sequence[np.ndarray]) -> np.ndarray:
+    """A job's result pages as one array [inputs, dimensions]."""
+    return np.concatenate(pages) if pages else np.zeros((0, 0), np.float32)
+
+
 def concatenate(batches: Sequence[EmbedBatch], dimensions: int) -> np.ndarray:
     if not batches:
         return np.zeros((0, dimensions), np.float32)
     return batches[0].vectors if len(batches) == 1 else np.concatenate([b.vectors for b in batches])
+
+
+class Attempts:
+    """One call's attempts within one deadline, retried per the policy."""
+
+    def __init__(self, budget_s: float, retry: RetryPolicy, idempotent: bool) -> None:
+        self._budget_s, self._retry, self._idempotent = budget_s, retry, idempotent
+        self._deadline = time.monotonic() + budget_s
+        self._attempt = 0
+
+    def next(self) -> float:
+        """The seconds the next attempt may take (DeadlineExceededError when none are left)."""
+        self._attempt += 1
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise DeadlineExceededError(f"no answer within {self._budget_s:g} s", code="DEADLINE_EXCEEDED")
+        return left
+
+    def wait_after(self, error: EmbeddingsError) -> float:
+        """The seconds to wait before trying again after `error`; raises it when the policy or the deadline say no."""
+        wait = self._retry.delay(self._attempt, error, self._idempotent)
+        if wait is None or time.monotonic() + wait >= self._deadline:
+            raise error
+        self._retry.notify(self._attempt, error, wait)
+        return wait
+
+
+@dataclass
+class JobWait:
+    """Polling a job until it ends: its progress reported, its deadline (timeout None: none) kept."""
+
+    job_id: str
+    poll_interval_s: float
+    timeout: float | None
+    on_progress: Callable[[Job], None] | None
+    deadline: float | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.deadline = None if self.timeout is None else time.monotonic() + self.timeout
+
+    def ended(self, job: Job) -> bool:
+        """Whether the job state just read is final; DeadlineExceededError when the next poll would be too late."""
+        if self.on_progress is not None:
+            self.on_progress(job)
+        if job.finished:
+            return True
+        if self.deadline is not None and time.monotonic() + self.poll_interval_s > self.deadline:
+            raise DeadlineExceededError(
+                f"job {self.job_id} is still {job.status} after {self.timeout:g} s", code="DEADLINE_EXCEEDED"
+            )
+        return False
+
+
+class ResultPages:
+    """Where paging through a job's results stands: the next offset, and whether the last page was read."""
+
+    def __init__(self, offset: int = 0) -> None:
+        self.offset = offset
+        self.done = False
+
+    def take(self, page: Mapping) -> np.ndarray:
+        """The rows of the page just read (at `offset`), and move past them."""
+        rows = page_vectors(page)
+        self.offset += len(rows)
+        self.done = not page.get("has_more") or not len(rows)
+        return rows
 
 
 class SyncClientBase(ABC):
@@ -135,23 +208,14 @@ class SyncClientBase(ABC):
 
     def _retrying(self, call: Callable[[float], T], timeout: float | None, idempotent: bool = True) -> T:
         """Run `call(seconds_left)` until it succeeds, retrying per the policy within one deadline."""
-        budget = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + budget
-        attempt = 0
+        attempts = Attempts(self.timeout if timeout is None else timeout, self.retry, idempotent)
         while True:
-            attempt += 1
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise DeadlineExceededError(f"no answer within {budget:g} s", code="DEADLINE_EXCEEDED")
+            left = attempts.next()
             try:
                 return call(left)
             except EmbeddingsError as err:
                 error = err
-            wait = self.retry.delay(attempt, error, idempotent)
-            if wait is None or time.monotonic() + wait >= deadline:
-                raise error
-            self.retry.notify(attempt, error, wait)
-            time.sleep(wait)
+            time.sleep(attempts.wait_after(error))
 
     # --- models ------------------------------------------------------------------------------------------------
 
@@ -278,33 +342,23 @@ class SyncClientBase(ABC):
     ) -> Job:
         """Poll until the job is completed, failed or cancelled (`timeout`: None waits as long as it takes);
         `on_progress` sees every state read. Returns the finished job: check its `status`."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            job = self.get_job(job_id)
-            if on_progress is not None:
-                on_progress(job)
-            if job.finished:
-                return job
-            if deadline is not None and time.monotonic() + poll_interval_s > deadline:
-                raise DeadlineExceededError(
-                    f"job {job_id} is still {job.status} after {timeout:g} s", code="DEADLINE_EXCEEDED"
-                )
+        waiting = JobWait(job_id, poll_interval_s, timeout, on_progress)
+        while not waiting.ended(job := self.get_job(job_id)):
             time.sleep(poll_interval_s)
+        return job
 
     def iter_job_results(
         self, job_id: str, *, page_size: int = DEFAULT_PAGE_SIZE, offset: int = 0, timeout: float | None = None
     ) -> Iterator[tuple[int, np.ndarray]]:
         """A completed job's vectors page by page, in input order, as (offset of the first row, rows)."""
-        while True:
-            page = self._retrying(lambda left, at=offset: self._results_call(job_id, at, page_size, left), timeout)
-            rows = page_vectors(page)
+        pages = ResultPages(offset)
+        while not pages.done:
+            at = pages.offset
+            page = self._retrying(functools.partial(self._results_call, job_id, at, page_size), timeout)
+            rows = pages.take(page)
             if len(rows):
-                yield offset, rows
-            offset += len(rows)
-            if not page.get("has_more") or not len(rows):
-                return
+                yield at, rows
 
     def job_results(self, job_id: str, *, page_size: int = DEFAULT_PAGE_SIZE, timeout: float | None = None):
         """All of a completed job's vectors: an array [inputs, dimensions]."""
-        pages = [rows for _, rows in self.iter_job_results(job_id, page_size=page_size, timeout=timeout)]
-        return np.concatenate(pages) if pages else np.zeros((0, 0), np.float32)
+        return stack_pages([rows for _, rows in self.iter_job_results(job_id, page_size=page_size, timeout=timeout)])

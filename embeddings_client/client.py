@@ -1,77 +1,31 @@
-"""The gRPC client: `EmbeddingsClient` (blocking). `AsyncEmbeddingsClient` (asyncio) is in `aio.py`.
-
-Vectors travel as raw little-endian float32 (`ENCODING_FORMAT_BYTES`), the cheapest form to decode.
-"""
+"""The gRPC client: `EmbeddingsClient` (blocking). `AsyncEmbeddingsClient` (asyncio) is in `aio.py`; the calls both
+send are in `grpc_calls.py`."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
+from typing import TypeVar
 
 import grpc
-import numpy as np
-from google.protobuf import json_format, struct_pb2
 
-from embeddings_client._proto import embeddings_pb2 as pb
-from embeddings_client._proto import embeddings_pb2_grpc as pb_grpc
-from embeddings_client._proto import jobs_pb2, jobs_pb2_grpc
 from embeddings_client.base import DEFAULT_TIMEOUT_S, EmbedParams, SyncClientBase
-from embeddings_client.config import PemSource, TlsFiles, auth_metadata, grpc_channel, parse_target
+from embeddings_client.config import PemSource
 from embeddings_client.errors import from_grpc_error
+from embeddings_client.grpc_calls import (
+    Connection,
+    Rpc,
+    embed_rpc,
+    job_rpc,
+    list_jobs_rpc,
+    model_rpc,
+    models_rpc,
+    results_rpc,
+    submit_rpc,
+)
 from embeddings_client.retry import RetryPolicy
 from embeddings_client.types import DEFAULT_MAX_REQUEST_BYTES, EmbedBatch, Job, JobPage, ModelInfo
 
-_INPUT_TYPES = {"": pb.INPUT_TYPE_UNSPECIFIED, "query": pb.INPUT_TYPE_QUERY, "document": pb.INPUT_TYPE_DOCUMENT}
-
-
-def embed_request(texts: Sequence[str], params: EmbedParams) -> pb.EmbedRequest:
-    request = pb.EmbedRequest(
-        model=params.model,
-        inputs=texts,
-        encoding_format=pb.ENCODING_FORMAT_BYTES,
-        input_type=_INPUT_TYPES[params.input_type],
-        user=params.user,
-    )
-    if params.dimensions is not None:
-        request.dimensions = params.dimensions
-    if params.normalize is not None:
-        request.normalize = params.normalize
-    if params.truncate is not None:
-        request.truncate = params.truncate
-    return request
-
-
-def embed_batch(response: pb.EmbedResponse) -> EmbedBatch:
-    """The vectors of an EmbedResponse (bytes, or floats from a server that ignored the format)."""
-    items = response.embeddings
-    if items and not items[0].data:
-        vectors = np.array([list(e.values) for e in items], dtype=np.float32)
-    else:
-        raw = b"".join(e.data for e in items)
-        vectors = np.frombuffer(raw, dtype="<f4").reshape(len(items), -1).astype(np.float32)
-    tokens = np.fromiter((e.tokens for e in items), dtype=np.int64, count=len(items))
-    truncated = np.fromiter((e.truncated for e in items), dtype=bool, count=len(items))
-    return EmbedBatch(0, vectors, tokens, truncated, response.model)
-
-
-def model_info(message: pb.Model) -> ModelInfo:
-    return ModelInfo.from_fields(json_format.MessageToDict(message, preserving_proto_field_name=True))
-
-
-def job_info(message: jobs_pb2.Job) -> Job:
-    return Job.from_fields(json_format.MessageToDict(message, preserving_proto_field_name=True))
-
-
-def submit_request(
-    texts: Sequence[str], params: EmbedParams, metadata: Mapping[str, str]
-) -> jobs_pb2.AsyncEmbedRequest:
-    values = [struct_pb2.Value(string_value=t) for t in texts]
-    return jobs_pb2.AsyncEmbedRequest(
-        input=struct_pb2.Value(list_value=struct_pb2.ListValue(values=values)),
-        encoding_format="base64",  # results pages: base64 of float32, the compact form
-        metadata=dict(metadata),
-        **params.rest_fields(),
-    )
+T = TypeVar("T")
 
 
 class EmbeddingsClient(SyncClientBase):
@@ -108,43 +62,47 @@ class EmbeddingsClient(SyncClientBase):
         metadata: Sequence[tuple[str, str]] = (),
     ) -> None:
         super().__init__(model=model, timeout=timeout, retry=retry, max_request_bytes=max_request_bytes)
-        self.target = parse_target(target, tls)
-        files = TlsFiles.load(root_certificates, client_certificate, client_key, server_name)
-        self._channel = grpc_channel(self.target, files, channel_options)
-        self._embeddings = pb_grpc.EmbeddingServiceStub(self._channel)
-        self._jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
-        self._metadata = (*auth_metadata(api_key), *metadata)
+        self._connection = Connection(
+            target,
+            api_key=api_key,
+            tls=tls,
+            root_certificates=root_certificates,
+            client_certificate=client_certificate,
+            client_key=client_key,
+            server_name=server_name,
+            channel_options=channel_options,
+            metadata=metadata,
+            asynchronous=False,
+        )
+        self.target = self._connection.target
 
     def close(self) -> None:
-        self._channel.close()
+        self._connection.channel.close()
 
-    def _unary(self, method, request, timeout: float):
+    def _call(self, rpc: Rpc[T], timeout: float) -> T:
         try:
-            return method(request, metadata=self._metadata, timeout=timeout)
+            response = self._connection.method(rpc)(rpc.request, metadata=self._connection.metadata, timeout=timeout)
         except grpc.RpcError as err:
             raise from_grpc_error(err) from None
+        return rpc.read(response)
 
     def _embed_call(self, texts: list[str], params: EmbedParams, timeout: float) -> EmbedBatch:
-        return embed_batch(self._unary(self._embeddings.Embed, embed_request(texts, params), timeout))
+        return self._call(embed_rpc(texts, params), timeout)
 
     def _model_call(self, name: str, timeout: float) -> ModelInfo:
-        return model_info(self._unary(self._embeddings.GetModel, pb.GetModelRequest(model=name), timeout).model)
+        return self._call(model_rpc(name), timeout)
 
     def _models_call(self, timeout: float) -> list[ModelInfo]:
-        return [model_info(m) for m in self._unary(self._embeddings.ListModels, pb.ListModelsRequest(), timeout).data]
+        return self._call(models_rpc(), timeout)
 
     def _submit_call(self, texts: list[str], params: EmbedParams, metadata: dict[str, str], timeout: float) -> Job:
-        return job_info(self._unary(self._jobs.AsyncEmbed, submit_request(texts, params, metadata), timeout))
+        return self._call(submit_rpc(texts, params, metadata), timeout)
 
     def _job_call(self, action: str, job_id: str, timeout: float) -> Job:
-        if action == "cancel":
-            return job_info(self._unary(self._jobs.CancelJob, jobs_pb2.CancelJobRequest(id=job_id), timeout))
-        return job_info(self._unary(self._jobs.GetJob, jobs_pb2.GetJobRequest(id=job_id), timeout))
+        return self._call(job_rpc(action, job_id), timeout)
 
     def _list_jobs_call(self, limit: int, after: str | None, timeout: float) -> JobPage:
-        page = self._unary(self._jobs.ListJobs, jobs_pb2.ListJobsRequest(limit=limit, after=after or ""), timeout)
-        return JobPage([job_info(j) for j in page.data], page.has_more, page.last_id)
+        return self._call(list_jobs_rpc(limit, after), timeout)
 
     def _results_call(self, job_id: str, offset: int, limit: int, timeout: float) -> dict:
-        request = jobs_pb2.GetJobResultsRequest(id=job_id, offset=offset, limit=limit)
-        return json.loads(self._unary(self._jobs.GetJobResults, request, timeout).data)
+        return self._call(results_rpc(job_id, offset, limit), timeout)

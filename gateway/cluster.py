@@ -26,13 +26,12 @@ from gateway.run import (
     StopSignals,
     _stop,
     add_envoy_flags,
-    bootstrap_or_exit,
     checked_config,
-    envoy_settings,
-    open_refusal,
+    configure,
+    may_start,
+    reap,
     rendered_config_dir,
     server_command,
-    settings_or_exit,
     start_envoy,
     upstream_host,
 )
@@ -48,24 +47,14 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     return parser.parse_known_args(argv)
 
 
-def _reap(proc: subprocess.Popen, timeout: float) -> int:
-    """Wait for a process already told to stop (a second SIGTERM could cut its shutdown short); kill it if late."""
-    try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
-
-
 def main(argv: list[str] | None = None) -> int:
     with rendered_config_dir() as rendered_dir:
         return supervise(argv, rendered_dir)
 
 
 def supervise(argv: list[str] | None, rendered_dir: Path) -> int:
-    args, server_args = parse(argv)
-    proxy = envoy_settings(args, "cluster")
-    settings = settings_or_exit(server_args, "cluster")
+    configured = configure(parse(argv), "cluster")
+    args, proxy, settings, server_args = configured.flags, configured.envoy, configured.settings, configured.server_args
     if args.replicas < 1:
         print("cluster: --replicas must be at least 1", file=sys.stderr)
         return 2
@@ -76,10 +65,7 @@ def supervise(argv: list[str] | None, rendered_dir: Path) -> int:
     except ValueError as exc:
         print(f"cluster: {exc}", file=sys.stderr)
         return 2
-    bootstrap_or_exit(settings, "cluster")
-    refusal = open_refusal(proxy.http_host, settings)
-    if refusal is not None:
-        print(f"cluster: {refusal}", file=sys.stderr)
+    if not may_start(configured, "cluster"):
         return 2
     ports = [args.grpc_port_base + i for i in range(1, args.replicas + 1)]
     host = upstream_host(settings)
@@ -117,7 +103,7 @@ def supervise(argv: list[str] | None, rendered_dir: Path) -> int:
     for replica in replicas:  # SIGTERM to all first: they drain in parallel
         if replica.poll() is None:
             replica.send_signal(signal.SIGTERM)
-    codes = [_reap(replica, settings.shutdown_grace_s + 10) for replica in replicas]
+    codes = [reap(replica, settings.shutdown_grace_s + 10) for replica in replicas]
     _stop(envoy, 10)
     if stop.requested:
         if any(codes):

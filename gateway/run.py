@@ -164,15 +164,46 @@ def settings_or_exit(server_args: list[str], program: str) -> Settings:
         raise SystemExit(2) from None
 
 
+@dataclass(frozen=True)
+class Configured:
+    """What a supervisor starts from: its own flags, Envoy's settings, the server's settings and flags."""
+
+    flags: argparse.Namespace
+    envoy: EnvoySettings
+    settings: Settings
+    server_args: list[str]
+
+
+def configure(parsed: tuple[argparse.Namespace, list[str]], program: str) -> Configured:
+    """The settings of Envoy and of the server from the parsed command line, or exit 2 with one line."""
+    flags, server_args = parsed
+    return Configured(flags, envoy_settings(flags, program), settings_or_exit(server_args, program), server_args)
+
+
+def may_start(configured: Configured, program: str) -> bool:
+    """Store the first admin key, then check that the server would start with Envoy's listener; False (after one
+    line on stderr) when it would refuse."""
+    bootstrap_or_exit(configured.settings, program)
+    refusal = open_refusal(configured.envoy.http_host, configured.settings)
+    if refusal is not None:
+        print(f"{program}: {refusal}", file=sys.stderr)
+        return False
+    return True
+
+
+def reap(proc: subprocess.Popen, timeout: float) -> int:
+    """Wait for a process already told to stop (a second SIGTERM could cut its shutdown short); kill it if late."""
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
 def _stop(proc: subprocess.Popen, timeout: float) -> int:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
+    return reap(proc, timeout)
 
 
 @contextlib.contextmanager
@@ -188,13 +219,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def supervise(argv: list[str] | None, rendered_dir: Path) -> int:
-    flags, server_args = parse(argv)
-    args = envoy_settings(flags, "gateway")
-    settings = settings_or_exit(server_args, "gateway")
-    bootstrap_or_exit(settings, "gateway")
-    refusal = open_refusal(args.http_host, settings)
-    if refusal is not None:
-        print(f"gateway: {refusal}", file=sys.stderr)
+    configured = configure(parse(argv), "gateway")
+    args, settings, server_args = configured.envoy, configured.settings, configured.server_args
+    if not may_start(configured, "gateway"):
         return 2
     ports = GatewayPorts(args.http_port, settings.port, args.admin_port, args.http_host, upstream_host(settings))
     config = checked_config(ports, f"envoy-{args.http_port}.yaml", settings, rendered_dir)

@@ -75,184 +75,26 @@ WELL_KNOWN: dict[str, dict[str, Any]] = {
 }
 
 # Hand-written schemas of what the HttpBody methods write (their real OpenAI shapes), keyed by method.
-_VECTOR = {
-    "description": "Floats, or base64 of little-endian float32 when encoding_format is base64.",
-    "anyOf": [{"type": "array", "items": {"type": "number"}}, {"type": "string", "format": "byte"}],
-}
-_USAGE = {
-    "type": "object",
-    "required": ["prompt_tokens", "total_tokens"],
-    "properties": {"prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}},
-}
-_EMBEDDING_LIST = {
-    "type": "object",
-    "required": ["object", "data", "model", "usage"],
-    "properties": {
-        "object": {"type": "string", "enum": ["list"]},
-        "data": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["object", "index", "embedding"],
-                "properties": {
-                    "object": {"type": "string", "enum": ["embedding"]},
-                    "index": {"type": "integer"},
-                    "embedding": _VECTOR,
-                },
-            },
-        },
-        "model": {"type": "string"},
-        "usage": _USAGE,
-    },
-}
+
+
+def _literal(*values: str) -> dict[str, Any]:
+    """A string that is one of `values`: an OpenAI `object` tag, a status."""
+    return {"type": "string", "enum": list(values)}
+
+
+def _object(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object"}
+    if required is not None:
+        schema["required"] = required
+    schema["properties"] = properties
+    return schema
+
+
+def _array(items: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "array", "items": items}
+
+
 _JSON = "application/json"
-_HTML_PAGE = {"description": "An HTML page.", "content": {"text/html": {"schema": {"type": "string"}}}}
-_PAGE_ASSET = {
-    "description": "A file of the page: a script, style sheet or image (cached for good: its URL names the build).",
-    "content": {
-        "text/javascript": {"schema": {"type": "string"}},
-        "text/css": {"schema": {"type": "string"}},
-        "image/svg+xml": {"schema": {"type": "string"}},
-        "image/png": {"schema": {"type": "string", "format": "binary"}},
-    },
-}
-HTTPBODY_RESPONSES: dict[str, dict[str, Any]] = {
-    "embeddings.v1.RestService.CreateEmbedding": {
-        "description": "OpenAI's embeddings response.",
-        "content": {_JSON: {"schema": {"$ref": "#/components/schemas/CreateEmbeddingResponse"}}},
-    },
-    "embeddings.v1.RestService.InferenceEmbed": {
-        "description": "The ScaiGrid envelope around the vectors.",
-        "content": {
-            _JSON: {
-                "schema": {
-                    "type": "object",
-                    "required": ["status", "data"],
-                    "properties": {
-                        "status": {"type": "string", "enum": ["ok"]},
-                        "data": {
-                            "type": "object",
-                            "properties": {
-                                "model": {"type": "string"},
-                                "data": {
-                                    "type": "array",
-                                    "items": {
-                                        "type": "object",
-                                        "properties": {"index": {"type": "integer"}, "embedding": _VECTOR},
-                                    },
-                                },
-                                "usage": _USAGE,
-                            },
-                        },
-                    },
-                }
-            }
-        },
-    },
-    "embeddings.v1.JobService.GetJobResults": {
-        "description": "One page of a job's vectors: an embeddings response plus paging fields.",
-        "content": {
-            _JSON: {
-                "schema": {
-                    "allOf": [
-                        {"$ref": "#/components/schemas/CreateEmbeddingResponse"},
-                        {
-                            "type": "object",
-                            "required": ["has_more"],
-                            "properties": {
-                                "has_more": {"type": "boolean"},
-                                "next_offset": {"type": "integer", "nullable": True},
-                            },
-                        },
-                    ]
-                }
-            }
-        },
-    },
-    "embeddings.v1.OpsService.GetMetrics": {
-        "description": "Prometheus metrics, text exposition format 0.0.4.",
-        "content": {"text/plain": {"schema": {"type": "string"}}},
-    },
-    "embeddings.v1.OpsService.GetOpenApiDocument": {
-        "description": "This document.",
-        "content": {_JSON: {"schema": {"type": "object"}}},
-    },
-    "embeddings.v1.OpsService.GetDocs": _HTML_PAGE,
-    "embeddings.v1.OpsService.GetDocsAsset": _PAGE_ASSET,
-    "embeddings.v1.OpsService.GetConsole": _HTML_PAGE,
-    "embeddings.v1.OpsService.GetConsoleAsset": _PAGE_ASSET,
-}
-# The Batch API's objects (OpenAI's shapes), written by the FileService and BatchService HttpBody methods.
-_FILE = {
-    "type": "object",
-    "required": ["id", "object", "bytes", "created_at", "filename", "purpose", "status"],
-    "properties": {
-        "id": {"type": "string"},
-        "object": {"type": "string", "enum": ["file"]},
-        "bytes": {"type": "integer"},
-        "created_at": {"type": "integer"},
-        "expires_at": {"type": "integer", "nullable": True},
-        "filename": {"type": "string"},
-        "purpose": {"type": "string", "enum": ["batch", "batch_output"]},
-        "status": {"type": "string", "enum": ["processed"]},
-        "status_details": {"type": "string", "nullable": True},
-    },
-}
-_TIMESTAMP = {"type": "integer", "nullable": True, "description": "Unix seconds, or null."}
-_BATCH = {
-    "type": "object",
-    "required": ["id", "object", "endpoint", "input_file_id", "completion_window", "status", "created_at"],
-    "properties": {
-        "id": {"type": "string"},
-        "object": {"type": "string", "enum": ["batch"]},
-        "endpoint": {"type": "string", "enum": ["/v1/embeddings"]},
-        "model": {"type": "string", "nullable": True},
-        "errors": {
-            "type": "object",
-            "nullable": True,
-            "properties": {
-                "object": {"type": "string", "enum": ["list"]},
-                "data": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            "code": {"type": "string"},
-                            "message": {"type": "string"},
-                            "param": {"type": "string", "nullable": True},
-                            "line": {"type": "integer", "nullable": True},
-                        },
-                    },
-                },
-            },
-        },
-        "input_file_id": {"type": "string"},
-        "completion_window": {"type": "string", "enum": ["24h"]},
-        "status": {
-            "type": "string",
-            "enum": [
-                "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"
-            ],
-        },
-        "output_file_id": {"type": "string", "nullable": True},
-        "error_file_id": {"type": "string", "nullable": True},
-        **{
-            name: _TIMESTAMP
-            for name in (
-                "in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at", "expired_at",
-                "cancelling_at", "cancelled_at",
-            )
-        },
-        "created_at": {"type": "integer"},
-        "request_counts": {
-            "type": "object",
-            "required": ["total", "completed", "failed"],
-            "properties": {name: {"type": "integer"} for name in ("total", "completed", "failed")},
-        },
-        "usage": {"type": "object", "nullable": True},
-        "metadata": {"type": "object", "nullable": True, "additionalProperties": {"type": "string"}},
-    },
-}  # fmt: skip
 
 
 def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -260,19 +102,154 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _list_of(ref: str) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": ["object", "data", "has_more"],
-        "properties": {
-            "object": {"type": "string", "enum": ["list"]},
-            "data": {"type": "array", "items": {"$ref": ref}},
+    """One page of an OpenAI list (files, batches)."""
+    return _object(
+        {
+            "object": _literal("list"),
+            "data": _array({"$ref": ref}),
             "first_id": {"type": "string", "nullable": True},
             "last_id": {"type": "string", "nullable": True},
             "has_more": {"type": "boolean"},
         },
-    }
+        ["object", "data", "has_more"],
+    )
 
 
+_STRING, _INTEGER = {"type": "string"}, {"type": "integer"}
+_VECTOR = {
+    "description": "Floats, or base64 of little-endian float32 when encoding_format is base64.",
+    "anyOf": [_array({"type": "number"}), {"type": "string", "format": "byte"}],
+}
+_USAGE = _object({"prompt_tokens": _INTEGER, "total_tokens": _INTEGER}, ["prompt_tokens", "total_tokens"])
+_EMBEDDING_LIST = _object(
+    {
+        "object": _literal("list"),
+        "data": _array(
+            _object(
+                {"object": _literal("embedding"), "index": _INTEGER, "embedding": _VECTOR},
+                ["object", "index", "embedding"],
+            )
+        ),
+        "model": _STRING,
+        "usage": _USAGE,
+    },
+    ["object", "data", "model", "usage"],
+)
+_HTML_PAGE = {"description": "An HTML page.", "content": {"text/html": {"schema": _STRING}}}
+_PAGE_ASSET = {
+    "description": "A file of the page: a script, style sheet or image (cached for good: its URL names the build).",
+    "content": {
+        "text/javascript": {"schema": _STRING},
+        "text/css": {"schema": _STRING},
+        "image/svg+xml": {"schema": _STRING},
+        "image/png": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+_EMBEDDING_RESPONSE_REF = {"$ref": "#/components/schemas/CreateEmbeddingResponse"}
+HTTPBODY_RESPONSES: dict[str, dict[str, Any]] = {
+    "embeddings.v1.RestService.CreateEmbedding": _json("OpenAI's embeddings response.", _EMBEDDING_RESPONSE_REF),
+    "embeddings.v1.RestService.InferenceEmbed": _json(
+        "The ScaiGrid envelope around the vectors.",
+        _object(
+            {
+                "status": _literal("ok"),
+                "data": _object(
+                    {
+                        "model": _STRING,
+                        "data": _array(_object({"index": _INTEGER, "embedding": _VECTOR})),
+                        "usage": _USAGE,
+                    }
+                ),
+            },
+            ["status", "data"],
+        ),
+    ),
+    "embeddings.v1.JobService.GetJobResults": _json(
+        "One page of a job's vectors: an embeddings response plus paging fields.",
+        {
+            "allOf": [
+                _EMBEDDING_RESPONSE_REF,
+                _object(
+                    {"has_more": {"type": "boolean"}, "next_offset": {"type": "integer", "nullable": True}},
+                    ["has_more"],
+                ),
+            ]
+        },
+    ),
+    "embeddings.v1.OpsService.GetMetrics": {
+        "description": "Prometheus metrics, text exposition format 0.0.4.",
+        "content": {"text/plain": {"schema": _STRING}},
+    },
+    "embeddings.v1.OpsService.GetOpenApiDocument": _json("This document.", {"type": "object"}),
+    "embeddings.v1.OpsService.GetDocs": _HTML_PAGE,
+    "embeddings.v1.OpsService.GetDocsAsset": _PAGE_ASSET,
+    "embeddings.v1.OpsService.GetConsole": _HTML_PAGE,
+    "embeddings.v1.OpsService.GetConsoleAsset": _PAGE_ASSET,
+}
+# The Batch API's objects (OpenAI's shapes), written by the FileService and BatchService HttpBody methods.
+_NULLABLE_STRING = {"type": "string", "nullable": True}
+_FILE = _object(
+    {
+        "id": _STRING,
+        "object": _literal("file"),
+        "bytes": _INTEGER,
+        "created_at": _INTEGER,
+        "expires_at": {"type": "integer", "nullable": True},
+        "filename": _STRING,
+        "purpose": _literal("batch", "batch_output"),
+        "status": _literal("processed"),
+        "status_details": _NULLABLE_STRING,
+    },
+    ["id", "object", "bytes", "created_at", "filename", "purpose", "status"],
+)
+_TIMESTAMP = {"type": "integer", "nullable": True, "description": "Unix seconds, or null."}
+_BATCH_ERRORS = {
+    "type": "object",
+    "nullable": True,
+    "properties": {
+        "object": _literal("list"),
+        "data": _array(
+            _object(
+                {
+                    "code": _STRING,
+                    "message": _STRING,
+                    "param": _NULLABLE_STRING,
+                    "line": {"type": "integer", "nullable": True},
+                }
+            )
+        ),
+    },
+}
+_BATCH = _object(
+    {
+        "id": _STRING,
+        "object": _literal("batch"),
+        "endpoint": _literal("/v1/embeddings"),
+        "model": _NULLABLE_STRING,
+        "errors": _BATCH_ERRORS,
+        "input_file_id": _STRING,
+        "completion_window": _literal("24h"),
+        "status": _literal(
+            "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"
+        ),
+        "output_file_id": _NULLABLE_STRING,
+        "error_file_id": _NULLABLE_STRING,
+        **{
+            name: _TIMESTAMP
+            for name in (
+                "in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at", "expired_at",
+                "cancelling_at", "cancelled_at",
+            )
+        },
+        "created_at": _INTEGER,
+        "request_counts": _object(
+            {name: _INTEGER for name in ("total", "completed", "failed")}, ["total", "completed", "failed"]
+        ),
+        "usage": {"type": "object", "nullable": True},
+        "metadata": {"type": "object", "nullable": True, "additionalProperties": _STRING},
+    },
+    ["id", "object", "endpoint", "input_file_id", "completion_window", "status", "created_at"],
+)  # fmt: skip
 _FILE_REF, _BATCH_REF = "#/components/schemas/OpenAIFile", "#/components/schemas/Batch"
 HTTPBODY_RESPONSES.update(
     {
@@ -281,15 +258,9 @@ HTTPBODY_RESPONSES.update(
         "embeddings.v1.FileService.RetrieveFile": _json("The file.", {"$ref": _FILE_REF}),
         "embeddings.v1.FileService.DeleteFile": _json(
             "The deleted file.",
-            {
-                "type": "object",
-                "required": ["id", "object", "deleted"],
-                "properties": {
-                    "id": {"type": "string"},
-                    "object": {"type": "string", "enum": ["file"]},
-                    "deleted": {"type": "boolean"},
-                },
-            },
+            _object(
+                {"id": _STRING, "object": _literal("file"), "deleted": {"type": "boolean"}}, ["id", "object", "deleted"]
+            ),
         ),
         "embeddings.v1.FileService.GetFileContent": {
             "description": "The file's bytes (JSONL for batch files), streamed.",

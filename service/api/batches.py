@@ -9,7 +9,6 @@ reads as missing.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -21,13 +20,14 @@ from service import errors
 from service._gen.embeddings.v1 import batches_pb2 as pb
 from service._gen.embeddings.v1 import batches_pb2_grpc as pb_grpc
 from service.access.interceptor import caller_of
-from service.api.embeddings import rpc_errors
+from service.api.paging import page_limit
+from service.api.rpc_errors import rpc_errors, rpc_stream_errors
 from service.batches import objects
 from service.batches.files import UploadLimits, UploadReceiver, expiry_seconds, stream_parts
-from service.batches.runner import ENDPOINT, BatchSettings
+from service.batches.settings import ENDPOINT, BatchSettings
 from service.batches.store import BatchStore
 from service.jobs.records import InvalidCursor, NotFound
-from service.jobs.runner import now_s
+from service.worker_loops import now_s
 
 log = logging.getLogger(__name__)
 
@@ -56,32 +56,6 @@ def _page(items: list[dict], has_more: bool) -> dict[str, Any]:
     }
 
 
-def _limit(value: int, default: int, maximum: int) -> int:
-    limit = value or default
-    if not 1 <= limit <= maximum:
-        raise errors.invalid_input(f"'limit' must be between 1 and {maximum}.", field="limit")
-    return limit
-
-
-def rpc_stream_errors(method: Callable[..., AsyncIterator]) -> Callable[..., AsyncIterator]:
-    """`rpc_errors` for server-streaming methods: an ApiError before or between messages ends the stream with it."""
-
-    @functools.wraps(method)
-    async def wrapper(self, request, context: grpc.aio.ServicerContext):
-        try:
-            async for item in method(self, request, context):
-                yield item
-        except errors.ApiError as err:
-            await context.abort_with_status(err.to_status())
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("unexpected error in %s", method.__name__)
-            await context.abort_with_status(errors.internal("Internal server error.").to_status())
-
-    return wrapper
-
-
 class FileServicer(pb_grpc.FileServiceServicer):
     def __init__(self, store: BatchStore, limits: UploadLimits) -> None:
         self._store = store
@@ -96,7 +70,7 @@ class FileServicer(pb_grpc.FileServiceServicer):
 
     @rpc_errors
     async def ListFiles(self, request: pb.ListFilesRequest, context) -> httpbody_pb2.HttpBody:
-        limit = _limit(request.limit, DEFAULT_FILE_PAGE, MAX_FILE_PAGE)
+        limit = page_limit(request.limit, DEFAULT_FILE_PAGE, MAX_FILE_PAGE)
         if request.order not in ("", "asc", "desc"):
             raise errors.invalid_input("'order' must be 'asc' or 'desc'.", field="order")
         try:
@@ -246,7 +220,7 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
 
     @rpc_errors
     async def ListBatches(self, request: pb.ListBatchesRequest, context) -> httpbody_pb2.HttpBody:
-        limit = _limit(request.limit, DEFAULT_BATCH_PAGE, MAX_BATCH_PAGE)
+        limit = page_limit(request.limit, DEFAULT_BATCH_PAGE, MAX_BATCH_PAGE)
         tenant = caller_of(context).tenant
         try:
             page = await asyncio.to_thread(self._store.list_batches, tenant, limit, request.after or None)

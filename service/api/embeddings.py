@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
-import logging
-from collections.abc import Awaitable, Callable
 
 import grpc
 from google.protobuf import struct_pb2
@@ -15,14 +12,11 @@ from service import errors
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from service.access.interceptor import acting_for, caller_of
-from service.api.engine_errors import as_api_error
+from service.api.rpc_errors import rpc_errors
 from service.embedding import Embedder
-from service.engine.errors import EngineError
 from service.engine.model import EmbedOptions, EmbedResult, ServedModel
 from service.observability.context import note_model, timing_headers
 from service.pricing import PriceList
-
-log = logging.getLogger(__name__)
 
 _INPUT_TYPES = {pb.INPUT_TYPE_UNSPECIFIED: "", pb.INPUT_TYPE_QUERY: "query", pb.INPUT_TYPE_DOCUMENT: "document"}
 _EMBEDDING_TYPES = {
@@ -33,28 +27,6 @@ _EMBEDDING_TYPES = {
     pb.EMBEDDING_TYPE_BINARY: "binary",
     pb.EMBEDDING_TYPE_UBINARY: "ubinary",
 }
-
-
-def rpc_errors(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
-    """Answer `ApiError` (or the engine's error, mapped to one) with its rich status; anything else is a bug,
-    logged and answered INTERNAL."""
-
-    @functools.wraps(method)
-    async def wrapper(self, request, context: grpc.aio.ServicerContext):
-        try:
-            return await method(self, request, context)
-        except (errors.ApiError, EngineError) as exc:
-            err = as_api_error(exc)
-            if err.headers:
-                await context.send_initial_metadata(tuple(err.headers.items()))
-            await context.abort_with_status(err.to_status())
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("unexpected error in %s", method.__name__)
-            await context.abort_with_status(errors.internal("Internal server error.").to_status())
-
-    return wrapper
 
 
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:

@@ -21,15 +21,16 @@ from service._gen.embeddings.v1 import jobs_pb2 as pb
 from service._gen.embeddings.v1 import jobs_pb2_grpc as pb_grpc
 from service.access.control import Principal
 from service.access.interceptor import acting_for, caller_of
-from service.api.embeddings import rpc_errors
+from service.api.paging import page_limit
 from service.api.rest import as_rest_error, parse_request
+from service.api.rpc_errors import rpc_errors
 from service.embedding import Embedder
 from service.engine.errors import EngineError
 from service.engine.tokenize import TokenIdDecoder
 from service.jobs import webhooks
 from service.jobs.records import InvalidCursor, Job, NotFound, ResultsNotReady, ResultsRemoved, TooManyWebhooks
-from service.jobs.runner import now_s
 from service.jobs.store import JobStore
+from service.worker_loops import now_s
 
 DEFAULT_PAGE, MAX_PAGE = 1000, 10000
 # OpenAI's limits on `metadata`: 16 pairs, keys up to 64 characters, values up to 512.
@@ -187,9 +188,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
 
     @rpc_errors
     async def ListJobs(self, request: pb.ListJobsRequest, context) -> pb.ListJobsResponse:
-        limit = request.limit or 20
-        if not 1 <= limit <= 100:
-            raise errors.invalid_input("'limit' must be between 1 and 100.", field="limit")
+        limit = page_limit(request.limit, 20, 100)
         tenant = caller_of(context).tenant
         try:
             page = await asyncio.to_thread(self._store.list_jobs, tenant, limit, request.after or None)
@@ -288,9 +287,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
     async def ListWebhookDeliveries(
         self, request: pb.ListWebhookDeliveriesRequest, context
     ) -> pb.ListWebhookDeliveriesResponse:
-        limit = request.limit or 50
-        if not 1 <= limit <= 500:
-            raise errors.invalid_input("'limit' must be between 1 and 500.", field="limit")
+        limit = page_limit(request.limit, 50, 500)
         tenant = caller_of(context).tenant
         attempts = await asyncio.to_thread(self._store.list_attempts, tenant, request.id, limit)
         if not attempts and await asyncio.to_thread(self._store.get_webhook, tenant, request.id) is None:

@@ -14,7 +14,7 @@ from google.api import httpbody_pb2
 from service import console, errors
 from service._gen.embeddings.v1 import ops_pb2 as pb
 from service._gen.embeddings.v1 import ops_pb2_grpc as pb_grpc
-from service.api.embeddings import rpc_errors
+from service.api.rpc_errors import rpc_errors
 from service.observability.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger(__name__)

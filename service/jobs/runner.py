@@ -9,12 +9,10 @@ Chunks go through the engine's background lane, so a running job never slows int
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
 import secrets
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +28,7 @@ from service.jobs import webhooks
 from service.jobs.records import Chunk, Delivery, Job
 from service.jobs.store import JobStore
 from service.observability.metrics import Metrics
+from service.worker_loops import WorkerLoops, now_s, sweep_forever
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +50,6 @@ class JobSettings:
     expiry_sweep_s: float = 60.0
     webhook_policy: webhooks.RetryPolicy = dataclasses.field(default_factory=webhooks.RetryPolicy)
     webhook_allow_private: bool = False
-
-
-def now_s() -> int:
-    return int(time.time())
 
 
 def job_event_data(job: Job) -> dict[str, Any]:
@@ -90,7 +85,7 @@ def embed_options(options: dict[str, Any]) -> EmbedOptions:
     )
 
 
-class JobWorkers:
+class JobWorkers(WorkerLoops):
     """Chunk workers (as many as batches the engine runs at once), the webhook dispatcher and the expiry sweeper."""
 
     def __init__(
@@ -101,6 +96,7 @@ class JobWorkers:
         workers: int,
         metrics: Metrics | None = None,
     ) -> None:
+        super().__init__(settings.poll_s)
         self._store = store
         self._metrics = metrics or Metrics()
         # Embeds chunks under their job's key's rate limits, and meters them.
@@ -108,31 +104,20 @@ class JobWorkers:
         self._settings = settings
         self._workers = workers
         self._owner = f"worker-{secrets.token_hex(6)}"
-        self._wakeup = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
         self._sender = webhooks.WebhookSender(settings.webhook_policy, allow_private=settings.webhook_allow_private)
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._chunk_loop(), name=f"job-worker-{i}") for i in range(self._workers)]
-        self._tasks.append(loop.create_task(self._delivery_loop(), name="webhook-dispatcher"))
-        self._tasks.append(loop.create_task(self._expiry_loop(), name="results-expiry"))
-
-    def notify(self) -> None:
-        """A job was created or changed: look for work now instead of at the next poll."""
-        self._wakeup.set()
+        loops = {f"job-worker-{i}": self._chunk_loop() for i in range(self._workers)}
+        loops["webhook-dispatcher"] = self._delivery_loop()
+        loops["results-expiry"] = sweep_forever(
+            self._settings.expiry_sweep_s, self._expire_results, log, "removed the results of %d expired job(s)",
+            "expiring results failed",
+        )  # fmt: skip
+        self._spawn(loops)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await super().stop()
         await self._sender.aclose()
-
-    async def _idle(self) -> None:
-        self._wakeup.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), self._settings.poll_s)
 
     # --- chunks -----------------------------------------------------------------------------------------------
 
@@ -297,12 +282,5 @@ class JobWorkers:
 
     # --- retention --------------------------------------------------------------------------------------------
 
-    async def _expiry_loop(self) -> None:
-        while True:
-            try:
-                removed = await asyncio.to_thread(self._store.expire_results, now_s())
-                if removed:
-                    log.info("removed the results of %d expired job(s)", len(removed))
-            except Exception:
-                log.exception("expiring results failed")
-            await asyncio.sleep(self._settings.expiry_sweep_s)
+    async def _expire_results(self) -> int:
+        return len(await asyncio.to_thread(self._store.expire_results, now_s()))

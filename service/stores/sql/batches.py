@@ -48,7 +48,6 @@ class BatchRows:
         now: int,
         window_s: int,
     ) -> Batch:
-        """A `validating` batch. NotFound if the webhook or the input file (purpose batch) is not this tenant's."""
         batch_id = new_id("batch")
         with self._db.write() as conn:
             require_webhook(conn, tenant, webhook_id)
@@ -86,8 +85,6 @@ class BatchRows:
 
     @retried
     def cancel_batch(self, tenant: str, batch_id: str, now: int) -> Batch | None:
-        """Validating or in progress -> cancelling (a worker then stops its jobs and writes what is done); any
-        other batch comes back unchanged."""
         with self._db.write() as conn:
             conn.execute(
                 "UPDATE batches SET status = 'cancelling', cancelling_at = ?, lease_owner = NULL,"
@@ -100,8 +97,6 @@ class BatchRows:
 
     @retried
     def claim_batch(self, owner: str, now: int, lease_s: int) -> Batch | None:
-        """Lease the next batch that needs a worker: to validate, finalize or cancel, or in progress with all its
-        jobs ended or its window passed."""
         with self._db.write() as conn:
             row = conn.execute(_CLAIMABLE_BATCH_SQL + self._db.skip_locked.replace("FOR UPDATE", "FOR UPDATE OF b"),
                                {"now": now}).fetchone()  # fmt: skip
@@ -114,7 +109,6 @@ class BatchRows:
 
     @retried
     def renew_batch_lease(self, batch_id: str, owner: str, now: int, lease_s: int) -> str | None:
-        """Extend `owner`'s lease; the batch's status, or None when the lease was lost (cancelled, or taken over)."""
         with self._db.write() as conn:
             renewed = conn.execute(
                 "UPDATE batches SET lease_expires_at = ? WHERE id = ? AND lease_owner = ?",
@@ -142,7 +136,6 @@ class BatchRows:
             )
 
     def batch_jobs(self, batch_id: str) -> dict[int, str]:
-        """{part: job id} of the jobs a batch runs as."""
         with self._db.read() as conn:
             rows = conn.execute("SELECT part, job_id FROM batch_jobs WHERE batch_id = ?", (batch_id,)).fetchall()
         return {row[0]: row[1] for row in rows}
@@ -158,9 +151,7 @@ class BatchRows:
         refused: int,
         now: int,
     ) -> Batch | None:
-        """Record a validated batch's requests (rows of `BATCH_REQUEST.select`) and turn it `in_progress`; a batch
-        cancelled meanwhile keeps its requests (its output holds what was done) and its status. None if `owner`
-        lost the lease."""
+        """The rows' values are in `BATCH_REQUEST.select`'s column order."""
         with self._db.write() as conn:
             batch = self._owned(conn, batch_id, owner)
             if batch is None:
@@ -199,8 +190,6 @@ class BatchRows:
     def fail_batch(
         self, batch_id: str, owner: str, batch_errors: list[dict[str, Any]], total: int, now: int
     ) -> Batch | None:
-        """A validating batch whose file did not validate -> failed with OpenAI's `errors`, announced in the same
-        transaction. None if `owner` lost the lease (a cancelled batch is cleared of its lease: cancelling wins)."""
         with self._db.write() as conn:
             batch = self._owned(conn, batch_id, owner)
             if batch is None or batch.status != "validating":
@@ -214,7 +203,6 @@ class BatchRows:
 
     @retried
     def begin_finalizing(self, batch_id: str, owner: str, now: int) -> Batch | None:
-        """In progress -> finalizing (its jobs ended); a cancelling or finalizing batch comes back as it is."""
         with self._db.write() as conn:
             if self._owned(conn, batch_id, owner) is None:
                 return None
@@ -237,8 +225,6 @@ class BatchRows:
         prompt_tokens: int,
         now: int,
     ) -> Batch | None:
-        """The last step: its written files become visible, the batch ends as `status` (completed, cancelled or
-        expired), and its event is recorded, all in one transaction. None if `owner` lost the lease."""
         if status not in _FINAL_TIMESTAMP:
             raise ValueError(f"a batch finishes completed, cancelled or expired, not {status!r}")
         with self._db.write() as conn:
@@ -257,7 +243,6 @@ class BatchRows:
             return self._announce_batch(conn, batch_id, now)
 
     def accepted_requests(self, batch_id: str, after: tuple[int, int] | None, limit: int) -> list[BatchRequest]:
-        """Requests with inputs in the batch's jobs, by (part, start), after the (part, start) of the last page."""
         part, start = after if after is not None else (-1, -1)
         with self._db.read() as conn:
             rows = conn.execute(
@@ -268,7 +253,6 @@ class BatchRows:
         return [BATCH_REQUEST(row) for row in rows]
 
     def refused_requests(self, batch_id: str, after_line: int, limit: int) -> list[BatchRequest]:
-        """Requests refused at validation, by line."""
         with self._db.read() as conn:
             rows = conn.execute(
                 f"SELECT {BATCH_REQUEST.select} FROM batch_requests WHERE batch_id = ? AND part IS NULL AND line > ?"
@@ -278,8 +262,7 @@ class BatchRows:
         return [BATCH_REQUEST(row) for row in rows]
 
     def completed_requests(self, batch_id: str) -> int:
-        """Accepted requests all of whose inputs are embedded (progress of a running batch): one row per run of
-        chunks that requests span, not one per request."""
+        """Counted with one row per run of chunks that requests span, not one per request."""
         with self._db.read() as conn:
             return conn.execute(
                 "SELECT COALESCE(SUM(s.requests), 0) FROM batch_spans s JOIN batch_jobs bj ON bj.batch_id = s.batch_id"
