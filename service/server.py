@@ -32,6 +32,7 @@ from service.api.ops import OpsServicer
 from service.api.rest import RestServicer
 from service.batches.files import UploadLimits
 from service.batches.runner import BatchSettings, BatchWorkers, announce_batch
+from service.compression import ResponseCompressionInterceptor
 from service.config import Settings
 from service.embedding import Embedder
 from service.engine.batcher import BatchLimits
@@ -93,9 +94,10 @@ class EmbeddingServer:
         self.access.on_refusal = self.metrics.record_rate_limited
         exporter = exporter_from(settings.otlp_endpoint, os.environ)
         self.tracing = Tracing(exporter) if exporter is not None else None
-        # Outermost first: per-call telemetry; authentication before any message is read; then each message
-        # measured against its method's cap before it is parsed.
+        # Outermost first: gzip responses for the calls that ask; per-call telemetry; authentication before any
+        # message is read; then each message measured against its method's cap before it is parsed.
         interceptors = [
+            ResponseCompressionInterceptor(),
             TelemetryInterceptor(self.metrics, self.tracing),
             AuthInterceptor(self.access, policies),
             MessageBoundsInterceptor(policies, settings.max_message_bytes),
