@@ -110,6 +110,9 @@ def add_tracing(config: dict, otlp_endpoint: str) -> None:
     }
 
 
+# The Lua filter that refuses REST bodies too large for their method once transcoded, and the key of the routes'
+# metadata that gives it the cap (gateway/body_checks.lua).
+BODY_CHECKS = "body_checks"
 # The largest body a retry can replay (the buffer filter's cap on sync requests).
 RETRY_BUFFER_BYTES = 16 * 1024 * 1024
 
@@ -274,10 +277,17 @@ def _per_filter(route: dict, name: str) -> dict:
     return route.get("typed_per_filter_config", {}).get(name, {})
 
 
+def _message_cap(route: dict) -> int:
+    """The message cap gateway/body_checks.lua enforces on a route (0: none)."""
+    metadata = route.get("metadata", {}).get("filter_metadata", {})
+    return int(metadata.get(BODY_CHECKS, {}).get("max_message_bytes", 0))
+
+
 def policy_mismatches(config: dict, policies: Mapping[str, MethodPolicy], files) -> list[str]:
     """Where `config` (envoy.yaml) disagrees with the contract's per-method policies: the pre-body authorization
     (ext_authz) must be off exactly for the open methods' routes, a streamed body unbuffered, a larger body cap as
-    declared, and the transcoder must know every service of the contract."""
+    declared, the REST routes' message caps (body_checks.lua) as declared, and the transcoder must know every service
+    of the contract."""
     routes = _manager(config)["route_config"]["virtual_hosts"][0]["routes"]
     mismatches = []
     transcoder = next(f for f in _filters(config) if f["name"] == "envoy.filters.http.grpc_json_transcoder")
@@ -296,6 +306,11 @@ def policy_mismatches(config: dict, policies: Mapping[str, MethodPolicy], files)
             cap = buffer.get("buffer", {}).get("max_request_bytes", 0)
             if policy.max_request_bytes and path != grpc_path and cap != policy.max_request_bytes:
                 mismatches.append(f"{path} ({policy.full_name}): body cap {cap}, declared {policy.max_request_bytes}")
+            message_cap = _message_cap(route)
+            if path != grpc_path and message_cap != policy.max_message_bytes:
+                mismatches.append(
+                    f"{path} ({policy.full_name}): message cap {message_cap}, declared {policy.max_message_bytes}"
+                )
     return mismatches
 
 

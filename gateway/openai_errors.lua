@@ -44,6 +44,9 @@ end
 local STATUS_BY_REASON = {
   request_too_large = 413,
 }
+-- gRPC's own refusal of a message over the server's max_message_bytes (RESOURCE_EXHAUSTED without a reason, which
+-- the transcoder makes a 429): a request too large, not a rate limit.
+local OVERSIZED_MESSAGE = "Received message larger than max"
 
 local function json_or_null(raw)
   if raw == nil or raw == "" then
@@ -56,6 +59,9 @@ local function openai_error(status, status_json)
   local message = raw_string(status_json, "message") or ("HTTP " .. status)
   local reason = string.match(status_json, '"reason":"([%w_%.%-]+)"')
   local field = string.match(status_json, '"field":"([%w_%.%-%[%]]+)"')
+  if reason == nil and string.find(message, OVERSIZED_MESSAGE, 1, true) ~= nil then
+    reason = "request_too_large"
+  end
   status = STATUS_BY_REASON[reason] or status
   local kind = TYPES[status] or "server_error"
   local body = '{"error":{"message":"' .. message .. '","type":"' .. kind .. '","param":' .. json_or_null(field)

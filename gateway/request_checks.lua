@@ -16,10 +16,14 @@
 -- 4. Query parameters that OpenAI-compatible clients add and that mean nothing here (IGNORED_QUERY) are removed from
 --    REST requests before the transcoder, which refuses any parameter a method does not declare (400). Azure OpenAI
 --    clients add `api-version` to every call.
+-- 5. `x-response-compression` (a native gRPC call's ask for gzip-compressed messages, service/compression.py) is
+--    removed from REST requests: the transcoder reads the server's messages uncompressed, and REST responses are
+--    gzipped by Envoy on `accept-encoding` instead.
 
 local PREAUTHORIZE_ABOVE = 65536
 local IGNORED_QUERY = { ["api-version"] = true }
 local NAMESPACE = "embeddings.gateway"
+local GRPC_ONLY_HEADER = "x-response-compression"
 
 local function reserved(name)
   return string.sub(name, 1, 5) == "grpc-" or string.sub(name, -4) == "-bin"
@@ -70,6 +74,7 @@ function envoy_on_request(handle)
     if path ~= nil then
       headers:replace(":path", path)
     end
+    headers:remove(GRPC_ONLY_HEADER)
   end
   local length = tonumber(headers:get("content-length") or "")
   if length == nil or length > PREAUTHORIZE_ABOVE or headers:get("content-encoding") ~= nil then

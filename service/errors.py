@@ -144,6 +144,23 @@ def deadline_exceeded() -> ApiError:
     )
 
 
+def request_too_large(size: int, limit: int) -> ApiError:
+    """A request message over its method's cap (the contract's `max_message_bytes`), refused before it is parsed.
+    INVALID_ARGUMENT, not gRPC's RESOURCE_EXHAUSTED: sending it again cannot help (clients retry RESOURCE_EXHAUSTED as
+    a rate limit, and the gateway would answer 429); the gateway answers 413 for the reason (openai_errors.lua)."""
+    return ApiError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"The request is too large: {size} bytes as a protobuf message, over the {_mib(limit)} this method takes. "
+        "Send fewer or shorter inputs per request (a token id takes 11 bytes of it), or use an async job.",
+        "request_too_large",
+        metadata={"bytes": str(size), "limit": str(limit)},
+    )
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):g} MiB"
+
+
 def unavailable(message: str) -> ApiError:
     return ApiError(grpc.StatusCode.UNAVAILABLE, message, "unavailable")
 

@@ -1,7 +1,7 @@
 """Per-method policy, declared once in the contract (`option (policy)` on every RPC, proto/embeddings/v1/policy.proto)
 and read here from the descriptors: who may call a method, what it charges, whether the gateway may retry it, how
-the gateway takes its body. The access interceptor, the server, the gateway's Envoy rendering and the OpenAPI
-generator all ask this module; none keeps a list of method names of its own.
+the gateway takes its body, how large a request message may be. The access interceptor, the server, the gateway's
+Envoy rendering and the OpenAPI generator all ask this module; none keeps a list of method names of its own.
 
 A method without a complete policy (no option, or access or metering left unspecified) is an error
 (`MissingPolicy`): the server refuses to start, the build's OpenAPI generation fails, and so does a test.
@@ -47,6 +47,7 @@ class MethodPolicy:
     retry_safe: bool
     max_request_bytes: int  # 0: the gateway's default cap
     streamed_body: bool
+    max_message_bytes: int = 0  # 0: only the server's max_message_bytes setting
 
     @property
     def path(self) -> str:
@@ -84,6 +85,10 @@ class MethodPolicy:
     def meters_job(self) -> bool:
         return self.metering == policy_pb2.METERING_JOB
 
+    def message_cap(self, server_cap: int) -> int:
+        """The largest request message the server takes for this method: its declared cap, within the server's."""
+        return min(self.max_message_bytes or server_cap, server_cap)
+
 
 def policy_of(service: str, method: descriptor_pb2.MethodDescriptorProto) -> MethodPolicy | None:
     """The declared policy of `method` of `service` (full name), or None if it has none or an incomplete one."""
@@ -100,6 +105,7 @@ def policy_of(service: str, method: descriptor_pb2.MethodDescriptorProto) -> Met
         retry_safe=declared.retry_safe,
         max_request_bytes=declared.max_request_bytes,
         streamed_body=declared.streamed_body,
+        max_message_bytes=declared.max_message_bytes,
     )
 
 

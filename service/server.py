@@ -32,6 +32,7 @@ from service.api.ops import OpsServicer
 from service.api.rest import RestServicer
 from service.batches.files import UploadLimits
 from service.batches.runner import BatchSettings, BatchWorkers, announce_batch
+from service.compression import ResponseCompressionInterceptor
 from service.config import Settings
 from service.embedding import Embedder
 from service.engine.batcher import BatchLimits
@@ -39,6 +40,7 @@ from service.engine.registry import EngineOptions, ModelRegistry
 from service.engine.tokenize import TokenIdDecoder
 from service.jobs import webhooks
 from service.jobs.runner import JobSettings, JobWorkers, announce
+from service.message_bounds import MessageBoundsInterceptor
 from service.observability.interceptor import TelemetryInterceptor
 from service.observability.metrics import Metrics
 from service.observability.tracing import Tracing, exporter_from
@@ -94,8 +96,16 @@ class EmbeddingServer:
         self.access.on_refusal = self.metrics.record_rate_limited
         exporter = exporter_from(settings.otlp_endpoint, os.environ)
         self.tracing = Tracing(exporter) if exporter is not None else None
+        # Outermost first: gzip responses for the calls that ask; per-call telemetry; authentication before any
+        # message is read; then each message measured against its method's cap before it is parsed.
+        interceptors = [
+            ResponseCompressionInterceptor(),
+            TelemetryInterceptor(self.metrics, self.tracing),
+            AuthInterceptor(self.access, policies),
+            MessageBoundsInterceptor(policies, settings.max_message_bytes),
+        ]
         self._server = grpc.aio.server(
-            interceptors=[TelemetryInterceptor(self.metrics, self.tracing), AuthInterceptor(self.access, policies)],
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),

@@ -39,6 +39,7 @@ RUNTIME_FILES = (
     "service/_gen/embeddings/v1/embeddings_pb2.pyi",
     "service/_gen/envoy_ext_authz/external_auth_pb2_grpc.py",
     "gateway/envoy.yaml",
+    "gateway/body_checks.lua",
     "gateway/openai_errors.lua",
     "gateway/request_checks.lua",
     "service/console/swagger-ui/swagger-ui-bundle.js",

@@ -19,6 +19,7 @@ from tools import genproto, openapi
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACT_DIR = ROOT / "proto" / "embeddings" / "v1"
+MIB = 1 << 20
 
 TOY_PROTO = """
 syntax = "proto3";
@@ -104,6 +105,23 @@ def test_policies_say_what_the_interceptor_does():
     assert all(p.retry_safe for p in policies.values() if p.meters_embedding)
 
 
+def test_the_embedding_methods_cap_their_messages_below_the_servers():
+    """32 MiB for interactive calls: 2048 inputs of the 4,096 characters the default model reads, at 4 bytes (UTF-8's
+    widest), and twice the gateway's 16 MiB body cap, so any REST body of texts fits once transcoded; token ids
+    (11 bytes each as protobuf) fit ~3M to a request. Async jobs keep the server's 256 MiB."""
+    caps = {path: p.max_message_bytes for path, p in policy.contract_policies().items() if p.max_message_bytes}
+    assert caps == {
+        "/embeddings.v1.EmbeddingService/Embed": 32 * MIB,
+        "/embeddings.v1.RestService/CreateEmbedding": 32 * MIB,
+        "/embeddings.v1.RestService/InferenceEmbed": 32 * MIB,
+        "/embeddings.v1.JobService/AsyncEmbed": 256 * MIB,
+    }
+    embed = policy.contract_policies()["/embeddings.v1.EmbeddingService/Embed"]
+    assert (embed.message_cap(256 * MIB), embed.message_cap(8 * MIB)) == (32 * MIB, 8 * MIB)
+    unbounded = policy.contract_policies()["/embeddings.v1.JobService/CreateWebhook"]
+    assert unbounded.message_cap(256 * MIB) == 256 * MIB
+
+
 def test_the_gateway_retries_only_retry_safe_calls():
     matches = envoy.retry_safe_matches(policy.contract_policies())
     prefixes = {m["prefix"] for m in matches if "prefix" in m}
@@ -129,9 +147,22 @@ def test_envoy_yaml_agrees_with_the_policies(tmp_path):
         "/health (embeddings.v1.RestService.CheckHealth): ext_authz must be off"
     ]
     everything_open = copy.deepcopy(config)
-    _routes(everything_open)[-1]["typed_per_filter_config"] = _routes(config)[0]["typed_per_filter_config"]
+    for route in _routes(everything_open):
+        route["typed_per_filter_config"] = _routes(config)[0]["typed_per_filter_config"]
     mismatches = envoy.policy_mismatches(everything_open, policies, files)
     assert "/v1/embeddings (embeddings.v1.RestService.CreateEmbedding): ext_authz must be on" in mismatches
+    uncapped = copy.deepcopy(config)
+    for route in _routes(uncapped):
+        route.pop("metadata", None)
+    assert envoy.policy_mismatches(uncapped, policies, files) == [
+        f"{path} (embeddings.v1.{method}): message cap 0, declared {cap}"
+        for path, method, cap in [
+            ("/v1/embeddings", "RestService.CreateEmbedding", 32 * MIB),
+            ("/oai/v1/embeddings", "RestService.CreateEmbedding", 32 * MIB),
+            ("/v1/inference/embed", "RestService.InferenceEmbed", 32 * MIB),
+            ("/v1/async/embeddings", "JobService.AsyncEmbed", 256 * MIB),
+        ]
+    ]
     broken = tmp_path / "envoy.yaml"
     broken.write_text(yaml.safe_dump(no_health))
     with pytest.raises(ValueError, match="disagrees with the contract"):

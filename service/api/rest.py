@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 
 import grpc
+import numpy as np
 import orjson
 from google.api import httpbody_pb2
 from google.protobuf import struct_pb2
@@ -42,18 +43,46 @@ def _bad_input(message: str) -> errors.ApiError:
     return errors.invalid_input(message, field="input")
 
 
-def _token_ids(values, position: int, max_ids: int) -> list[int]:
-    ids = []
-    for value in values[:max_ids]:
-        if value.WhichOneof("kind") != "number_value" or not float(value.number_value).is_integer():
-            raise _bad_input(f"Input {position} must be an array of integer token ids.")
-        ids.append(int(value.number_value))
-    if not ids:
+# One number of a ListValue as protobuf writes it: the element's tag and length (9), the Value's number_value tag
+# (field 2, fixed64), the double. Any other element starts differently, so the token ids of an input are read from
+# its wire form in bulk, without a Python object per id.
+_NUMBER = np.dtype([("head", "V3"), ("value", "<f8")])
+_NUMBER_HEAD = np.void(b"\x0a\x09\x11")
+# The integers a JSON number (a double) holds exactly.
+_MAX_EXACT_INTEGER = 2**53
+
+
+def _wire_numbers(values: struct_pb2.ListValue, count: int) -> np.ndarray | None:
+    """The first `count` elements of `values` as doubles, read from its wire form; None unless all are numbers
+    written as protobuf writes them."""
+    wire = values.SerializeToString()
+    if len(wire) < count * _NUMBER.itemsize:
+        return None  # shorter than `count` numbers: not all of them are
+    elements = np.frombuffer(wire, dtype=_NUMBER, count=count)
+    return elements["value"] if (elements["head"] == _NUMBER_HEAD).all() else None
+
+
+def _token_ids(values: struct_pb2.ListValue, position: int, max_ids: int) -> np.ndarray:
+    """The first `max_ids` token ids of one input (see `token_id_bound`), read in bulk from the list's wire form:
+    ~15 ns an id where a Python loop over the Values took ~1.7 us (3M ids, what a 32 MiB message holds, held the
+    event loop for 5 s)."""
+    count = min(len(values.values), max_ids)
+    if count == 0:
         raise _bad_input(f"Input {position} is an empty array of token ids.")
-    return ids
+    numbers = _wire_numbers(values, count)
+    if numbers is None:  # not all numbers, or numbers with unknown fields (a crafted message): drop those, once
+        values.DiscardUnknownFields()
+        numbers = _wire_numbers(values, count)
+    if numbers is None:
+        raise _bad_input(f"Input {position} must be an array of integer token ids.")
+    with np.errstate(invalid="ignore"):
+        integral = np.isfinite(numbers) & (numbers == np.trunc(numbers)) & (np.abs(numbers) <= _MAX_EXACT_INTEGER)
+    if not integral.all():
+        raise _bad_input(f"Input {position} must be an array of integer token ids.")
+    return numbers.astype(np.int64)
 
 
-def split_input(value: struct_pb2.Value, max_ids: int, max_inputs: int) -> tuple[list[str], list[list[int]]]:
+def split_input(value: struct_pb2.Value, max_ids: int, max_inputs: int) -> tuple[list[str], list[np.ndarray]]:
     """The texts, or the token-id sequences, of an OpenAI `input` (exactly one of the two is non-empty). Only the
     first `max_ids` ids of a sequence are read (see `token_id_bound`); more than `max_inputs` inputs are refused
     before any of them is read."""
@@ -67,14 +96,14 @@ def split_input(value: struct_pb2.Value, max_ids: int, max_inputs: int) -> tuple
     if not items:
         raise _bad_input("'input' must not be an empty array.")
     if items[0].WhichOneof("kind") == "number_value":
-        return [], [_token_ids(items, 0, max_ids)]  # one input: its ids past the bound are never read
+        return [], [_token_ids(value.list_value, 0, max_ids)]  # one input: its ids past the bound are never read
     if len(items) > max_inputs:
         raise errors.too_many_inputs(len(items), max_inputs)
     kinds = {item.WhichOneof("kind") for item in items}
     if kinds == {"string_value"}:
         return [item.string_value for item in items], []
     if kinds == {"list_value"}:
-        return [], [_token_ids(item.list_value.values, n, max_ids) for n, item in enumerate(items)]
+        return [], [_token_ids(item.list_value, n, max_ids) for n, item in enumerate(items)]
     raise _bad_input(f"'input' must be {_INPUT_SHAPES}; arrays may not mix these.")
 
 
