@@ -23,7 +23,7 @@ spends it). So under any interactive load a job gets at least that share of infe
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -112,6 +112,15 @@ class _Item:
     tokens: TokenizedInput
 
 
+@dataclass(frozen=True, slots=True)
+class _Lane:
+    """Which lane a running batch came from: background (a job's), on credit (`turn`), in the last slot (`spare`)."""
+
+    background: bool
+    turn: bool
+    spare: bool
+
+
 @dataclass
 class BatcherStats:
     batches: int = 0
@@ -174,6 +183,7 @@ class Batcher:
         # Event-loop clock of the latest interactive call or batch: the last slot is theirs until the grace passes.
         self._last_interactive = float("-inf")
         self._grace_timer: asyncio.TimerHandle | None = None
+        self._free_slots = limits.concurrent_batches
         self._share = _Share(limits.background_min_share)
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -259,32 +269,15 @@ class Batcher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        slots = asyncio.Semaphore(self._limits.concurrent_batches)
-        running: set[asyncio.Task] = set()
-
-        def finished(task: asyncio.Task, background: bool, turn: bool, spare: bool) -> None:
-            running.discard(task)
-            seconds = task.result() if not task.cancelled() and task.exception() is None else 0.0
-            if background:
-                self._running_background -= 1
-                self._running_spare -= spare
-                self._share.spend(seconds, turn)
-            else:
-                self._running_interactive -= 1
-                self._last_interactive = loop.time()
-                if self._background:
-                    self._share.earn(seconds)
-            if not self._background and not self._running_background:
-                self._share.reset()
-            slots.release()
-            self._wakeup.set()
-
+        self._free_slots = self._limits.concurrent_batches
         try:
             while True:
-                await slots.acquire()
                 # Background work takes the last slot only on an idle server: an interactive call finds one free.
-                while not self._queue and not (self._background and self._background_allowed(loop.time())):
-                    self._wake_after_grace(loop)
+                while not self._free_slots or not (
+                    self._queue or (self._background and self._background_allowed(loop.time()))
+                ):
+                    if self._free_slots:
+                        self._wake_after_grace(loop)
                     self._wakeup.clear()
                     await self._wakeup.wait()
                 now = loop.time()
@@ -296,40 +289,62 @@ class Batcher:
                 spare = background and self._spare()
                 batch = self._next_batch(now, background, self._limits.background_spare_tokens if spare else None)
                 if not batch:
-                    slots.release()
                     continue
                 self.stats.background_turns += turn
                 # Alone on an idle server: the backend may spread this batch over every core.
-                solo = not running and not self._queue and not self._background
-                task = loop.create_task(self._run_batch(batch, solo))
-                running.add(task)
+                solo = self._free_slots == self._limits.concurrent_batches and not self._queue and not self._background
+                self._free_slots -= 1
                 self._running_background += background
                 self._running_spare += spare
                 self._running_interactive += not background
-                task.add_done_callback(functools.partial(finished, background=background, turn=turn, spare=spare))
+                lane = _Lane(background, turn, spare)
+                self._executor.submit(self._run_batch, loop, batch, solo, lane, now)
         finally:
             if self._grace_timer is not None:
                 self._grace_timer.cancel()
-            for task in running:
-                task.cancel()
 
-    async def _run_batch(self, batch: list[_Item], solo: bool) -> float:
-        """Run one batch and deliver its vectors; returns the seconds it ran."""
-        loop = asyncio.get_running_loop()
-        run = functools.partial(self._encoder.embed, [i.tokens for i in batch], solo=solo)
-        started = loop.time()
+    def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Item], solo: bool, lane: _Lane, started: float):
+        """On an inference thread: run one batch, then hand the outcome to the event loop in one callback, which
+        resolves every call it completes (no task, no future per batch: the hand-off costs one loop wake-up)."""
+        pooled, error = None, None
         try:
-            pooled = await loop.run_in_executor(self._executor, run)
-        except asyncio.CancelledError:
-            raise
+            pooled = self._encoder.embed([item.tokens for item in batch], solo=solo)
         except Exception as exc:
             log.exception("batch of %d inputs failed on model %s", len(batch), self.name)
-            self._fail(batch, BatchFailed(str(exc)))
-            return loop.time() - started
+            error = BatchFailed(str(exc))
         finished = loop.time()
-        self._record(batch, finished - started)
-        self._deliver(batch, pooled, started, finished)
-        return finished - started
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits for these results
+            loop.call_soon_threadsafe(self._batch_done, batch, pooled, error, lane, started, finished)
+
+    def _batch_done(
+        self,
+        batch: list[_Item],
+        pooled: np.ndarray | None,
+        error: Exception | None,
+        lane: _Lane,
+        started: float,
+        finished: float,
+    ) -> None:
+        """On the event loop: deliver a batch's vectors (or its failure), free its slot, account its lane."""
+        seconds = finished - started
+        if error is not None or pooled is None:
+            self._fail(batch, error or BatchFailed("no result"))
+        else:
+            self._record(batch, seconds)
+            self._deliver(batch, pooled, started, finished)
+        if lane.background:
+            self._running_background -= 1
+            self._running_spare -= lane.spare
+            self._share.spend(seconds, lane.turn)
+        else:
+            self._running_interactive -= 1
+            self._last_interactive = finished
+            if self._background:
+                self._share.earn(seconds)
+        if not self._background and not self._running_background:
+            self._share.reset()
+        self._free_slots += 1
+        self._wakeup.set()
 
     def _alive(self, item: _Item, now: float) -> bool:
         call = item.call
