@@ -20,6 +20,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from service import errors
+from service.api.wire import passthrough
 from service.observability.context import CallInfo, close_call, open_call
 from service.observability.heap import HeapTrimmer
 from service.observability.metrics import Metrics
@@ -131,7 +132,8 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         wrapped = make(
             self._observed(details.method.lstrip("/"), handler.stream_unary or handler.unary_unary, streaming),
             request_deserializer=_lenient(handler.request_deserializer, self._heap),
-            response_serializer=handler.response_serializer,
+            # A servicer may answer with bytes already in wire format (service/api/wire.py): sent as they are.
+            response_serializer=passthrough(handler.response_serializer),
         )
         self._handlers[details.method] = wrapped
         return wrapped
