@@ -73,6 +73,10 @@ class Plan:
     real_saturating_calls: int = 1000
     real_single_calls: int = 300
     real: bool = True
+    # The real model, and the server's execution providers ("": its default, the CPU here); on a GPU the in-process
+    # limit runs on the same providers (bench.gpu).
+    model: str = REAL_MODEL
+    providers: str = ""
 
     def cells(self) -> list[Cell]:
         cells = [
@@ -82,7 +86,7 @@ class Plan:
         ]
         if self.real:
             cells += [
-                Cell(path, REAL_MODEL, clients, self.real_single_calls if clients == 1 else self.real_saturating_calls)
+                Cell(path, self.model, clients, self.real_single_calls if clients == 1 else self.real_saturating_calls)
                 for path in ("grpc", "rest")
                 for clients in (1, 32)
             ]
@@ -92,14 +96,15 @@ class Plan:
 QUICK = Plan(repeats=1, single_calls=150, saturating_calls=1000, real_saturating_calls=400, real_single_calls=100)
 
 
-def null_model_repo(model_repo: Path, target: Path) -> Path:
+def null_model_repo(model_repo: Path, target: Path, model: str = REAL_MODEL) -> Path:
     """A repository with the null model (the real model's tokenizer, 384 dimensions) and a link to the real one."""
     null = target / NULL_MODEL
     null.mkdir(parents=True)
-    shutil.copy(model_repo / REAL_MODEL / "tokenizer.json", null / "tokenizer.json")
+    real = discover(model_repo, (model,))[0].resolve()
+    shutil.copy(real / "tokenizer.json", null / "tokenizer.json")
     manifest = {"id": NULL_MODEL, "dimensions": 384, "max_input_tokens": 256, "backend": "null"}
     (null / "manifest.json").write_text(json.dumps(manifest))
-    (target / REAL_MODEL).symlink_to(discover(model_repo, (REAL_MODEL,))[0].resolve())
+    (target / model).symlink_to(real)
     return target
 
 
@@ -122,7 +127,7 @@ def payloads(cell: Cell, texts: Sequence[str]) -> list[bytes]:
 def check_response(cell: Cell, raw: bytes) -> None:
     if cell.path == "grpc":
         response = pb.EmbedResponse.FromString(raw)
-        ok = len(response.embeddings) == 1 and len(response.embeddings[0].values) == 384
+        ok = len(response.embeddings) == 1 and len(response.embeddings[0].values) == response.dimensions
     else:
         data = orjson.loads(raw)["data"]
         ok = len(data) == 1 and isinstance(data[0]["embedding"], str)
@@ -222,29 +227,50 @@ def in_process_pass(baseline: InProcessBaseline, texts: list[str]) -> dict[str, 
     return rates
 
 
+class Limit:
+    """The in-process limit on the real model: bench.common's best batching on the CPU, bench.gpu's on a device."""
+
+    def __init__(self, model_repo: Path, plan: Plan) -> None:
+        self.model_dir = discover(model_repo, (plan.model,))[0]
+        self.plan = plan
+        on_cpu = plan.providers in ("", "CPUExecutionProvider")
+        self.cpu = InProcessBaseline(self.model_dir) if on_cpu else None
+
+    def rates(self, texts: list[str]) -> dict[str, float]:
+        if self.cpu is not None:
+            return in_process_pass(self.cpu, texts)
+        from bench.gpu import best_rate
+
+        name, rate = best_rate(self.model_dir, self.plan.model, self.plan.providers.split(","), texts)
+        return {name: rate}
+
+
 async def measure(plan: Plan, model_repo: Path, progress=lambda message: None) -> Results:
     sentences = load_pairs("test").sentences
     cells = plan.cells()
     measured: dict[str, list[Measured]] = {cell.name: [] for cell in cells}
     in_process: dict[str, list[float]] = {}
-    baseline = InProcessBaseline(discover(model_repo, (REAL_MODEL,))[0]) if plan.real else None
+    limit = Limit(model_repo, plan) if plan.real else None
+    server_args = ["--models", f"{NULL_MODEL},{plan.model}"] + (
+        ["--providers", plan.providers] if plan.providers else []
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        repo = null_model_repo(model_repo, Path(tmp) / "models")
+        repo = null_model_repo(model_repo, Path(tmp) / "models", plan.model)
         with (
-            ServerProcess(repo, "--models", f"{NULL_MODEL},{REAL_MODEL}") as server,
+            ServerProcess(repo, *server_args) as server,
             EnvoyProcess(server.port, Path(tmp)) as gateway,
         ):
             async with grpc.aio.insecure_channel(server.address) as channel:
                 bench = Bench(server, gateway, channel, sentences)
                 for cell in cells:  # warm-up: connections, first shapes
                     await bench.run(Cell(cell.path, cell.model, cell.clients, min(cell.calls, 200)), timed=False)
-                if baseline is not None:
-                    in_process_pass(baseline, unique_texts(sentences, 256, "warm"))
+                if limit is not None:
+                    limit.rates(unique_texts(sentences, 256, "warm"))
                 for repeat in range(plan.repeats):
-                    if baseline is not None:
+                    if limit is not None:
                         wait_quiet((bench.server_pid, bench.envoy_pid), QUIET_WAIT_S)
                         texts = unique_texts(sentences, plan.real_saturating_calls, f"in-process {repeat}")
-                        for name, rate in in_process_pass(baseline, texts).items():
+                        for name, rate in limit.rates(texts).items():
                             in_process.setdefault(name, []).append(rate)
                     for cell in cells:
                         measured[cell.name].append(await bench.run(cell))
@@ -314,7 +340,9 @@ def markdown(results: Results) -> str:
     lines = [
         "# The serving path per call (null backend) and small requests (real model)",
         "",
-        f"{facts['date']}; {facts['cpu']}, {facts['usable_cores']} usable cores; grpcio {facts['grpcio']}, "
+        f"{facts['date']}; {facts['cpu']}, {facts['usable_cores']} usable cores; "
+        f"real model `{results.plan.model}` on {results.plan.providers or 'the default providers'}; "
+        f"grpcio {facts['grpcio']}, "
         f"onnxruntime {facts['onnxruntime']}, Python {facts['python']}. Medians of {results.plan.repeats} "
         "interleaved passes; one short STS-B sentence a call (gRPC: float vectors; REST: base64), lean clients "
         "(bench/lean.py). CPU per call from /proc: the server (its event-loop thread, gRPC core's threads, its other "
@@ -357,6 +385,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="one short pass of every cell")
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--skip-real", action="store_true", help="the null backend only")
+    parser.add_argument("--model", default=REAL_MODEL, help="the real model (e.g. all-minilm-l6-v2-fp16 on a GPU)")
+    parser.add_argument("--providers", default="", help="the server's execution providers (bench/gpu.sh)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     return parser.parse_args(argv)
 
@@ -366,8 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else Plan()
     if args.repeats:
         plan = Plan(**{**asdict(plan), "repeats": args.repeats})
-    if args.skip_real:
-        plan = Plan(**{**asdict(plan), "real": False})
+    plan = Plan(**{**asdict(plan), "real": not args.skip_real, "model": args.model, "providers": args.providers})
     started = time.monotonic()
 
     def progress(message: str) -> None:
