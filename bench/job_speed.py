@@ -10,9 +10,10 @@ point is to run them together:
   `completed` (polled every 20 ms), and the server's CPU per sentence beside the in-process CPU per sentence;
 - one interactive caller (one short text a call, back to back; lean gRPC client) alone, then beside a running job:
   p50 and p99, and the ratio of the p50s;
-- under load (32 interactive clients sending one text a call, back to back) a job keeps a share: its sentences/s
-  then as a fraction of its sentences/s alone (the server's `job_min_share`, 0.2, is the share of inference time a
-  job keeps while interactive inputs wait).
+- under load (32 interactive clients sending one text a call, back to back) a job keeps a share: its part of the
+  sentences embedded meanwhile (the server's `job_min_share`, 0.2, is the share of inference time a job keeps while
+  interactive inputs wait; both sides embed STS-B sentences, so sentences stand for inference time), and its speed
+  as a fraction of its speed alone.
 
 Texts are made unique per pass (a short suffix), so that no cache could answer them.
 
@@ -247,8 +248,9 @@ class Summary:
         return self.beside_p50_ms / self.alone_p50_ms
 
     @property
-    def share_kept(self) -> float:
-        return self.job_under_load / self.job_idle
+    def share_of_work(self) -> float:
+        """The job's part of the sentences embedded while it ran beside the 32 clients (one sentence a call)."""
+        return self.job_under_load / (self.job_under_load + self.interactive_under_load)
 
 
 def summarize(passes: Sequence[Pass]) -> Summary:
@@ -286,10 +288,11 @@ def targets(s: Summary) -> list[tuple[str, str, bool]]:
             s.p50_ratio <= 1.5,
         ),
         (
-            f"a job under load keeps its share (job_min_share {JOB_MIN_SHARE})",
-            f"{s.share_kept:.2f} of its idle speed ({s.job_under_load:.0f}/s beside "
-            f"{s.interactive_under_load:.0f} calls/s)",
-            s.share_kept >= JOB_MIN_SHARE,
+            f"a job under load keeps its share (job_min_share {JOB_MIN_SHARE} of inference time)",
+            f"{s.share_of_work:.2f} of the sentences embedded meanwhile ({s.job_under_load:.0f}/s beside "
+            f"{s.interactive_under_load:.0f} calls/s of one sentence; {s.job_under_load / s.job_idle:.2f} of its "
+            "idle speed)",
+            s.share_of_work >= JOB_MIN_SHARE,
         ),
     ]
 
@@ -328,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--report-only", action="store_true", help="rewrite job_speed.md from job_speed.json")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else Plan()
     if args.repeats:
@@ -337,7 +341,12 @@ def main(argv: list[str] | None = None) -> int:
     def progress(message: str) -> None:
         print(f"[{time.monotonic() - started:5.0f}s] job speed: {message}", file=sys.stderr, flush=True)
 
-    passes = asyncio.run(measure(plan, args.model_repo.resolve(), progress))
+    if args.report_only:
+        stored = json.loads((args.out / "job_speed.json").read_text())
+        passes = [Pass(**raw) for raw in stored["passes"]]
+        plan = Plan(**{**asdict(plan), "repeats": len(passes)})
+    else:
+        passes = asyncio.run(measure(plan, args.model_repo.resolve(), progress))
     summary = summarize(passes)
     text = markdown(summary, plan, machine_facts())
     args.out.mkdir(parents=True, exist_ok=True)

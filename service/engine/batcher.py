@@ -12,12 +12,12 @@ cancelled or whose deadline passed are dropped before they cost compute.
 Async jobs' inputs wait in a background lane: interactive calls come first, and background batches are small. While
 interactive calls are about, background batches never take the last slot, so an interactive call finds one free;
 once none has come for `interactive_grace_s` (an idle server), a job uses every slot, the last one with batches of at
-most `background_spare_tokens` padded tokens, so that the call that ends the idleness waits for little (measured:
-a job on an idle 2-core server went from one slot, 0.46x of in-process, to both). Yet a job keeps a guaranteed share
-of the engine: while its inputs wait behind
-interactive ones, it earns `background_min_share / (1 - background_min_share)` of every interactive batch's run
-time as credit, and a free slot goes to the background lane once that credit covers one of its batches (which then
-spends it). So under any interactive load a job gets at least that share of inference time and always finishes.
+most `background_spare_tokens` padded tokens, so that the call that ends the idleness waits for little (measured: a
+job on an idle 2-core server went from one slot, 0.48x of in-process, to both, 0.86x). Yet a job keeps a guaranteed
+share of the engine: while its inputs wait behind interactive ones, it earns `background_min_share / (1 -
+background_min_share)` of every interactive batch's run time as credit, and a free slot goes to the background lane
+once that credit covers one of its batches (which then spends it). So under any interactive load a job gets at least
+that share of inference time and always finishes.
 """
 
 from __future__ import annotations
