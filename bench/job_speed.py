@@ -35,7 +35,7 @@ import grpc
 from google.protobuf import struct_pb2
 
 from bench.common import BASELINE_CONFIGS, RESULTS, InProcessBaseline, machine_facts
-from bench.lean import ThreadCpu, grpc_calls, median, percentile, wait_quiet
+from bench.lean import ThreadCpu, grpc_calls, median, percentile, run, wait_quiet
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import jobs_pb2, jobs_pb2_grpc
 from service.engine.registry import discover
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         passes = [Pass(**raw) for raw in stored["passes"]]
         plan = Plan(**{**asdict(plan), "repeats": len(passes)})
     else:
-        passes = asyncio.run(measure(plan, args.model_repo.resolve(), progress))
+        passes = run(measure(plan, args.model_repo.resolve(), progress))
     summary = summarize(passes)
     text = markdown(summary, plan, machine_facts())
     args.out.mkdir(parents=True, exist_ok=True)

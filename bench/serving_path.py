@@ -23,7 +23,6 @@ Every run first waits for a quiet machine; runs of the repeats are interleaved a
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import shutil
 import sys
@@ -37,7 +36,7 @@ import grpc
 import orjson
 
 from bench.common import BASELINE_CONFIGS, RESULTS, InProcessBaseline, machine_facts
-from bench.lean import Measured, Snapshot, grpc_calls, http_calls, http_request, median, percentile, wait_quiet
+from bench.lean import Measured, Snapshot, grpc_calls, http_calls, http_request, median, percentile, run, wait_quiet
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service.engine.registry import discover
 from tests.serving import EnvoyProcess, ServerProcess
@@ -402,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     def progress(message: str) -> None:
         print(f"[{time.monotonic() - started:5.0f}s] serving path: {message}", file=sys.stderr, flush=True)
 
-    results = asyncio.run(measure(plan, args.model_repo.resolve(), progress))
+    results = run(measure(plan, args.model_repo.resolve(), progress))
     text = markdown(results)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "serving_path.md").write_text(text)
