@@ -350,3 +350,23 @@ async def test_without_a_share_a_job_waits_for_interactive_inputs(executor):
     assert all(c.done() for c in calls) and batcher.stats.background_turns == 0
     await asyncio.gather(held, *calls)
     await batcher.close()
+
+
+async def test_a_failing_batch_observer_neither_loses_results_nor_a_slot(executor):
+    """The observer (metrics) raising on every batch: the calls still get their vectors, and the engine keeps
+    serving (the batch's slot is freed whatever happens after inference)."""
+    backend = RecordingBackend()
+    batcher = make(backend, executor)
+
+    def broken(inputs: int, padded: int, seconds: float) -> None:
+        raise RuntimeError("observer")
+
+    batcher.on_batch = broken
+    loop = asyncio.get_running_loop()
+    errors: list[dict] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    for marker in range(3):
+        out = await batcher.embed([tokens(2, marker)])
+        assert out[0, 0] == marker
+    assert errors  # reported, not swallowed
+    await batcher.close()

@@ -327,11 +327,17 @@ class Batcher:
     ) -> None:
         """On the event loop: deliver a batch's vectors (or its failure), free its slot, account its lane."""
         seconds = finished - started
-        if error is not None or pooled is None:
-            self._fail(batch, error or BatchFailed("no result"))
-        else:
-            self._record(batch, seconds)
-            self._deliver(batch, pooled, started, finished)
+        try:
+            if error is not None or pooled is None:
+                self._fail(batch, error or BatchFailed("no result"))
+            else:
+                self._deliver(batch, pooled, started, finished)
+                self._record(batch, seconds)
+        finally:  # whatever happened (a failing batch observer), the slot is freed
+            self._free_slot(lane, seconds, finished)
+
+    def _free_slot(self, lane: _Lane, seconds: float, finished: float) -> None:
+        """A batch of `lane` ended after running `seconds`: its slot is free again; the share and the grace learn."""
         if lane.background:
             self._running_background -= 1
             self._running_spare -= lane.spare
