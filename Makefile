@@ -10,7 +10,7 @@ BUF    := build/npm/node_modules/.bin/buf
 # from there (never from a CDN).
 SWAGGER_UI := service/console/swagger-ui/.installed
 
-.PHONY: all setup proto wheel stubs models run run-grpc cluster test test-quick test-slow test-clients lint bench bench-quick bench-throughput screenshots clean
+.PHONY: all setup proto wheel stubs models run run-grpc cluster test test-quick test-slow test-clients lint bench bench-quick bench-serving bench-throughput screenshots clean
 
 all: setup proto models
 
@@ -114,13 +114,24 @@ $(VENV)/.installed-clients: $(VENV)/.installed pyproject.toml
 test-clients: setup proto models $(VENV)/.installed-clients
 	$(PYTEST) --durations=10 tests/clients
 
-# The benchmark suite (~20 min): in-process limit, sentence-transformers, gRPC and REST load grid, int8, long texts,
-# memory soak. Writes bench/results/suite.{md,png,json}. Not part of `make test`.
+# The benchmark suite (~30 min): in-process limit, sentence-transformers, gRPC and REST load grid, int8, long texts,
+# memory soak (bench/results/suite.{md,png,json}); then the serving path per call on the null backend and small
+# requests on the real model (bench/results/serving_path.md) and async jobs against in-process
+# (bench/results/job_speed.md). Not part of `make test`.
 bench: proto models
 	$(PY) -m bench.suite --model-repo $(MODEL_REPO) $(ARGS)
+	$(PY) -m bench.serving_path --model-repo $(MODEL_REPO)
+	$(PY) -m bench.job_speed --model-repo $(MODEL_REPO)
 
 bench-quick: proto models
 	$(PY) -m bench.suite --quick --model-repo $(MODEL_REPO) --out build/bench-quick $(ARGS)
+	$(PY) -m bench.serving_path --quick --model-repo $(MODEL_REPO) --out build/bench-quick
+	$(PY) -m bench.job_speed --quick --model-repo $(MODEL_REPO) --out build/bench-quick
+
+# The serving path and jobs alone, one short pass each (~5 min): build/bench-serving/{serving_path,job_speed}.md.
+bench-serving: proto models
+	$(PY) -m bench.serving_path --quick --model-repo $(MODEL_REPO) --out build/bench-serving
+	$(PY) -m bench.job_speed --quick --model-repo $(MODEL_REPO) --out build/bench-serving
 
 # Only 32-sentence requests over gRPC and REST against the in-process limit (bench/results/throughput.md).
 bench-throughput: proto models

@@ -9,6 +9,7 @@ import sys
 
 from service.access.bootstrap import bootstrap_admin_key
 from service.config import load_settings
+from service.event_loop import loop_factory
 from service.observability.logs import configure_logging
 
 
@@ -20,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         configure_logging(settings.log_level, settings.log_format)
+        new_loop = loop_factory(settings.event_loop)
     except ValueError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -32,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("service.access.bootstrap").info(bootstrapped.message)
     from service.server import serve  # after logging is set up, so import-time warnings are formatted
 
-    return asyncio.run(serve(settings))
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        return runner.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -110,6 +110,8 @@ class Settings:
     log_format: str = "text"
     # OTLP/gRPC collector (e.g. http://127.0.0.1:4317) for OpenTelemetry traces; empty: tracing off.
     otlp_endpoint: str = ""
+    # The asyncio event loop: "auto" (uvloop where installed, else asyncio's), "uvloop" or "asyncio".
+    event_loop: str = "auto"
 
     @property
     def address(self) -> str:

@@ -250,35 +250,62 @@ async def test_background_inputs_do_not_count_against_the_queue_bound(executor):
     await batcher.close()
 
 
+class Tracking(RecordingBackend):
+    """Records how many background batches (markers >= 100) ran at once, and each batch's background flag."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.active: list[int] = []
+        self.peak_background = 0
+        self.lock = threading.Lock()
+
+    def embed(self, batch, solo=False):
+        background = int(batch[0].ids[0]) >= 100
+        with self.lock:
+            self.active.append(background)
+            self.peak_background = max(self.peak_background, sum(self.active))
+        time.sleep(0.02)
+        with self.lock:
+            self.active.remove(background)
+        return super().embed(batch, solo)
+
+
 async def test_background_work_leaves_a_slot_for_interactive_calls():
-    class Tracking(RecordingBackend):
-        def __init__(self) -> None:
-            super().__init__()
-            self.active: list[int] = []
-            self.peak_background = 0
-            self.lock = threading.Lock()
-
-        def embed(self, batch, solo=False):
-            background = int(batch[0].ids[0]) >= 100
-            with self.lock:
-                self.active.append(background)
-                self.peak_background = max(self.peak_background, sum(self.active))
-            time.sleep(0.02)
-            with self.lock:
-                self.active.remove(background)
-            return super().embed(batch, solo)
-
+    """While interactive calls are about (one came within the grace, here a minute), a job never takes the last
+    slot: the next call finds it free."""
     backend = Tracking()
     with ThreadPoolExecutor(2) as pool:
-        batcher = make(backend, pool, concurrent_batches=2, background_batch_size=4)
+        batcher = make(backend, pool, concurrent_batches=2, background_batch_size=4, interactive_grace_s=60.0)
+        await batcher.embed([tokens(3, 1)])
         job = asyncio.ensure_future(batcher.embed([tokens(3, 100 + i) for i in range(40)], background=True))
-        await asyncio.sleep(0.03)
-        out = await batcher.embed([tokens(3, 1)])
-        assert out[0, 0] == 1 and not job.done()  # served while the job still runs
+        while not backend.batches or backend.batches[-1][0][0] < 100:  # the job runs
+            await asyncio.sleep(0.001)
+        out = await batcher.embed([tokens(3, 2)])
+        assert out[0, 0] == 2 and not job.done()  # served while the job still runs
         await job
         await batcher.close()
     assert backend.peak_background == 1
     assert all(len(b) <= 4 for b in backend.batches)
+
+
+async def test_a_job_uses_every_slot_of_an_idle_engine_and_small_batches_in_the_last():
+    """No interactive call about: the job runs in both slots, in the last one batches of at most
+    `background_spare_tokens` (one 3-token input here); a call arriving meanwhile is served before the job ends."""
+    backend = Tracking()
+    with ThreadPoolExecutor(2) as pool:
+        batcher = make(
+            backend, pool, concurrent_batches=2, background_batch_size=4, background_spare_tokens=3,
+            interactive_grace_s=0.0,
+        )  # fmt: skip
+        job = asyncio.ensure_future(batcher.embed([tokens(3, 100 + i) for i in range(60)], background=True))
+        while backend.peak_background < 2:
+            await asyncio.sleep(0.001)
+        out = await batcher.embed([tokens(3, 1)])
+        assert out[0, 0] == 1 and not job.done()
+        await job
+        await batcher.close()
+    sizes = sorted({len(b) for b in backend.batches if b[0][0] >= 100})
+    assert sizes[0] == 1 and sizes[-1] == 4  # small batches in the spare slot, regular ones in the other
 
 
 class TimedBackend(RecordingBackend):
@@ -322,4 +349,24 @@ async def test_without_a_share_a_job_waits_for_interactive_inputs(executor):
     await job
     assert all(c.done() for c in calls) and batcher.stats.background_turns == 0
     await asyncio.gather(held, *calls)
+    await batcher.close()
+
+
+async def test_a_failing_batch_observer_neither_loses_results_nor_a_slot(executor):
+    """The observer (metrics) raising on every batch: the calls still get their vectors, and the engine keeps
+    serving (the batch's slot is freed whatever happens after inference)."""
+    backend = RecordingBackend()
+    batcher = make(backend, executor)
+
+    def broken(inputs: int, padded: int, seconds: float) -> None:
+        raise RuntimeError("observer")
+
+    batcher.on_batch = broken
+    loop = asyncio.get_running_loop()
+    errors: list[dict] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    for marker in range(3):
+        out = await batcher.embed([tokens(2, marker)])
+        assert out[0, 0] == marker
+    assert errors  # reported, not swallowed
     await batcher.close()

@@ -93,7 +93,11 @@ class TextTokenizer:
         inputs: list[TokenizedInput | None] = [None] * len(texts)
         short = [i for i, text in enumerate(texts) if len(text) <= self.max_chars]
         over: list[int] = []
-        for i, encoding in zip(short, self._tokenizer.encode_batch([texts[i] for i in short]), strict=True):
+        # One input: `encode` runs on this thread; `encode_batch` hands even one input to its thread pool and waits
+        # (tens of microseconds of the event loop, which tokenizes small requests itself).
+        batch = [texts[i] for i in short]
+        encodings = [self._tokenizer.encode(batch[0])] if len(batch) == 1 else self._tokenizer.encode_batch(batch)
+        for i, encoding in zip(short, encodings, strict=True):
             inputs[i] = _to_input(encoding, len(encoding.ids))
             if truncate and len(encoding.ids) > self.max_tokens:
                 over.append(i)

@@ -14,12 +14,13 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from service import errors
+from service.api.wire import passthrough
 from service.observability.context import CallInfo, close_call, open_call
 from service.observability.heap import HeapTrimmer
 from service.observability.metrics import Metrics
@@ -51,29 +52,30 @@ def _lenient(deserializer: Callable | None, heap: HeapTrimmer) -> Callable | Non
     return deserialize
 
 
-async def _decoded(requests: AsyncIterator, context: grpc.aio.ServicerContext) -> AsyncIterator:
-    """The messages of a request stream, a message that did not decode answered with INVALID_ARGUMENT. Closed, it
-    closes grpc's own generator of the stream, which otherwise keeps the last message it read (a unary request,
-    read as a stream by the access interceptor) in a reference cycle with its receiver: a 30 MiB request stayed in
-    memory until the garbage collector's next full pass, out of reach of the heap trim after the call."""
-    messages = aiter(requests)
-    try:
-        async for request in messages:
-            if isinstance(request, _Undecodable):
-                await context.abort_with_status(undecodable(request).to_status())
-            yield request
-    finally:
-        close = getattr(messages, "aclose", None)
-        if close is not None:
-            await close()
+class _Decoded:
+    """The messages of a request stream, read with `context.read()`, a message that did not decode answered with
+    INVALID_ARGUMENT.
 
+    A class rather than an async generator over grpc's request iterator (itself an async generator): a unary
+    behavior reads one message and leaves the stream, and every async generator left unfinished costs a finalizer
+    task on the event loop; grpc's own iterator, never started, costs nothing.
+    """
 
-async def _close(stream) -> None:
-    """Close a request stream at the end of its call; a failure to close never replaces the call's outcome."""
-    try:
-        await stream.aclose()
-    except Exception:  # e.g. closed while still running: nothing left to free
-        log.debug("closing a request stream failed", exc_info=True)
+    __slots__ = ("_context",)
+
+    def __init__(self, context: grpc.aio.ServicerContext) -> None:
+        self._context = context
+
+    def __aiter__(self) -> _Decoded:
+        return self
+
+    async def __anext__(self):
+        request = await self._context.read()
+        if request is grpc.aio.EOF:
+            raise StopAsyncIteration
+        if isinstance(request, _Undecodable):
+            await self._context.abort_with_status(undecodable(request).to_status())
+        return request
 
 
 def request_id_of(metadata) -> str:
@@ -130,7 +132,8 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         wrapped = make(
             self._observed(details.method.lstrip("/"), handler.stream_unary or handler.unary_unary, streaming),
             request_deserializer=_lenient(handler.request_deserializer, self._heap),
-            response_serializer=handler.response_serializer,
+            # A servicer may answer with bytes already in wire format (service/api/wire.py): sent as they are.
+            response_serializer=passthrough(handler.response_serializer),
         )
         self._handlers[details.method] = wrapped
         return wrapped
@@ -146,10 +149,10 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
             if tracing is not None:
                 tracing.start_call(info, metadata)
             error: BaseException | None = None
-            stream = None
             try:
                 if streaming:  # read by the behavior (after authentication): check each message as it comes
-                    request = stream = _decoded(request, context)
+                    request = _Decoded(context)  # grpc's own request iterator is never started: nothing holds
+                    # the last message after the call (its generator kept it in a reference cycle until a full GC)
                 elif isinstance(request, _Undecodable):
                     await context.abort_with_status(undecodable(request).to_status())
                 return await behavior(request, context)
@@ -166,8 +169,6 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("%s %s model=%s tokens=%d %.2f ms", short, code, info.model, info.tokens, seconds * 1e3)
                 close_call(token)
-                if stream is not None:
-                    await _close(stream)  # the last message read is freed now, before the heap is trimmed
                 heap.after_call()
 
         return observed

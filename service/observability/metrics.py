@@ -179,6 +179,8 @@ class Metrics(Collector):
             PREFIX + "build_info", "1, labelled with the versions this server runs.", tuple(BUILD_LABELS)
         )
         self.build_info.values[tuple(BUILD_LABELS.values())] = 1.0
+        # (method, code) -> the label tuples of record_grpc: a bounded set (the served methods x 17 codes).
+        self._grpc_keys: dict[tuple[str, str], tuple[Labels, Labels]] = {}
         self.registry = CollectorRegistry()
         self.registry.register(self)
         # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ... (Linux /proc).
@@ -205,9 +207,12 @@ class Metrics(Collector):
 
     def record_grpc(self, full_method: str, code: str, seconds: float) -> None:
         """`full_method` is "package.Service/Method"; `code` a grpc.StatusCode name (INVALID_ARGUMENT)."""
-        service, _, method = full_method.partition("/")
-        self.grpc_handled.inc((service, method, grpc_code_label(code)))
-        self.grpc_handling_seconds.observe((service, method), seconds)
+        keys = self._grpc_keys.get((full_method, code))
+        if keys is None:  # the labels of a method and code, worked out once
+            service, _, method = full_method.partition("/")
+            keys = self._grpc_keys[full_method, code] = ((service, method, grpc_code_label(code)), (service, method))
+        self.grpc_handled.inc(keys[0])
+        self.grpc_handling_seconds.observe(keys[1], seconds)
 
     def batch_observer(self, model: str) -> Callable[[int, int, float], None]:
         """The batcher's per-batch hook for `model` (called on the event loop when a batch finishes)."""
