@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from bench.common import RESULTS, machine_facts
+from bench.common import machine_facts
+from bench.report import RESULTS
 from service.engine.backends import INPUT_NAMES, RuntimeOptions, pad_batch
 from service.engine.backends.onnxruntime import CPU, CUDA, TENSORRT, OnnxRuntimeBackend
 from service.engine.manifest import MODEL_FILE, TOKENIZER_FILE, ModelManifest

@@ -34,8 +34,9 @@ from pathlib import Path
 import grpc
 from google.protobuf import struct_pb2
 
-from bench.common import BASELINE_CONFIGS, RESULTS, InProcessBaseline, machine_facts
+from bench.common import BASELINE_CONFIGS, InProcessBaseline, machine_facts
 from bench.lean import ThreadCpu, grpc_calls, median, percentile, run, wait_quiet
+from bench.report import RESULTS
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import jobs_pb2, jobs_pb2_grpc
 from service.engine.registry import discover

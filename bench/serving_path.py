@@ -35,8 +35,9 @@ from pathlib import Path
 import grpc
 import orjson
 
-from bench.common import BASELINE_CONFIGS, RESULTS, InProcessBaseline, machine_facts
+from bench.common import BASELINE_CONFIGS, InProcessBaseline, machine_facts
 from bench.lean import Measured, Snapshot, grpc_calls, http_calls, http_request, median, percentile, run, wait_quiet
+from bench.report import RESULTS
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service.engine.registry import discover
 from tests.serving import EnvoyProcess, ServerProcess
