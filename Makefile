@@ -10,7 +10,7 @@ BUF    := build/npm/node_modules/.bin/buf
 # from there (never from a CDN).
 SWAGGER_UI := service/console/swagger-ui/.installed
 
-.PHONY: all setup proto wheel stubs models run run-grpc cluster test test-quick test-slow test-clients lint bench bench-quick bench-serving bench-throughput screenshots clean
+.PHONY: all setup proto wheel stubs models run run-grpc cluster test test-quick test-slow test-clients lint bench bench-quick bench-serving bench-throughput bench-cache screenshots clean
 
 all: setup proto models
 
@@ -122,11 +122,17 @@ bench: proto models
 	$(PY) -m bench.suite --model-repo $(MODEL_REPO) $(ARGS)
 	$(PY) -m bench.serving_path --model-repo $(MODEL_REPO)
 	$(PY) -m bench.job_speed --model-repo $(MODEL_REPO)
+	$(PY) -m bench.cache --model-repo $(MODEL_REPO)
 
 bench-quick: proto models
 	$(PY) -m bench.suite --quick --model-repo $(MODEL_REPO) --out build/bench-quick $(ARGS)
 	$(PY) -m bench.serving_path --quick --model-repo $(MODEL_REPO) --out build/bench-quick
 	$(PY) -m bench.job_speed --quick --model-repo $(MODEL_REPO) --out build/bench-quick
+	$(PY) -m bench.cache --quick --model-repo $(MODEL_REPO) --out build/bench-quick
+
+# The embedding cache alone, against the same server without it (bench/results/cache.md, ~2 min).
+bench-cache: proto models
+	$(PY) -m bench.cache --model-repo $(MODEL_REPO)
 
 # The serving path and jobs alone, one short pass each (~5 min): build/bench-serving/{serving_path,job_speed}.md.
 bench-serving: proto models

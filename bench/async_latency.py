@@ -19,6 +19,7 @@ from pathlib import Path
 
 import grpc
 
+from bench.common import ENGINE_ONLY
 from bench.report import write_report
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     probes = [sentences[i % len(sentences)] for i in range(args.calls)]
     corpus = [f"{sentences[i % len(sentences)]} (document {i})" for i in range(args.inputs)]
     with (
-        ServerProcess(Path(args.model_repo).resolve(), "--models", args.model) as server,
+        ServerProcess(Path(args.model_repo).resolve(), *ENGINE_ONLY, "--models", args.model) as server,
         tempfile.TemporaryDirectory() as tmp,
         EnvoyProcess(server.port, Path(tmp)) as gateway,
         grpc.insecure_channel(server.address) as channel,

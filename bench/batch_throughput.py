@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx2
 from openai import OpenAI
 
-from bench.common import BaselineConfig, InProcessBaseline
+from bench.common import ENGINE_ONLY, BaselineConfig, InProcessBaseline
 from bench.report import write_report
 from tests.serving import EnvoyProcess, ServerProcess
 from tests.stsb import load_pairs
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     repo = Path(args.model_repo).resolve()
     limit = in_process(repo / args.model, sentences)
     with (
-        ServerProcess(repo, "--models", args.model) as server,
+        ServerProcess(repo, *ENGINE_ONLY, "--models", args.model) as server,
         tempfile.TemporaryDirectory() as tmp,
         EnvoyProcess(server.port, Path(tmp)) as gateway,
     ):

@@ -22,6 +22,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import struct_pb2
 
+from bench.common import ENGINE_ONLY
 from bench.report import write_report
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
@@ -115,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     probes = sentences[:512]
     outcomes: list[Outcome] = []
     for share in (float(s) for s in args.shares.split(",")):
-        with ServerProcess(Path(args.model_repo).resolve(), "--models", MODEL, "--job-min-share", str(share)) as srv:
+        with ServerProcess(
+            Path(args.model_repo).resolve(), *ENGINE_ONLY, "--models", MODEL, "--job-min-share", str(share)
+        ) as srv:
             for clients in (int(c) for c in args.clients.split(",")):
                 outcome = run_case(srv, share, clients, corpus, probes, args.cap_s)
                 outcomes.append(outcome)

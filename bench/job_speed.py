@@ -34,7 +34,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import struct_pb2
 
-from bench.common import BASELINE_CONFIGS, InProcessBaseline, machine_facts
+from bench.common import BASELINE_CONFIGS, ENGINE_ONLY, InProcessBaseline, machine_facts
 from bench.lean import ThreadCpu, grpc_calls, median, percentile, run, wait_quiet
 from bench.report import RESULTS
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
@@ -210,7 +210,7 @@ class Bench:
 async def measure(plan: Plan, model_repo: Path, progress=lambda message: None) -> list[Pass]:
     texts = load_pairs("test").sentences
     baseline = InProcessBaseline(discover(model_repo, (MODEL,))[0])
-    with ServerProcess(model_repo, "--models", MODEL) as server:
+    with ServerProcess(model_repo, *ENGINE_ONLY, "--models", MODEL) as server:
         async with grpc.aio.insecure_channel(server.address) as channel:
             bench = Bench(server, channel, baseline, texts)
             baseline.embed(unique(texts[:256], "warm"), BASELINE_CONFIGS[0])

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import grpc
 
+from bench.common import ENGINE_ONLY
 from bench.report import write_report
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     huge = SENTENCE * (15 * MiB // len(SENTENCE))
     with (
-        ServerProcess(Path(args.model_repo).resolve(), "--models", MODEL) as server,
+        ServerProcess(Path(args.model_repo).resolve(), *ENGINE_ONLY, "--models", MODEL) as server,
         tempfile.TemporaryDirectory() as tmp,
         EnvoyProcess(server.port, Path(tmp)) as envoy,
         grpc.insecure_channel(server.address) as channel,

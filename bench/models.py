@@ -20,7 +20,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.common import BASELINE_CONFIGS, REQUEST_SIZE, InProcessBaseline, machine_facts
+from bench.common import BASELINE_CONFIGS, ENGINE_ONLY, REQUEST_SIZE, InProcessBaseline, machine_facts
 from bench.report import RESULTS, write_report
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
@@ -60,7 +60,7 @@ async def over_grpc(address: str, model: str, sentences: list[str]) -> float:
 
 def measure(repo: Path, model: str, sentences: list[str], repeats: int) -> tuple[float, float]:
     limits, served = [], []
-    with ServerProcess(repo, "--models", model).start(timeout=600) as server:
+    with ServerProcess(repo, *ENGINE_ONLY, "--models", model).start(timeout=600) as server:
         asyncio.run(over_grpc(server.address, model, sentences[: REQUEST_SIZE * CLIENTS]))  # warm-up
         for repeat in range(repeats):
             limits.append(in_process(repo / model, sentences))

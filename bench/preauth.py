@@ -35,7 +35,7 @@ import httpx2 as httpx
 import orjson
 import yaml
 
-from bench.common import Meter, machine_facts
+from bench.common import ENGINE_ONLY, Meter, machine_facts
 from bench.report import RESULTS, write_report
 from gateway.envoy import GatewayPorts, envoy_command, render
 from service.stores.sqlite import SqliteAccessStore
@@ -201,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         _, key = store.create_key("bench", "bench", rpm=0, tpm=0, now=int(time.time()))
         store.close()
         envoys = []
-        with ServerProcess(Path(args.model_repo).resolve(), "--data-dir", str(data_dir), "--models", MODEL) as server:
+        with ServerProcess(
+            Path(args.model_repo).resolve(), *ENGINE_ONLY, "--data-dir", str(data_dir), "--models", MODEL
+        ) as server:
             try:
                 gateways = []
                 for variant in VARIANTS:

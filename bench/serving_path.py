@@ -35,7 +35,7 @@ from pathlib import Path
 import grpc
 import orjson
 
-from bench.common import BASELINE_CONFIGS, InProcessBaseline, machine_facts
+from bench.common import BASELINE_CONFIGS, ENGINE_ONLY, InProcessBaseline, machine_facts
 from bench.lean import Measured, Snapshot, grpc_calls, http_calls, http_request, median, percentile, run, wait_quiet
 from bench.report import RESULTS
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
@@ -257,7 +257,7 @@ async def measure(plan: Plan, model_repo: Path, progress=lambda message: None) -
     with tempfile.TemporaryDirectory() as tmp:
         repo = null_model_repo(model_repo, Path(tmp) / "models", plan.model)
         with (
-            ServerProcess(repo, *server_args) as server,
+            ServerProcess(repo, *ENGINE_ONLY, *server_args) as server,
             EnvoyProcess(server.port, Path(tmp)) as gateway,
         ):
             async with grpc.aio.insecure_channel(server.address) as channel:

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from bench.common import QUIET_MAX_WAIT_S, Meter, Run, decode, run_grpc, run_rest, send_all, send_all_rest
+from bench.common import ENGINE_ONLY, QUIET_MAX_WAIT_S, Meter, Run, decode, run_grpc, run_rest, send_all, send_all_rest
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from tests.serving import EnvoyProcess, ServerProcess
@@ -68,7 +68,7 @@ async def serve(
     """Start the server (`server_args` on its command line, every other setting default) and Envoy (the default
     envoy.yaml); stop both when the block ends."""
     with (
-        ServerProcess(model_repo.resolve(), *server_args) as server,
+        ServerProcess(model_repo.resolve(), *ENGINE_ONLY, *server_args) as server,
         tempfile.TemporaryDirectory() as tmp,
         EnvoyProcess(server.port, Path(tmp)) as gateway,
     ):

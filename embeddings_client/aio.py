@@ -5,6 +5,7 @@ the requests of one `embed` call run `concurrency` at a time."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
@@ -174,7 +175,7 @@ class AsyncEmbeddingsClient:
                     batch = await self._retrying_rpc(embed_rpc(items[start:stop], params), timeout)
                 except EmbeddingsError as err:
                     raise err.shifted(start) from None
-            return EmbedBatch(start, batch.vectors, batch.tokens, batch.truncated, batch.model)
+            return dataclasses.replace(batch, start=start)
 
         tasks = [asyncio.ensure_future(one(a, b)) for a, b in plan_batches(items, limit, self.max_request_bytes)]
         try:

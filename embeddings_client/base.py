@@ -5,6 +5,7 @@ supply single calls. The asyncio client (`aio.py`) shares the bookkeeping of ret
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from abc import ABC, abstractmethod
@@ -265,7 +266,7 @@ class SyncClientBase(ABC):
                 batch = self._retrying(lambda left, chunk=chunk: self._embed_call(chunk, params, left), timeout)
             except EmbeddingsError as err:
                 raise err.shifted(start) from None
-            yield EmbedBatch(start, batch.vectors, batch.tokens, batch.truncated, batch.model)
+            yield dataclasses.replace(batch, start=start)
 
     def embed(
         self,

@@ -94,7 +94,8 @@ def embed_batch(response: pb.EmbedResponse) -> EmbedBatch:
         vectors = np.frombuffer(raw, dtype="<f4").reshape(len(items), -1).astype(np.float32)
     tokens = np.fromiter((e.tokens for e in items), dtype=np.int64, count=len(items))
     truncated = np.fromiter((e.truncated for e in items), dtype=bool, count=len(items))
-    return EmbedBatch(0, vectors, tokens, truncated, response.model)
+    cached = response.usage.prompt_tokens_details.cached_tokens
+    return EmbedBatch(0, vectors, tokens, truncated, response.model, cached)
 
 
 def model_info(message: pb.Model) -> ModelInfo:

@@ -93,7 +93,8 @@ class RestEmbeddingsClient(SyncClientBase):
         data = self._request("POST", "/v1/embeddings", timeout, body)
         vectors = page_vectors(data)
         unknown = np.full(len(vectors), -1, dtype=np.int64)  # REST reports tokens for the whole call only
-        return EmbedBatch(0, vectors, unknown, np.zeros(len(vectors), bool), data.get("model", params.model))
+        cached = int(((data.get("usage") or {}).get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+        return EmbedBatch(0, vectors, unknown, np.zeros(len(vectors), bool), data.get("model", params.model), cached)
 
     def _model_call(self, name: str, timeout: float) -> ModelInfo:
         return ModelInfo.from_fields(self._request("GET", f"/v1/models/{quote(name, safe='')}", timeout))

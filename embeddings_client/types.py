@@ -103,6 +103,8 @@ class EmbedBatch:
     tokens: np.ndarray  # tokens each input counted (after truncation)
     truncated: np.ndarray  # whether each input was cut to the model's limit
     model: str
+    # Tokens of this request's inputs the server served from its embedding cache (counted in `tokens` too).
+    cached_tokens: int = 0
 
     @property
     def stop(self) -> int:

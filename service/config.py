@@ -94,6 +94,17 @@ class Settings:
     # price_per_million_tokens), in `currency`.
     model_prices: tuple[str, ...] = ()
     currency: str = "USD"
+    # The embedding cache (service/engine/cache.py): vectors of inputs already embedded, bounded in bytes in this
+    # process (LRU; 0 turns the cache off, and with it the merging of identical inputs within a call). cache_scope
+    # "tenant" keeps each tenant's entries apart (a fast answer never tells one tenant what another embedded);
+    # "global" shares them. cache_shared adds a tier in Redis at redis_url shared by replicas, entries expiring
+    # after cache_ttl_s, each read waiting at most cache_redis_timeout_s.
+    cache_bytes: int = 256 * 1024 * 1024
+    cache_scope: str = "tenant"
+    cache_shared: bool = False
+    cache_ttl_s: int = 24 * 3600
+    cache_redis_prefix: str = "embeddings:vc:"
+    cache_redis_timeout_s: float = 0.05
     # Shared mode, for several replicas (service/stores): empty keeps jobs, keys and usage in SQLite under data_dir;
     # a postgresql:// URL keeps them in that database, and rate limits in Redis at redis_url (empty: per replica).
     # rate_limit_redis_failure: "open" (allow, with a warning) or "closed" (refuse, 429) while Redis is unreachable.

@@ -23,10 +23,21 @@ from service.pricing import PriceList
 class Embedder:
     """The models as callers see them, and embedding on their behalf. `access` None: no limits, no metering."""
 
-    def __init__(self, registry: ModelRegistry, access: AccessControl | None, prices: PriceList | None = None) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        access: AccessControl | None,
+        prices: PriceList | None = None,
+        cache_per_tenant: bool = True,
+    ) -> None:
+        """`cache_per_tenant`: each tenant reads and writes only its own embedding cache entries."""
         self.registry = registry
         self._access = access
         self.prices = prices or PriceList()
+        self._cache_per_tenant = cache_per_tenant
+
+    def _cache_scope(self, tenant: str) -> str:
+        return f"tenant:{tenant}" if self._cache_per_tenant else "global"
 
     # --- resolve and authorize
 
@@ -63,7 +74,8 @@ class Embedder:
             if access is not None:
                 await access.charge(caller, requests=1, tokens=tokens)
 
-        result = await model.embed(texts, options, deadline, admit=admit)
+        scope = self._cache_scope(caller.tenant)
+        result = await model.embed(texts, options, deadline, admit=admit, cache_scope=scope)
         note_result(result, caller.tenant)
         if access is not None:
             access.meter.record(
@@ -107,7 +119,8 @@ class Embedder:
                 await access.admit_job_tokens(tenant, key_id, tokens, user)
 
         model = self.registry.resolve(model_name)
-        result = await model.embed(texts, options, background=True, admit=admit)
+        scope = self._cache_scope(tenant)
+        result = await model.embed(texts, options, background=True, admit=admit, cache_scope=scope)
         await keep(result)
         if access is not None:
             recorded = access.job_principal(tenant, key_id, user).usage_user

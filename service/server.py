@@ -45,7 +45,7 @@ from service.observability.interceptor import TelemetryInterceptor
 from service.observability.metrics import Metrics
 from service.observability.tracing import Tracing, exporter_from
 from service.pricing import PriceList
-from service.stores import open_access_store, open_job_store, open_rate_limiter
+from service.stores import open_access_store, open_job_store, open_rate_limiter, open_vector_store
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +86,12 @@ class EmbeddingServer:
         self.settings = settings
         policies = policy.contract_policies()  # MissingPolicy (a ValueError): an RPC without one is never served
         self.access = access_control(settings)  # first: refuses to start open on a public address, at once
-        self.registry = ModelRegistry(engine_options(settings))
+        self.registry = ModelRegistry(engine_options(settings), open_vector_store(settings))
         # The embed use case of every way in: the caller's models only, its limits charged, its usage metered.
         self.prices = PriceList(settings.price_map(), settings.currency)
-        self.embedder = Embedder(self.registry, self.access, self.prices)
+        self.embedder = Embedder(
+            self.registry, self.access, self.prices, cache_per_tenant=settings.cache_scope == "tenant"
+        )
         self.health = health.aio.HealthServicer()
         self.serving = False
         self.metrics = Metrics()
@@ -187,6 +189,7 @@ class EmbeddingServer:
         log.info("grpc listening on %s:%d (loading models)", self.settings.host, self.port)
         await asyncio.get_running_loop().run_in_executor(None, self.registry.load)
         self.registry.start()
+        await self.registry.cache.start()
         self._watch_engine()
         unpriced = self.prices.unknown(m.id for m in self.registry.models())
         if unpriced:
@@ -214,6 +217,8 @@ class EmbeddingServer:
         for model in self.registry.models():
             model.batcher.on_batch = self.metrics.batch_observer(model.id)
             self.metrics.watch_queue(model.id, lambda batcher=model.batcher: batcher.queued_inputs)
+            self.metrics.watch_cache(model.id, model.cache_counters)
+        self.metrics.watch_cache_size(self.registry.cache.local)
 
     async def stop(self) -> None:
         """Refuse new calls, let in-flight calls finish (up to the grace period), then release the models."""

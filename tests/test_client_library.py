@@ -154,6 +154,18 @@ def test_embed_equals_the_raw_stub_in_input_order(server, stub):
         assert client.embed([], model=FP32).shape == (0, 384)
 
 
+@pytest.mark.parametrize("scheme", ["grpc", "rest"])
+def test_batches_say_how_many_tokens_the_servers_cache_served(server, gateway, scheme):
+    target = f"grpc://{server.address}" if scheme == "grpc" else gateway.base_url
+    texts = [f"{scheme} cached sentence {i} for the client" for i in range(3)]
+    with connect(target, model=FP32) as client:
+        first, second = (list(client.iter_embed(texts)) for _ in range(2))
+    assert [b.cached_tokens for b in first] == [0]
+    assert second[0].cached_tokens > 0 and np.array_equal(second[0].vectors, first[0].vectors)
+    if scheme == "grpc":  # REST reports tokens for the whole call only
+        assert second[0].cached_tokens == int(first[0].tokens.sum())
+
+
 def test_calls_are_split_to_the_servers_input_limit(keyed, keyed_stub):
     texts = [f"text number {i}" for i in range(3 * MAX_INPUTS + 5)]
     with pytest.raises(grpc.RpcError) as refused:

@@ -283,14 +283,20 @@ def test_deadline_exceeded(server):
         assert embed(stub, ["still alive"]).embeddings[0].tokens > 0
 
 
+def distinct_texts(call: int, count: int) -> list[str]:
+    return [f"{call}.{i} a fairly long sentence to keep the model busy for a while " * 4 for i in range(count)]
+
+
 def test_queue_full_fails_fast(served_repo):
     with ServerProcess(served_repo, "--max-queued-inputs", "64", "--max-batch-size", "8") as small:
 
         async def flood() -> list[object]:
             async with grpc.aio.insecure_channel(small.address) as channel:
                 stub = pb_grpc.EmbeddingServiceStub(channel)
-                texts = ["a fairly long sentence to keep the model busy for a while " * 4] * 32
-                calls = [stub.Embed(pb.EmbedRequest(model=FP32, inputs=texts), timeout=120) for _ in range(12)]
+                calls = [  # all inputs distinct: none served from the embedding cache
+                    stub.Embed(pb.EmbedRequest(model=FP32, inputs=distinct_texts(call, 32)), timeout=120)
+                    for call in range(12)
+                ]
                 return await asyncio.gather(*calls, return_exceptions=True)
 
         results = asyncio.run(flood())

@@ -39,8 +39,11 @@ def test_chunks_that_outlast_the_lease_are_never_taken_from_a_live_worker(model_
 
         def interactive_load() -> None:  # keeps the engine busy: chunks take longer still
             stub = pb_grpc.EmbeddingServiceStub(channel)
-            while not stop.is_set():
-                stub.Embed(pb.EmbedRequest(model=FP32, inputs=[DOCUMENT] * 16), timeout=120)
+            calls = 0
+            while not stop.is_set():  # distinct inputs: the embedding cache must not answer them
+                inputs = [f"call {calls}.{i}: {DOCUMENT}" for i in range(16)]
+                stub.Embed(pb.EmbedRequest(model=FP32, inputs=inputs), timeout=120)
+                calls += 1
 
         load = threading.Thread(target=interactive_load, daemon=True)
         load.start()

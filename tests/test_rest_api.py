@@ -122,7 +122,9 @@ def test_embeddings_json_exact_shape_and_compact_floats(gateway, stub):
     assert body["usage"] == {
         "prompt_tokens": body["usage"]["prompt_tokens"],
         "total_tokens": body["usage"]["prompt_tokens"],
+        "prompt_tokens_details": {"cached_tokens": body["usage"]["prompt_tokens_details"]["cached_tokens"]},
     }
+    assert isinstance(body["usage"]["prompt_tokens_details"]["cached_tokens"], int)
     assert isinstance(body["usage"]["prompt_tokens"], int)
     item = body["data"][0]
     assert list(item) == ["object", "index", "embedding"] and item == {**item, "object": "embedding", "index": 0}
@@ -138,7 +140,11 @@ def test_oai_prefix_is_identical(gateway):
     request = {"model": FP32, "input": ["same", "answer"]}
     first = http(gateway, "POST", "/v1/embeddings", request)
     second = http(gateway, "POST", "/oai/v1/embeddings", request)
-    assert first[0] == second[0] == 200 and first[2] == second[2]
+    assert first[0] == second[0] == 200
+    answers = [json.loads(raw) for _, _, raw in (first, second)]
+    for answer in answers:  # the second is served from the embedding cache, and says so
+        answer["usage"].pop("prompt_tokens_details")
+    assert answers[0] == answers[1] and second[1]["x-cached-inputs"] == "2"
 
 
 def test_scaigrid_inference_embed_envelope(gateway, stub):
@@ -318,10 +324,13 @@ def test_queue_full_is_429_with_retry_after(served_repo, tmp_path):
         ServerProcess(served_repo, "--max-queued-inputs", "64", "--max-batch-size", "8") as small,
         EnvoyProcess(small.port, tmp_path) as envoy,
     ):
-        texts = ["a fairly long sentence to keep the model busy for a while " * 4] * 32
+
+        def texts(call: int) -> list[str]:  # all distinct: none served from the embedding cache
+            return [f"{call}.{i} a fairly long sentence to keep the model busy for a while " * 4 for i in range(32)]
+
         with concurrent.futures.ThreadPoolExecutor(12) as pool:
             results = list(
-                pool.map(lambda _: http(envoy, "POST", "/v1/embeddings", {"model": FP32, "input": texts}), range(12))
+                pool.map(lambda c: http(envoy, "POST", "/v1/embeddings", {"model": FP32, "input": texts(c)}), range(12))
             )
     statuses = {status for status, _, _ in results}
     assert statuses == {200, 429}

@@ -120,7 +120,15 @@ _VECTOR = {
     "description": "Floats, or base64 of little-endian float32 when encoding_format is base64.",
     "anyOf": [_array({"type": "number"}), {"type": "string", "format": "byte"}],
 }
-_USAGE = _object({"prompt_tokens": _INTEGER, "total_tokens": _INTEGER}, ["prompt_tokens", "total_tokens"])
+_USAGE = _object(
+    {
+        "prompt_tokens": _INTEGER,
+        "total_tokens": _INTEGER,
+        # Tokens of inputs served from the embedding cache (counted in prompt_tokens too).
+        "prompt_tokens_details": _object({"cached_tokens": _INTEGER}, ["cached_tokens"]),
+    },
+    ["prompt_tokens", "total_tokens"],
+)
 _EMBEDDING_LIST = _object(
     {
         "object": _literal("list"),

@@ -88,6 +88,8 @@ def embed_response(result: EmbedResult, encoding: int) -> pb.EmbedResponse:
         for i, (row, n, cut) in enumerate(zip(rows, result.token_counts, result.truncated, strict=True))
     ]
     usage = pb.Usage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens)
+    if result.cached_tokens:
+        usage.prompt_tokens_details.cached_tokens = result.cached_tokens
     dimensions = result.dimensions or vectors.shape[1]
     return pb.EmbedResponse(model=result.model, embeddings=embeddings, usage=usage, dimensions=dimensions)
 
@@ -104,6 +106,7 @@ def embed_response_wire(result: EmbedResult, encoding: int) -> bytes:
         result.truncated,
         result.prompt_tokens,
         result.dimensions or vectors.shape[1],
+        result.cached_tokens,
     )
 
 

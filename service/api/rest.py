@@ -219,14 +219,22 @@ def _vector_items(result: EmbedResult, encoding_format: str) -> list[dict]:
     return [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(vectors)]
 
 
+def usage_of(result: EmbedResult) -> dict:
+    """OpenAI's usage, every input's tokens counted, with those served from the embedding cache beside them (in
+    `prompt_tokens_details.cached_tokens`, as OpenAI's chat usage reports its cached tokens)."""
+    tokens = result.prompt_tokens
+    details = {"cached_tokens": result.cached_tokens}
+    return {"prompt_tokens": tokens, "total_tokens": tokens, "prompt_tokens_details": details}
+
+
 def openai_body(result: EmbedResult, encoding_format: str) -> bytes:
-    usage = {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}
+    usage = usage_of(result)
     body = {"object": "list", "data": _vector_items(result, encoding_format), "model": result.model, "usage": usage}
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def scaigrid_body(result: EmbedResult, encoding_format: str) -> bytes:
-    usage = {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}
+    usage = usage_of(result)
     items = [
         {"index": item["index"], "embedding": item["embedding"]} for item in _vector_items(result, encoding_format)
     ]

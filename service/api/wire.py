@@ -28,6 +28,8 @@ _EMBEDDING_TOKENS = b"\x20"  # 4, varint
 _EMBEDDING_TRUNCATED = b"\x28\x01"  # 5, bool true
 _USAGE_PROMPT = b"\x08"  # 1, varint
 _USAGE_TOTAL = b"\x10"  # 2, varint
+_USAGE_DETAILS = b"\x1a"  # 3, message PromptTokensDetails
+_DETAILS_CACHED = b"\x08"  # 1, varint
 
 
 def varint(value: int) -> bytes:
@@ -52,6 +54,7 @@ def embed_response_bytes(
     truncated: Sequence[bool],
     prompt_tokens: int,
     dimensions: int,
+    cached_tokens: int = 0,
 ) -> bytes:
     """A serialized `EmbedResponse`: row i of `vectors` (float32, or a compact type's bytes) as `embeddings[i]`,
     in `values` (packed floats) or, when `as_bytes`, in `data`. Fields at their default are left out, as protobuf
@@ -73,6 +76,8 @@ def embed_response_bytes(
         )
         parts.append(_delimited(_RESPONSE_EMBEDDING, embedding))
     usage = (_USAGE_PROMPT + varint(prompt_tokens) + _USAGE_TOTAL + varint(prompt_tokens)) if prompt_tokens else b""
+    if cached_tokens:
+        usage += _delimited(_USAGE_DETAILS, _DETAILS_CACHED + varint(cached_tokens))
     parts.append(_delimited(_RESPONSE_USAGE, usage))
     if dimensions:
         parts.append(_RESPONSE_DIMENSIONS + varint(dimensions))

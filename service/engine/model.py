@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.engine.batcher import Batcher, BatchFailed, CallTimings
+from service.engine.cache import CacheCounters, VectorCache, input_keys
 from service.engine.errors import ContextLengthExceeded, DimensionsNotSupported, InferenceFailed, InvalidInput
 from service.engine.manifest import ModelManifest
 from service.engine.pooling import finalize, non_finite_rows
@@ -60,6 +61,11 @@ class EmbedResult:
     timings: EmbedTimings = field(default_factory=EmbedTimings)
     # The vectors' dimensions (packed bits hold fewer values than that).
     dimensions: int = 0
+    # Inputs served from the embedding cache (and their tokens), and inputs that repeat another input of the call
+    # (embedded once): neither ran through the model. Usage still counts every input's tokens.
+    cached_inputs: int = 0
+    cached_tokens: int = 0
+    deduplicated_inputs: int = 0
 
     @property
     def prompt_tokens(self) -> int:
@@ -80,9 +86,12 @@ class ServedModel:
         max_inputs: int,
         prompts: Prompts | None = None,
         auto_truncate: bool = False,
+        cache: VectorCache | None = None,
+        digest: bytes = b"",
     ) -> None:
         """`auto_truncate`: what a call that does not say `truncate` gets (the model's manifest overrides the
-        server's setting)."""
+        server's setting). `cache`: the embedding cache (None or disabled: every input runs, duplicates too);
+        `digest`: the model's content digest, part of every cache key."""
         self.manifest = manifest
         self.auto_truncate = auto_truncate
         # Without a tokenizer to measure them, prompts are prepended but never left out of pooling.
@@ -91,6 +100,9 @@ class ServedModel:
         self.batcher = batcher
         self._tokenize_executor = tokenize_executor
         self._max_inputs = max_inputs
+        self._cache = cache if cache is not None and cache.enabled else None
+        self._digest = digest or manifest.id.encode()
+        self.cache_counters = CacheCounters()
 
     @property
     def id(self) -> str:
@@ -201,10 +213,12 @@ class ServedModel:
         deadline: float | None = None,
         background: bool = False,
         admit: Callable[[int], Awaitable[None]] | None = None,
+        cache_scope: str = "",
     ) -> EmbedResult:
         """Vectors for `texts` in order. `deadline` is in the event loop's clock; `background` is for async jobs,
         which yield to interactive calls. `admit` gets the token count once known, before inference: it may wait
-        or raise (rate limits), so a refused call costs no inference."""
+        or raise (rate limits), so a refused call costs no inference. `cache_scope`: whose cache entries the call
+        may read and write (the caller's tenant, or "" where the server shares them)."""
         self.validate(texts, options)
         tokenize_started = time.perf_counter()
         tokens = await self.tokenize(self.prompts.prepend(texts, options.input_type), self.truncates(options))
@@ -213,10 +227,10 @@ class ServedModel:
         if admit is not None:
             await admit(sum(item.length for item in tokens))
         batch_timings = CallTimings()
-        try:  # QueueFull and DeadlineExceeded pass through
-            pooled = await self.batcher.embed(tokens, deadline, background=background, timings=batch_timings)
-        except BatchFailed as exc:
-            raise InferenceFailed(f"Inference failed on model '{self.id}': {exc}") from None
+        if self._cache is None:
+            pooled, reuse = await self._run(tokens, deadline, background, batch_timings), _NO_REUSE
+        else:
+            pooled, reuse = await self._run_cached(tokens, cache_scope, deadline, background, batch_timings)
         vectors = finalize(pooled, options.dimensions, self._normalizes(options))
         bad = non_finite_rows(vectors)
         if bad.size:
@@ -228,4 +242,85 @@ class ServedModel:
             truncated=[item.truncated for item in tokens],
             timings=EmbedTimings(tokenize_s, batch_timings.queue_s, batch_timings.inference_s),
             dimensions=vectors.shape[1],
+            cached_inputs=reuse.cached_inputs,
+            cached_tokens=reuse.cached_tokens,
+            deduplicated_inputs=reuse.deduplicated_inputs,
         )
+
+    async def _run(
+        self, tokens: Sequence[TokenizedInput], deadline: float | None, background: bool, timings: CallTimings
+    ) -> np.ndarray:
+        """Pooled vectors of `tokens` from the model (QueueFull and DeadlineExceeded pass through)."""
+        try:
+            return await self.batcher.embed(tokens, deadline, background=background, timings=timings)
+        except BatchFailed as exc:
+            raise InferenceFailed(f"Inference failed on model '{self.id}': {exc}") from None
+
+    async def _run_cached(
+        self,
+        tokens: Sequence[TokenizedInput],
+        scope: str,
+        deadline: float | None,
+        background: bool,
+        timings: CallTimings,
+    ) -> tuple[np.ndarray, _Reuse]:
+        """Pooled vectors with each distinct input looked up in the cache and only the rest run, once each."""
+        cache = self._cache
+        assert cache is not None
+        keys = input_keys(self._digest, scope, tokens)
+        slots, firsts = _distinct(keys)
+        distinct_keys = [keys[i] for i in firsts]
+        width = self.manifest.dimensions * 4
+        stored = [
+            value if value is not None and len(value) == width else None
+            for value in await cache.lookup(distinct_keys, self.cache_counters)
+        ]
+        missing = [j for j, value in enumerate(stored) if value is None]
+        counters = self.cache_counters
+        counters.misses += len(missing)
+        counters.deduplicated += len(keys) - len(distinct_keys)
+        rows = np.empty((len(distinct_keys), self.manifest.dimensions), dtype=np.float32)
+        if missing:
+            computed = await self._run([tokens[firsts[j]] for j in missing], deadline, background, timings)
+            if computed.shape[1] != rows.shape[1]:  # a backend whose width is not the manifest's: nothing kept
+                if len(missing) == len(stored):
+                    return computed[slots], _reuse_of(tokens, slots, firsts, stored)
+                return await self._run(tokens, deadline, background, timings), _NO_REUSE
+            rows[missing] = computed
+            cache.keep([distinct_keys[j] for j in missing], computed)
+        for j, value in enumerate(stored):
+            if value is not None:
+                rows[j] = np.frombuffer(value, dtype="<f4")
+        return rows[slots], _reuse_of(tokens, slots, firsts, stored)
+
+
+@dataclass(frozen=True)
+class _Reuse:
+    cached_inputs: int = 0
+    cached_tokens: int = 0
+    deduplicated_inputs: int = 0
+
+
+_NO_REUSE = _Reuse()
+
+
+def _distinct(keys: Sequence[bytes]) -> tuple[list[int], list[int]]:
+    """(the distinct-input slot of each input, the first input of each slot)."""
+    index: dict[bytes, int] = {}
+    slots, firsts = [], []
+    for i, key in enumerate(keys):
+        slot = index.get(key)
+        if slot is None:
+            slot = index[key] = len(firsts)
+            firsts.append(i)
+        slots.append(slot)
+    return slots, firsts
+
+
+def _reuse_of(
+    tokens: Sequence[TokenizedInput], slots: Sequence[int], firsts: Sequence[int], stored: Sequence[bytes | None]
+) -> _Reuse:
+    """Inputs served from the cache (with their tokens), and repeats of an input this call embedded."""
+    cached = [i for i, slot in enumerate(slots) if stored[slot] is not None]
+    repeats = sum(1 for i, slot in enumerate(slots) if stored[slot] is None and firsts[slot] != i)
+    return _Reuse(len(cached), sum(tokens[i].length for i in cached), repeats)

@@ -8,7 +8,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ import numpy as np
 from service.engine.backends import RuntimeOptions, backend_factory
 from service.engine.backends.onnxruntime import CPU, choose_providers, share_cpu_arena
 from service.engine.batcher import Batcher, BatchLimits
+from service.engine.cache import SharedVectors, VectorCache, model_digest
 from service.engine.encoder import Encoder
 from service.engine.errors import ModelNotFound, NotReady
 from service.engine.manifest import MANIFEST_FILE, TOKENIZER_FILE, ManifestError, ModelManifest
@@ -49,6 +50,8 @@ class EngineOptions:
     tokenizer_threads: int = 2
     # How inputs are batched; its concurrent_batches is planned from inference_workers.
     batching: BatchLimits = field(default_factory=BatchLimits)
+    # The embedding cache's bound in this process (service/engine/cache.py); 0 turns the cache off.
+    cache_bytes: int = 256 * 1024 * 1024
 
 
 def plan_parallelism(providers: Sequence[str], workers: int, intra_op_threads: int) -> tuple[int, int, int]:
@@ -75,6 +78,8 @@ class _Loaded:
     tokenizer: TextTokenizer
     encoder: Encoder
     prompts: Prompts
+    # The model's content digest (cache keys); empty when the cache is off.
+    digest: bytes = b""
 
 
 def discover(repo: Path, wanted: tuple[str, ...] = ()) -> list[Path]:
@@ -94,7 +99,7 @@ def discover(repo: Path, wanted: tuple[str, ...] = ()) -> list[Path]:
     return dirs
 
 
-def _load_model(model_dir: Path, options: RuntimeOptions, limits: BatchLimits) -> _Loaded:
+def _load_model(model_dir: Path, options: RuntimeOptions, limits: BatchLimits, cached: bool) -> _Loaded:
     manifest = ModelManifest.load(model_dir)
     if not (model_dir / TOKENIZER_FILE).is_file():
         raise ManifestError(f"{model_dir} lacks {TOKENIZER_FILE}")
@@ -110,7 +115,14 @@ def _load_model(model_dir: Path, options: RuntimeOptions, limits: BatchLimits) -
     tokenizer = TextTokenizer(model_dir / TOKENIZER_FILE, manifest.max_input_tokens)
     prompts = Prompts.load(manifest, model_dir / TOKENIZER_FILE, INPUT_TYPES)
     _warm_up(encoder, tokenizer, limits)
-    return _Loaded(manifest, tokenizer, encoder, prompts)
+    digest = model_digest(model_dir, _vector_shape(manifest)) if cached else b""
+    return _Loaded(manifest, tokenizer, encoder, prompts, digest)
+
+
+def _vector_shape(manifest: ModelManifest) -> bytes:
+    """The manifest fields that shape a pooled vector beside the model's files (prices or aliases do not)."""
+    fields = (manifest.id, manifest.backend, manifest.architecture, manifest.pooling, manifest.include_prompt)
+    return repr((fields, [asdict(layer) for layer in manifest.dense], manifest.dimensions)).encode()
 
 
 def _warm_up(encoder: Encoder, tokenizer: TextTokenizer, limits: BatchLimits) -> None:
@@ -138,8 +150,10 @@ class ModelRegistry:
     batchers on the loop. Until both are done, `resolve` raises NotReady.
     """
 
-    def __init__(self, options: EngineOptions) -> None:
+    def __init__(self, options: EngineOptions, shared_cache: SharedVectors | None = None) -> None:
+        """`shared_cache`: a tier of the embedding cache shared with other replicas (service/stores/redis_cache)."""
         self._options = options
+        self.cache = VectorCache(options.cache_bytes, shared_cache)
         batching = options.batching
         if not 0 <= batching.background_min_share < 1:
             raise ValueError(f"job_min_share must be in [0, 1), got {batching.background_min_share}")
@@ -183,7 +197,9 @@ class ModelRegistry:
 
     def load(self) -> None:
         repo = Path(self._options.model_repo)
-        self._loaded = [_load_model(d, self._runtime, self._limits) for d in discover(repo, self._options.models)]
+        cached = self.cache.enabled
+        wanted = discover(repo, self._options.models)
+        self._loaded = [_load_model(d, self._runtime, self._limits, cached) for d in wanted]
         log.info(
             "inference: %d batch(es) at once, %s thread(s) each (%s for a lone batch), on %s",
             self._workers,
@@ -207,6 +223,8 @@ class ModelRegistry:
                     self._options.max_inputs_per_request,
                     loaded.prompts,
                     auto_truncate=_auto_truncate(loaded.manifest, self._options),
+                    cache=self.cache,
+                    digest=loaded.digest,
                 )
             )
         self._names, self._folded = _name_index(models, dict(self._options.aliases))
@@ -233,6 +251,7 @@ class ModelRegistry:
             await model.batcher.close()
         self._inference.shutdown(wait=True, cancel_futures=True)
         self._tokenize.shutdown(wait=True, cancel_futures=True)
+        await self.cache.close()
 
 
 def _auto_truncate(manifest: ModelManifest, options: EngineOptions) -> bool:

@@ -30,6 +30,9 @@ class CallInfo:
     inputs: int = 0
     # Inputs cut to the model's limit.
     truncated: int = 0
+    # Inputs served from the embedding cache, and inputs repeating another of the call (embedded once).
+    cached: int = 0
+    deduplicated: int = 0
     timings: EmbedTimings | None = None
     # When the engine answered (time.time_ns()): spans of tokenize/queue/inference are laid out backwards from it.
     engine_done_ns: int = 0
@@ -68,6 +71,8 @@ def note_result(result: EmbedResult, tenant: str) -> None:
         info.tokens = result.prompt_tokens
         info.inputs = len(result.token_counts)
         info.truncated = result.truncated_inputs
+        info.cached = result.cached_inputs
+        info.deduplicated = result.deduplicated_inputs
         info.timings = result.timings
         info.engine_done_ns = time.time_ns()
 
@@ -90,4 +95,6 @@ def timing_headers(info: CallInfo | None = None) -> tuple[tuple[str, str], ...]:
         ("x-inference-time", _ms(timings.inference_s)),
         ("x-compute-tokens", str(info.tokens)),
         ("x-truncated-inputs", str(info.truncated)),
+        ("x-cached-inputs", str(info.cached)),
+        ("x-deduplicated-inputs", str(info.deduplicated)),
     )

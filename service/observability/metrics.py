@@ -15,6 +15,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -22,6 +23,9 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from service.observability.context import CallInfo
+
+if TYPE_CHECKING:
+    from service.engine.cache import CacheCounters, LocalVectors
 
 # What generate_latest writes: the classic text format, which every Prometheus version scrapes.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -179,6 +183,9 @@ class Metrics(Collector):
             PREFIX + "build_info", "1, labelled with the versions this server runs.", tuple(BUILD_LABELS)
         )
         self.build_info.values[tuple(BUILD_LABELS.values())] = 1.0
+        # The embedding cache's counters, by model, and its in-process tier: read when scraped.
+        self._cache_counters: dict[str, CacheCounters] = {}
+        self._cache_local: LocalVectors | None = None
         # (method, code) -> the label tuples of record_grpc: a bounded set (the served methods x 17 codes).
         self._grpc_keys: dict[tuple[str, str], tuple[Labels, Labels]] = {}
         self.registry = CollectorRegistry()
@@ -190,6 +197,33 @@ class Metrics(Collector):
         for series in vars(self).values():
             if isinstance(series, CounterSeries | GaugeSeries | HistogramSeries):
                 yield series.family()
+        yield from self._cache_families()
+
+    def _cache_families(self) -> Iterator[Metric]:
+        hits = CounterMetricFamily(
+            PREFIX + "cache_hits", "Inputs served from the embedding cache.", labels=("model", "tier")
+        )
+        misses = CounterMetricFamily(
+            PREFIX + "cache_misses", "Distinct inputs the cache lacked (embedded).", labels=("model",)
+        )
+        repeats = CounterMetricFamily(
+            PREFIX + "deduplicated_inputs",
+            "Inputs repeating another input of their call (embedded once).",
+            labels=("model",),
+        )
+        for model, counters in self._cache_counters.items():
+            hits.add_metric((model, "local"), counters.hits)
+            hits.add_metric((model, "shared"), counters.shared_hits)
+            misses.add_metric((model,), counters.misses)
+            repeats.add_metric((model,), counters.deduplicated)
+        yield from (hits, misses, repeats)
+        local = self._cache_local
+        if local is not None:
+            yield CounterMetricFamily(
+                PREFIX + "cache_evictions", "Entries evicted from the in-process cache.", value=local.evictions
+            )
+            yield GaugeMetricFamily(PREFIX + "cache_bytes", "Bytes held by the in-process cache.", value=local.bytes)
+            yield GaugeMetricFamily(PREFIX + "cache_entries", "Vectors held by the in-process cache.", value=len(local))
 
     # --- recording (event loop thread only) ---------------------------------------------------------------------
 
@@ -228,6 +262,12 @@ class Metrics(Collector):
 
     def watch_queue(self, model: str, depth: Callable[[], float]) -> None:
         self.queue_depth.functions[(model,)] = depth
+
+    def watch_cache(self, model: str, counters: CacheCounters) -> None:
+        self._cache_counters[model] = counters
+
+    def watch_cache_size(self, local: LocalVectors) -> None:
+        self._cache_local = local
 
     def record_chunk(self, model: str, tenant: str, inputs: int, tokens: int, truncated: int = 0) -> None:
         self.job_chunks.inc((model,))

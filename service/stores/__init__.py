@@ -14,6 +14,7 @@ from service.access.limits import LocalRateLimiter, RateLimiter
 from service.access.store import AccessStore
 from service.batches.store import BatchStore
 from service.config import Settings
+from service.engine.cache import SharedVectors
 from service.jobs.records import Announce
 from service.stores.sqlite import DB_NAME, SqliteAccessStore, SqliteStore
 
@@ -59,3 +60,21 @@ def open_rate_limiter(settings: Settings) -> RateLimiter:
             settings.rate_limit_redis_timeout_s,
         )
     return LocalRateLimiter()
+
+
+CACHE_SCOPES = ("tenant", "global")
+
+
+def open_vector_store(settings: Settings) -> SharedVectors | None:
+    """The embedding cache's tier shared by replicas (Redis at redis_url), if `cache_shared`."""
+    if settings.cache_scope not in CACHE_SCOPES:
+        raise ValueError(f"cache_scope must be one of {CACHE_SCOPES}, got {settings.cache_scope!r}")
+    if not settings.cache_shared:
+        return None
+    if not settings.redis_url:
+        raise ValueError("cache_shared needs redis_url")
+    from service.stores.redis_cache import RedisVectors
+
+    return RedisVectors(
+        settings.redis_url, settings.cache_redis_prefix, settings.cache_ttl_s, settings.cache_redis_timeout_s
+    )

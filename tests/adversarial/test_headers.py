@@ -55,7 +55,8 @@ def test_native_grpc_through_the_gateway_keeps_its_deadline_and_binary_metadata(
     reply = stub.Embed(pb.EmbedRequest(model=MODEL, inputs=["x"]), metadata=metadata, timeout=30)
     assert len(reply.embeddings) == 1
     with pytest.raises(grpc.RpcError) as caught:
-        stub.Embed(pb.EmbedRequest(model=MODEL, inputs=["x"] * 64), metadata=metadata, timeout=0.001)
+        inputs = [f"deadline {i}" for i in range(64)]  # distinct: not answered by the embedding cache in time
+        stub.Embed(pb.EmbedRequest(model=MODEL, inputs=inputs), metadata=metadata, timeout=0.001)
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert_still_serving(stack)
 
@@ -116,10 +117,10 @@ def test_no_answer_a_caller_provokes_ejects_a_replica(stack: Stack, tmp_path):
         assert admin_stats(admin_port)["cluster.embeddings_grpc.upstream_rq_total"] == upstream_before  # none sent
         with grpc.insecure_channel(f"127.0.0.1:{envoy.port}") as channel:
             stub = pb_grpc.EmbeddingServiceStub(channel)
-            for _ in range(8):
-                with pytest.raises(grpc.RpcError):
+            for call in range(8):
+                with pytest.raises(grpc.RpcError):  # distinct inputs: none answered by the embedding cache in time
                     stub.Embed(
-                        pb.EmbedRequest(model=MODEL, inputs=["x"] * 64),
+                        pb.EmbedRequest(model=MODEL, inputs=[f"x {call}.{i}" for i in range(64)]),
                         metadata=bearer(stack.keys["acme"]),
                         timeout=0.005,
                     )
