@@ -206,6 +206,13 @@ def cmd_jobs_results(client: SyncClientBase, args: argparse.Namespace) -> int:
     if job.status != "completed":
         print(f"job {job.id} is {job.status} ({job.completed}/{job.total})", file=sys.stderr)
         return SERVER_ERROR
+    if job.embedding_type != "float":  # its pages hold int8/uint8 values: read as float32 they would be garbage
+        print(
+            f"job {job.id} holds {job.embedding_type} vectors; this command writes float32 vectors: read them with "
+            f"GET /v1/async/jobs/{job.id}/results",
+            file=sys.stderr,
+        )
+        return SERVER_ERROR
     try:
         written = write_results(
             client, job, VectorWriter(Path(args.output), range(job.total), job.total), args.page_size

@@ -64,6 +64,8 @@ class Job:
     metadata: Mapping[str, str] = field(default_factory=dict)
     error_code: str = ""
     error_message: str = ""
+    # The vectors' number type: "float", or a compact type ("int8", "uint8", "binary", "ubinary").
+    embedding_type: str = "float"
 
     @property
     def finished(self) -> bool:
@@ -84,6 +86,7 @@ class Job:
             metadata=dict(data.get("metadata") or {}),
             error_code=error.get("code") or "",
             error_message=error.get("message") or "",
+            embedding_type=data.get("embedding_type") or "float",
         )
 
 

@@ -189,6 +189,21 @@ def test_large_file_goes_through_an_async_job(server, stub, jobs_stub, tmp_path)
     assert np.array_equal(rows, np.load(out))
 
 
+def test_results_of_a_compact_job_are_refused_not_misread(server, jobs_stub, tmp_path):
+    """A job asked for int8 vectors (by another client) holds bytes: written as float32 they would be garbage."""
+    job = jobs_stub.AsyncEmbed(
+        jobs_pb2.AsyncEmbedRequest(model=FP32, input=_strings(TEXTS[:2]), embedding_type="int8"), timeout=60
+    )
+    assert cli(server, "jobs", "show", job.id).returncode == 0
+    deadline = time.monotonic() + 120
+    while (status := jobs_stub.GetJob(jobs_pb2.GetJobRequest(id=job.id), timeout=30).status) != "completed":
+        assert status in ("queued", "in_progress") and time.monotonic() < deadline, status
+        time.sleep(0.1)
+    out = tmp_path / "vectors.npy"
+    done = cli(server, "jobs", "results", job.id, "--output", str(out))
+    assert done.returncode == 1 and f"job {job.id} holds int8 vectors" in done.stderr and not out.exists()
+
+
 def test_models_and_jobs_commands(server, jobs_stub):
     done = cli(server, "models")
     assert done.returncode == 0 and FP32 in done.stdout and "384" in done.stdout

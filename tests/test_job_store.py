@@ -255,11 +255,17 @@ def test_takeovers_are_not_failures_and_released_chunks_are_claimed_at_once(stor
     assert store.release_chunk(job.id, 0, "w1", failed=True) is None  # done: nothing to give back
 
 
+def undo_compact_types(backend: Backend) -> list[str]:
+    """Statements that take a store back to schema 6: chunks without the type of their vectors (7)."""
+    return ["ALTER TABLE chunks DROP COLUMN dtype"]
+
+
 def undo_billing(backend: Backend) -> list[str]:
-    """Statements that take a store back to schema 5: without per-user limits, the jobs' end user, and usage rows
-    by end user and price (6). The usage table goes back to its first shape (SQLite's is made again by the
-    migration, which first ensures the access tables)."""
+    """Statements that take a store back to schema 5: the chunks' vector type (7), without per-user limits, the
+    jobs' end user, and usage rows by end user and price (6). The usage table goes back to its first shape (SQLite's
+    is made again by the migration, which first ensures the access tables)."""
     drops = [
+        *undo_compact_types(backend),
         "ALTER TABLE jobs DROP COLUMN end_user",
         *(f"ALTER TABLE {table} DROP COLUMN {column}" for table in ("access_keys", "access_tenants")
           for column in ("user_rpm", "user_tpm")),
@@ -340,6 +346,33 @@ def test_the_submitting_key_is_a_column_and_jobs_from_before_keep_theirs(backend
             opened.id: (None, {}),
         }
     assert schema_versions(backend) == every_version(backend)
+
+
+def test_a_store_of_schema_6_keeps_reading_its_float_results(backend):
+    """Schema 7 says what each chunk's vectors hold. Chunks stored before it hold float32 and read the same after
+    the upgrade; a job left unfinished then completes as before."""
+    with backend.open() as store:
+        make_job(store, n=10, chunk_size=3)
+        done = run_all(store, now=T0)  # every chunk stored
+        before = store.results("default", done.id, 0, 100)
+        waiting = make_job(store, n=4, chunk_size=2)
+    table = "schema_version" if backend.name == "sqlite" else "schema_migrations"
+    for statement in undo_compact_types(backend):  # back to schema 6: the same BLOBs, no type beside them
+        backend.query(statement, ())
+    backend.query(f"DELETE FROM {table} WHERE version > 6", ())
+    with backend.open() as store:
+        after = store.results("default", done.id, 0, 100)
+        assert after.vectors.dtype == np.float32 and after.vectors.tobytes() == before.vectors.tobytes()
+        assert after.token_counts == before.token_counts
+        assert run_all(store, now=T0 + 1).id == waiting.id
+        assert store.results("default", waiting.id, 0, 4).vectors.tobytes() == vectors_for_range(0, 4).tobytes()
+    assert set(backend.query("SELECT dtype FROM chunks", ())) == {("float32",)}
+    assert schema_versions(backend) == every_version(backend)
+
+
+def vectors_for_range(start: int, stop: int, dims: int = DIMS) -> np.ndarray:
+    rows = np.arange(start, stop, dtype=np.float32)[:, None]
+    return rows + np.arange(dims, dtype=np.float32)[None, :] / 10
 
 
 def test_concurrent_claims_from_two_stores_never_share_a_chunk(backend):
@@ -537,6 +570,30 @@ def test_results_page_across_chunks_in_input_order(store):
     assert store.results("default", job.id, 10, 5).vectors.shape[0] == 0
     with pytest.raises(NotFound):
         store.results("other", job.id, 0, 4)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8"])
+def test_compact_vectors_are_stored_as_their_bytes(store, backend, dtype):
+    """A compact type's vectors are kept as the bytes the engine gave (a quarter of float32's space; binary types
+    an eighth of that again) and read back in their type; a job's chunks all hold the same type and width."""
+    job = make_job(store, n=5, chunk_size=3)
+    first, second = store.claim_chunk("w1", T0, LEASE_S), store.claim_chunk("w1", T0, LEASE_S)
+    rng = np.random.default_rng(7)
+    stored = rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max + 1, size=(5, 48), dtype=dtype)
+    store.complete_chunk(job.id, 0, "w1", stored[:3].tobytes(), 48, [1, 2, 3], T0, dtype)
+    with pytest.raises(ValueError, match="float32"):  # the other chunk as float32: not this job's type
+        store.complete_chunk(job.id, 1, "w1", stored[3:].astype("<f4").tobytes(), 48, [4, 5], T0)
+    with pytest.raises(ValueError):  # bytes that are not count x dims values of the type
+        store.complete_chunk(job.id, 1, "w1", stored[3:].tobytes()[:-1], 48, [4, 5], T0, dtype)
+    with pytest.raises(ValueError, match="float16"):
+        store.complete_chunk(job.id, 1, "w1", stored[3:].tobytes(), 24, [4, 5], T0, "float16")
+    assert store.complete_chunk(job.id, 1, "w1", stored[3:].tobytes(), 48, [4, 5], T0, dtype).status == "completed"
+    page = store.results("default", job.id, 1, 4)
+    assert page.vectors.dtype == np.dtype(dtype) and np.array_equal(page.vectors, stored[1:5])
+    assert page.token_counts == [2, 3, 4, 5]
+    sizes = backend.query("SELECT dtype, length(vectors) FROM chunks WHERE job_id = ? ORDER BY idx", (job.id,))
+    assert sizes == [(dtype, 3 * 48), (dtype, 2 * 48)]
+    assert first.idx == 0 and second.idx == 1
 
 
 def test_a_page_of_1000_reads_only_its_chunks(store):

@@ -7,12 +7,12 @@ accepted job fails only for reasons outside the caller's request. Work itself is
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import functools
 from collections.abc import Callable, Mapping
 
 import grpc
+import numpy as np
 import orjson
 from google.api import httpbody_pb2
 
@@ -22,10 +22,11 @@ from service._gen.embeddings.v1 import jobs_pb2_grpc as pb_grpc
 from service.access.control import Principal
 from service.access.interceptor import acting_for, caller_of
 from service.api.paging import page_limit
-from service.api.rest import as_rest_error, parse_request
+from service.api.rest import as_rest_error, parse_request, vector_items
 from service.api.rpc_errors import rpc_errors
 from service.embedding import Embedder
 from service.engine.errors import EngineError
+from service.engine.quantize import FLOAT
 from service.engine.tokenize import TokenIdDecoder
 from service.jobs import webhooks
 from service.jobs.records import InvalidCursor, Job, NotFound, ResultsNotReady, ResultsRemoved, TooManyWebhooks
@@ -82,6 +83,7 @@ def job_message(job: Job) -> pb.Job:
         usage=pb.JobUsage(prompt_tokens=job.prompt_tokens, total_tokens=job.prompt_tokens),
         results_url=f"/v1/async/jobs/{job.id}/results",
         encoding_format=job.options.get("encoding_format", "float"),
+        embedding_type=job.options.get("embedding_type", FLOAT),
     )
     for name in ("started_at", "cancelled_at", "expires_at"):
         value = getattr(job, name)
@@ -97,14 +99,10 @@ def job_message(job: Job) -> pb.Job:
     return message
 
 
-def results_body(job: Job, vectors, token_counts: list[int], offset: int, has_more: bool) -> bytes:
-    """One page of results as a /v1/embeddings response (plus paging fields), in the job's encoding_format."""
-    rows = vectors.astype("<f4", copy=False)
-    if job.options.get("encoding_format") == "base64":
-        embeddings = [base64.b64encode(row.tobytes()).decode("ascii") for row in rows]
-    else:
-        embeddings = list(rows)
-    data = [{"object": "embedding", "index": offset + i, "embedding": e} for i, e in enumerate(embeddings)]
+def results_body(job: Job, vectors: np.ndarray, token_counts: list[int], offset: int, has_more: bool) -> bytes:
+    """One page of results as a /v1/embeddings response (plus paging fields), in the job's encoding_format: the
+    items the live call writes (`vector_items`), from the vectors as stored (float32, or a compact type's bytes)."""
+    data = vector_items(vectors, job.options.get("encoding_format", "float"), offset)
     tokens = sum(token_counts)
     body = {
         "object": "list",
@@ -148,7 +146,9 @@ class JobServicer(pb_grpc.JobServiceServicer):
                 await parsed.model.check_lengths(parsed.texts)  # context_length_exceeded before the job exists
             except EngineError as err:
                 raise as_rest_error(err) from None
-        stored = {"encoding_format": parsed.encoding_format, **dataclasses.asdict(parsed.options), "truncate": truncate}
+        # encoding_format as the caller spelled it ("int8" reads back as it was asked: JSON integers).
+        asked = request.encoding_format or parsed.encoding_format
+        stored = {"encoding_format": asked, **dataclasses.asdict(parsed.options), "truncate": truncate}
         return parsed.model.id, parsed.texts, stored
 
     @rpc_errors

@@ -11,7 +11,7 @@ import base64
 import dataclasses
 import functools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import grpc
 import numpy as np
@@ -122,15 +122,13 @@ async def parse_request(
     resolve: Callable[[str], ServedModel],
     decoder: TokenIdDecoder,
     max_inputs: int | None = None,
-    compact_types: bool = True,
 ) -> ParsedRequest:
     """Check and convert a CreateEmbeddingRequest or AsyncEmbedRequest (they share these fields), with the model
     `resolve` finds for the caller (`Embedder.resolve`).
 
-    `max_inputs` raises the input cap (async jobs). `compact_types`: whether int8/binary/... vectors may be asked
-    for (stored results, jobs and batches, hold floats). Errors name OpenAI's parameters (`input`, not `inputs[3]`).
+    `max_inputs` raises the input cap (async jobs). Errors name OpenAI's parameters (`input`, not `inputs[3]`).
     """
-    encoding_format, embedding_type = _vector_format(request, compact_types)
+    encoding_format, embedding_type = _vector_format(request)
     if request.HasField("dimensions") and request.dimensions < 1:
         raise errors.invalid_input(f"'dimensions' must be at least 1, got {request.dimensions}.", field="dimensions")
     if not request.model:
@@ -162,17 +160,12 @@ async def parse_request(
     return ParsedRequest(model, texts, options, encoding_format)
 
 
-def _fields(request) -> Mapping[str, object]:
-    return request.DESCRIPTOR.fields_by_name
-
-
-def _vector_format(request, compact_types: bool) -> tuple[str, str]:
+def _vector_format(request) -> tuple[str, str]:
     """(encoding_format, embedding_type): "float" or "base64", and the number type. `encoding_format: "int8"` is
-    `embedding_type: "int8"` as JSON integers. Where `compact_types` is false (stored results), only floats."""
+    `embedding_type: "int8"` as JSON integers."""
     encoding_format = request.encoding_format or "float"
-    embedding_type = (request.embedding_type if "embedding_type" in _fields(request) else "") or FLOAT
-    compact_types = compact_types and "embedding_type" in _fields(request)
-    allowed = ENCODING_FORMATS + COMPACT_FORMATS if compact_types else ENCODING_FORMATS
+    embedding_type = request.embedding_type or FLOAT
+    allowed = ENCODING_FORMATS + COMPACT_FORMATS
     if encoding_format not in allowed:
         raise errors.invalid_input(
             f"'encoding_format' must be one of {', '.join(repr(f) for f in allowed)}, got {request.encoding_format!r}.",
@@ -181,11 +174,6 @@ def _vector_format(request, compact_types: bool) -> tuple[str, str]:
     if embedding_type not in EMBEDDING_TYPES:
         raise errors.invalid_input(
             f"'embedding_type' must be one of {', '.join(repr(t) for t in EMBEDDING_TYPES)}, got {embedding_type!r}.",
-            field="embedding_type",
-        )
-    if embedding_type != FLOAT and not compact_types:
-        raise errors.invalid_input(
-            "Compact embedding types are not available here: stored results (jobs, batches) hold float vectors.",
             field="embedding_type",
         )
     if encoding_format in COMPACT_FORMATS:
@@ -207,16 +195,17 @@ def as_rest_error(err: errors.ApiError | EngineError) -> errors.ApiError:
     return err
 
 
-def _vector_items(result: EmbedResult, encoding_format: str) -> list[dict]:
+def vector_items(vectors: np.ndarray, encoding_format: str, first_index: int = 0) -> list[dict]:
     """OpenAI's items: floats as JSON numbers or base64 of little-endian float32; compact types (int8/uint8 arrays)
-    as JSON integers or base64 of their bytes."""
-    vectors = result.vectors if result.vectors.dtype.itemsize == 1 else result.vectors.astype("<f4", copy=False)
+    as JSON integers or base64 of their bytes. Any other `encoding_format` (a compact type's name) is JSON numbers.
+    Async job results and batch output lines are written by this too, so they equal the live call's answer."""
+    vectors = vectors if vectors.dtype.itemsize == 1 else vectors.astype("<f4", copy=False)
     if encoding_format == "base64":
         return [
-            {"object": "embedding", "index": i, "embedding": base64.b64encode(row.tobytes()).decode("ascii")}
+            {"object": "embedding", "index": first_index + i, "embedding": base64.b64encode(row.tobytes()).decode()}
             for i, row in enumerate(vectors)
         ]
-    return [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(vectors)]
+    return [{"object": "embedding", "index": first_index + i, "embedding": row} for i, row in enumerate(vectors)]
 
 
 def usage_of(result: EmbedResult) -> dict:
@@ -229,14 +218,20 @@ def usage_of(result: EmbedResult) -> dict:
 
 def openai_body(result: EmbedResult, encoding_format: str) -> bytes:
     usage = usage_of(result)
-    body = {"object": "list", "data": _vector_items(result, encoding_format), "model": result.model, "usage": usage}
+    body = {
+        "object": "list",
+        "data": vector_items(result.vectors, encoding_format),
+        "model": result.model,
+        "usage": usage,
+    }
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def scaigrid_body(result: EmbedResult, encoding_format: str) -> bytes:
     usage = usage_of(result)
     items = [
-        {"index": item["index"], "embedding": item["embedding"]} for item in _vector_items(result, encoding_format)
+        {"index": item["index"], "embedding": item["embedding"]}
+        for item in vector_items(result.vectors, encoding_format)
     ]
     body = {"status": "ok", "data": {"model": result.model, "data": items, "usage": usage}}
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)

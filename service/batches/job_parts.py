@@ -118,7 +118,7 @@ class JobParts:
                 entries.append(entry)
                 continue
             try:
-                entry.parsed = await parse_request(message, models, self._decoder, compact_types=False)
+                entry.parsed = await parse_request(message, models, self._decoder)
             except errors.ApiError as err:
                 entry.error = err
             entries.append(entry)

@@ -7,7 +7,8 @@ backends):
 - Every read, list, cancel and result call takes a tenant and never returns another tenant's rows: a row of another
   tenant reads as missing. Worker-side calls (claim, complete, fail, deliveries) are tenant-blind.
 - A job's inputs are cut into chunks of `chunk_size` inputs at creation; a worker leases one chunk at a time,
-  embeds it and stores its vectors as one BLOB of little-endian float32 (count x dims), dropping its inputs.
+  embeds it and stores its vectors as one BLOB (count x dims values of the chunk's `dtype`: little-endian float32,
+  or the int8/uint8 bytes of a compact embedding type), dropping its inputs.
 """
 
 from __future__ import annotations
@@ -30,6 +31,18 @@ FINAL_STATUSES = ("completed", "failed", "cancelled")
 FINAL_DELIVERY_STATES = ("succeeded", "failed", "disabled")
 
 T = TypeVar("T")
+
+# What a chunk's vectors BLOB holds (the chunks' `dtype` column): float32, or the bytes of a compact embedding type
+# (int8 and binary: int8; uint8 and ubinary: uint8; binary types hold a byte per 8 dimensions).
+FLOAT32 = "float32"
+STORED_DTYPES = {FLOAT32: np.dtype("<f4"), "int8": np.dtype("i1"), "uint8": np.dtype("u1")}
+
+
+def vector_itemsize(dtype: str) -> int:
+    """Bytes per stored value of `dtype`; ValueError for a type a chunk cannot hold."""
+    if dtype not in STORED_DTYPES:
+        raise ValueError(f"vectors are stored as one of {', '.join(STORED_DTYPES)}, not {dtype!r}")
+    return STORED_DTYPES[dtype].itemsize
 
 
 class JobStoreError(Exception):
@@ -70,7 +83,7 @@ class Job:
     # queued | in_progress | completed | failed | cancelled
     status: str
     model: str
-    # encoding_format, dimensions, normalize, truncate, input_type: opaque to the store.
+    # encoding_format, dimensions, normalize, truncate, input_type, embedding_type: opaque to the store.
     options: dict[str, Any]
     metadata: dict[str, str]
     webhook_id: str | None
@@ -223,7 +236,7 @@ class Page(Generic[T]):
 class Results(NamedTuple):
     """Vectors of inputs [offset, offset + n) in input order; `has_more` when inputs follow."""
 
-    vectors: np.ndarray  # float32 [n, dims]
+    vectors: np.ndarray  # [n, dims] as stored: float32, or int8/uint8 (a compact type; binary: packed bits)
     token_counts: list[int]
     has_more: bool
 

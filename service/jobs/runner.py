@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import numpy as np
 import orjson
 
 from service import errors
@@ -24,6 +25,7 @@ from service.api.engine_errors import as_api_error
 from service.embedding import Embedder
 from service.engine import errors as engine
 from service.engine.model import EmbedOptions, EmbedResult
+from service.engine.quantize import FLOAT
 from service.jobs import webhooks
 from service.jobs.records import Chunk, Delivery, Job
 from service.jobs.store import JobStore
@@ -82,7 +84,14 @@ def embed_options(options: dict[str, Any]) -> EmbedOptions:
         normalize=options.get("normalize"),
         truncate=options.get("truncate"),
         input_type=options.get("input_type", ""),
+        embedding_type=options.get("embedding_type", FLOAT),  # jobs from before compact types: floats
     )
+
+
+def stored_vectors(result: EmbedResult) -> np.ndarray:
+    """The vectors as a job stores them: little-endian float32, or the int8/uint8 bytes of a compact type (binary
+    types: packed bits, a byte per 8 dimensions)."""
+    return result.vectors if result.vectors.dtype.itemsize == 1 else result.vectors.astype("<f4", copy=False)
 
 
 class JobWorkers(WorkerLoops):
@@ -218,8 +227,10 @@ class JobWorkers(WorkerLoops):
         self.notify()
 
     async def _keep(self, chunk: Chunk, result: EmbedResult) -> None:
-        """Store a chunk's vectors (waiting for rate-limit room before embedding, the heartbeat kept the lease)."""
-        vectors = result.vectors.astype("<f4", copy=False)
+        """Store a chunk's vectors (waiting for rate-limit room before embedding, the heartbeat kept the lease): as
+        the engine gave them, float32 or a compact type's bytes (1/4 or 1/32 of the space), so reading them back
+        needs neither the model nor its calibrated ranges."""
+        vectors = stored_vectors(result)
         await asyncio.to_thread(
             self._store.complete_chunk,
             chunk.job_id,
@@ -229,6 +240,7 @@ class JobWorkers(WorkerLoops):
             vectors.shape[1],
             result.token_counts,
             now_s(),
+            vectors.dtype.name,
         )
 
     # --- webhooks ---------------------------------------------------------------------------------------------

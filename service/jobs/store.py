@@ -71,13 +71,15 @@ class JobStore(Protocol):
         dims: int,
         token_counts: Sequence[int],
         now: int,
+        dtype: str = "float32",
     ) -> Job:
-        """Store a chunk's vectors if `owner` still holds it and the job is unfinished; otherwise change nothing.
-        Either way returns the job; the last chunk completes it. Idempotent."""
+        """Store a chunk's vectors (count x dims values of `dtype`, one of `records.STORED_DTYPES`; every chunk of a
+        job alike) if `owner` still holds it and the job is unfinished; otherwise change nothing. Either way returns
+        the job; the last chunk completes it. Idempotent."""
         ...
 
     def results(self, tenant: str, job_id: str, offset: int, limit: int) -> Results:
-        """Vectors of inputs [offset, offset + limit), reading only the chunks that hold them."""
+        """Vectors of inputs [offset, offset + limit), reading only the chunks that hold them, in their stored type."""
         ...
 
     def expire_results(self, now: int, limit: int = 100) -> list[str]:

@@ -372,6 +372,9 @@ MIGRATIONS: tuple[tuple[str | Only, ...], ...] = (
         "DROP TABLE access_usage",
         "ALTER TABLE access_usage_v6 RENAME TO access_usage",
     ),
+    # 7: what a chunk's vectors hold: float32 (every chunk before), or the int8/uint8 bytes of a compact embedding
+    # type (service.jobs.records.STORED_DTYPES).
+    ("ALTER TABLE chunks ADD COLUMN dtype TEXT NOT NULL DEFAULT 'float32'",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -29,6 +29,8 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 VIEWPORT = {"width": 1100, "height": 760}
+# tiny-bert's price per million tokens in the browser tests' server: a few tokens cost a few thousandths.
+TINY_PRICE = 1000
 # Reported to the test through the console by a listener added before any page script runs.
 CSP_MARK = "csp-violation:"
 WATCH_CSP = f"""document.addEventListener("securitypolicyviolation", (e) =>
@@ -70,14 +72,17 @@ def chromium() -> str:
 
 @pytest.fixture(scope="session")
 def stack(chromium, served_repo, tmp_path_factory) -> Iterator[Stack]:
-    """A server with keys (an admin, two users of other tenants) and Envoy; small job chunks so progress shows."""
+    """A server with keys (an admin, users of other tenants, one whose usage is recorded per end user) and Envoy;
+    small job chunks so progress shows; tiny-bert priced, so usage has a cost."""
     data_dir = tmp_path_factory.mktemp("browser-data")
     keys = {
         "admin": create_key(data_dir, "ops", "root", "--admin"),
         "user": create_key(data_dir, "acme", "ci"),
         "metered": create_key(data_dir, "metered", "charts"),
+        "people": create_key(data_dir, "people", "app", "--user-rpm", "1000"),  # per-user limits: users recorded
     }
     args = ("--data-dir", str(data_dir), "--webhook-allow-private", "true", "--job-chunk-size", "16")
+    args += ("--model-prices", f"tiny-bert={TINY_PRICE}")
     with (
         ServerProcess(served_repo, *args) as server,
         EnvoyProcess(server.port, tmp_path_factory.mktemp("browser-envoy")) as envoy,

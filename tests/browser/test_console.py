@@ -20,7 +20,7 @@ from openai import OpenAI
 from playwright.sync_api import Page, expect
 
 from service.jobs.webhooks import verify
-from tests.browser.conftest import Stack
+from tests.browser.conftest import TINY_PRICE, Stack
 from tests.serving import ROOT
 from tests.test_webhooks import Receiver
 
@@ -347,13 +347,57 @@ def test_usage_charts_show_the_apis_counts(page, stack, screenshots):
     page.get_by_label("Group by").select_option("tenant")
     page.get_by_role("button", name="Show").click()
     row = page.get_by_role("table", name="Usage per tenant").get_by_role("row").filter(has_text="metered")
-    expect(row.get_by_role("cell")).to_have_text(["metered", "3", f"{tokens:,}", "0", "0"])
+    expect(row.get_by_role("cell")).to_have_text(["metered", "3", f"{tokens:,}", "0", "0", "0"])  # unpriced: 0
     chart = page.get_by_role("img", name=re.compile(r"^Tokens per day by tenant"))
     expect(chart).to_be_visible()
     assert chart.locator("rect").count() >= 1
     titles = chart.locator("rect title").all_text_contents()
     assert any(title.endswith(f"metered: {tokens:,} tokens") for title in titles), titles
     snapshot(page, screenshots, "usage")
+
+
+def shown_cost(value: float) -> str:
+    """A cost as the usage page writes it: up to 6 significant digits, en-US grouping, no trailing zeros."""
+    text = f"{float(f'{value:.6g}'):,}"
+    return text.removesuffix(".0")
+
+
+def test_usage_shows_cost_and_groups_by_end_user(page, stack):
+    """Per end user (the calls' `user`, recorded for a key with per-user limits), with the cost of each at the
+    model's price, as the admin usage API reports them."""
+    people = client(stack, "people")
+    tokens: dict[str, int] = {}
+    requests: dict[str, int] = {}
+    for user in ("alice", "bob", "alice", None):
+        extra = {"user": user} if user else {}
+        used = people.embeddings.create(model=TINY, input=[f"the cost of {user}"], **extra).usage.total_tokens
+        name = user or "(no user)"
+        tokens[name], requests[name] = tokens.get(name, 0) + used, requests.get(name, 0) + 1
+    report = rest(stack, "GET", "/v1/admin/usage?tenant=people&group_by_user=true", stack.keys["admin"]).json()
+    costs = {(row["user"] or "(no user)"): row["cost"] for row in report["data"]}
+    assert costs["alice"] == pytest.approx(tokens["alice"] * TINY_PRICE / 1e6)  # the API the page reads
+    sign_in(page, stack, "admin")
+    open_page(page, "Usage", "usage")
+    page.get_by_label("Tenant").fill("people")
+    page.get_by_label("Group by").select_option("user")
+    page.get_by_role("button", name="Show").click()
+    table = page.get_by_role("table", name="Usage per end user")
+    expect(table.get_by_role("columnheader")).to_have_text(
+        ["End user", "Requests", "Tokens", "Job requests", "Job tokens", "Cost (USD)"]
+    )
+    for name in ("alice", "bob", "(no user)"):
+        row = table.get_by_role("row").filter(has=page.get_by_role("cell", name=name, exact=True))
+        cells = [name, str(requests[name]), f"{tokens[name]:,}", "0", "0", shown_cost(costs[name])]
+        expect(row.get_by_role("cell")).to_have_text(cells)
+    expect(page.locator(".totals")).to_contain_text(f"Cost (USD){shown_cost(report['total_cost'])}")
+    chart = page.get_by_role("img", name=re.compile(r"^Tokens per day by end user"))
+    titles = chart.locator("rect title").all_text_contents()
+    assert any(title.endswith(f"alice: {tokens['alice']:,} tokens") for title in titles), titles
+    page.get_by_label("Group by").select_option("model")  # the same rows, summed per model
+    row = page.get_by_role("table", name="Usage per model").get_by_role("row").filter(has_text=TINY)
+    expect(row.get_by_role("cell")).to_have_text(
+        [TINY, "4", f"{sum(tokens.values()):,}", "0", "0", shown_cost(report["total_cost"])]
+    )
 
 
 def test_a_user_key_is_refused_the_admin_pages(page, stack):

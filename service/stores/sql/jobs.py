@@ -16,6 +16,8 @@ import numpy as np
 
 from service.jobs.records import (
     ACTIVE_STATUSES,
+    FLOAT32,
+    STORED_DTYPES,
     Announce,
     Chunk,
     Job,
@@ -25,6 +27,7 @@ from service.jobs.records import (
     ResultsNotReady,
     ResultsRemoved,
     new_id,
+    vector_itemsize,
 )
 from service.stores.sql.database import Connection, Database, claim_ids, dumps, retried
 from service.stores.sql.pages import tenant_page
@@ -221,9 +224,11 @@ class JobRows:
         dims: int,
         token_counts: Sequence[int],
         now: int,
+        dtype: str = FLOAT32,
     ) -> Job:
         """A lease that expired but was not reclaimed still counts: the work is done and nobody else did it."""
         nbytes = memoryview(vectors).nbytes
+        itemsize = vector_itemsize(dtype)
         counts = np.asarray(token_counts, dtype="<i4")
         with self._db.write() as conn:
             row = conn.execute(
@@ -242,20 +247,20 @@ class JobRows:
                 assert job is not None
                 return job
             count = row["count"]
-            if dims < 1 or nbytes != count * dims * 4 or len(counts) != count:
+            if dims < 1 or nbytes != count * dims * itemsize or len(counts) != count:
                 raise ValueError(
-                    f"chunk {job_id}/{idx} holds {count} inputs: expected {count} x {dims} float32 vectors "
-                    f"({count * dims * 4} bytes) and {count} token counts, got {nbytes} bytes and {len(counts)}"
+                    f"chunk {job_id}/{idx} holds {count} inputs: expected {count} x {dims} {dtype} vectors "
+                    f"({count * dims * itemsize} bytes) and {count} token counts, got {nbytes} bytes and {len(counts)}"
                 )
             other = conn.execute(
-                "SELECT dims FROM chunks WHERE job_id = ? AND status = 'done' LIMIT 1", (job_id,)
+                "SELECT dims, dtype FROM chunks WHERE job_id = ? AND status = 'done' LIMIT 1", (job_id,)
             ).fetchone()
-            if other is not None and other[0] != dims:
-                raise ValueError(f"job {job_id} has {other[0]}-dimensional vectors, chunk {idx} has {dims}")
+            if other is not None and (other[0], other[1]) != (dims, dtype):
+                raise ValueError(f"job {job_id} has {other[0]} x {other[1]} vectors, chunk {idx} has {dims} x {dtype}")
             conn.execute(
-                "UPDATE chunks SET status = 'done', lease_expires_at = NULL, dims = ?, token_counts = ?,"
+                "UPDATE chunks SET status = 'done', lease_expires_at = NULL, dims = ?, dtype = ?, token_counts = ?,"
                 " vectors = ?, inputs = NULL WHERE job_id = ? AND idx = ?",
-                (dims, counts.tobytes(), vectors, job_id, idx),
+                (dims, dtype, counts.tobytes(), vectors, job_id, idx),
             )
             conn.execute(
                 "UPDATE jobs SET completed_inputs = completed_inputs + ?, prompt_tokens = prompt_tokens + ?"
@@ -291,7 +296,7 @@ class JobRows:
             if offset >= end:
                 return Results(np.zeros((0, 0), dtype=np.float32), [], has_more=False)
             rows = conn.execute(
-                "SELECT idx, start, count, status, dims, token_counts, vectors FROM chunks"
+                "SELECT idx, start, count, status, dims, dtype, token_counts, vectors FROM chunks"
                 " WHERE job_id = ? AND idx BETWEEN ? AND ? ORDER BY idx",
                 (job_id, offset // job.chunk_size, (end - 1) // job.chunk_size),
             ).fetchall()
@@ -302,10 +307,12 @@ class JobRows:
                     f"Inputs {row['start']}..{row['start'] + row['count'] - 1} of job '{job_id}' are not embedded."
                 )
             lo, hi = max(offset, row["start"]) - row["start"], min(end, row["start"] + row["count"]) - row["start"]
-            block = np.frombuffer(row["vectors"], dtype="<f4").reshape(row["count"], row["dims"])
+            block = np.frombuffer(row["vectors"], dtype=STORED_DTYPES[row["dtype"]]).reshape(row["count"], row["dims"])
             vectors.append(block[lo:hi])
             counts.extend(np.frombuffer(row["token_counts"], dtype="<i4")[lo:hi].tolist())
-        return Results(np.concatenate(vectors).astype(np.float32, copy=False), counts, has_more=end < job.total_inputs)
+        if len({block.dtype for block in vectors}) > 1:  # complete_chunk keeps a job's chunks alike: never expected
+            raise ValueError(f"job {job_id}: its chunks hold vectors of different types")
+        return Results(np.concatenate(vectors), counts, has_more=end < job.total_inputs)
 
     def expire_results(self, now: int, limit: int = 100) -> list[str]:
         expired = self._expire_results(now, limit)

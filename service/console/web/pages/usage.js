@@ -1,5 +1,6 @@
-// Usage (admin keys): tokens and requests per UTC day, grouped by key, tenant or model, over a date range
-// (GET /v1/admin/usage?since=&until=).
+// Usage (admin keys): tokens and requests per UTC day, grouped by model, key, tenant or end user, over a date range,
+// and what they cost (GET /v1/admin/usage?since=&until=&group_by_user=true: rows per end user, costed at the prices
+// their tokens were used at).
 
 import { api } from "../api.js";
 import { PALETTE, stackedBars } from "../charts.js";
@@ -9,7 +10,19 @@ const GROUPS = [
   ["model", "model"],
   ["key_id", "key"],
   ["tenant", "tenant"],
+  ["user", "end user"],
 ];
+const COUNTS = ["requests", "tokens", "job_requests", "job_tokens", "cost"];
+
+/** The group a row belongs to: usage without an end user (or recorded without one) is "(no user)". */
+function groupOf(row, group) {
+  return row[group] || (group === "user" ? "(no user)" : "—");
+}
+
+/** A cost as the API gives it (a double): up to 6 significant digits, so float sums show no noise. */
+function formatCost(value) {
+  return Number(value || 0).toLocaleString("en-US", { maximumSignificantDigits: 6 });
+}
 
 function isoDay(date) {
   return date.toISOString().slice(0, 10);
@@ -30,7 +43,7 @@ function daysBetween(since, until) {
 function seriesOf(rows, days, group, measure) {
   const byGroup = new Map();
   for (const row of rows) {
-    const name = row[group] || "—";
+    const name = groupOf(row, group);
     if (!byGroup.has(name)) {
       byGroup.set(name, new Array(days.length).fill(0));
     }
@@ -51,13 +64,13 @@ function seriesOf(rows, days, group, measure) {
   return [...kept, { name: `${rest.length} others`, values: other }];
 }
 
-function totalsTable(rows, group, label) {
+function totalsTable(rows, group, label, currency) {
   const totals = new Map();
   for (const row of rows) {
-    const name = row[group] || "—";
-    const t = totals.get(name) || { name, requests: 0, tokens: 0, job_requests: 0, job_tokens: 0 };
-    for (const k of ["requests", "tokens", "job_requests", "job_tokens"]) {
-      t[k] += row[k];
+    const name = groupOf(row, group);
+    const t = totals.get(name) || { name, requests: 0, tokens: 0, job_requests: 0, job_tokens: 0, cost: 0 };
+    for (const k of COUNTS) {
+      t[k] += row[k] || 0;
     }
     totals.set(name, t);
   }
@@ -68,6 +81,7 @@ function totalsTable(rows, group, label) {
     { label: "Tokens", cell: (t) => formatNumber(t.tokens), numeric: true },
     { label: "Job requests", cell: (t) => formatNumber(t.job_requests), numeric: true },
     { label: "Job tokens", cell: (t) => formatNumber(t.job_tokens), numeric: true },
+    { label: `Cost (${currency})`, cell: (t) => formatCost(t.cost), numeric: true },
   ], data);
 }
 
@@ -75,16 +89,18 @@ function report(usage, since, until, group) {
   const label = GROUPS.find(([g]) => g === group)[1];
   const days = daysBetween(since, until);
   const rows = usage.data;
+  const currency = usage.currency || "USD";
   const totals = [
-    ["Requests", usage.total_requests],
-    ["Tokens", usage.total_tokens],
-    ["Job requests", usage.total_job_requests],
-    ["Job tokens", usage.total_job_tokens],
+    ["Requests", formatNumber(usage.total_requests)],
+    ["Tokens", formatNumber(usage.total_tokens)],
+    ["Job requests", formatNumber(usage.total_job_requests)],
+    ["Job tokens", formatNumber(usage.total_job_tokens)],
+    [`Cost (${currency})`, formatCost(usage.total_cost)],
   ];
   const summary = h(
     "dl",
     { class: "totals" },
-    totals.map(([label, value]) => h("div", {}, h("dt", {}, label), h("dd", {}, formatNumber(value)))),
+    totals.map(([label, value]) => h("div", {}, h("dt", {}, label), h("dd", {}, value))),
   );
   if (!rows.length) {
     return [summary, h("p", {}, `No usage from ${since} to ${until}.`)];
@@ -94,7 +110,7 @@ function report(usage, since, until, group) {
     stackedBars(`Tokens per day by ${label} (calls and jobs)`, "tokens", days, seriesOf(rows, days, group, (r) => r.tokens + r.job_tokens)),
     stackedBars(`Requests per day by ${label} (calls and jobs)`, "requests", days, seriesOf(rows, days, group, (r) => r.requests + r.job_requests)),
     h("h3", {}, `Totals per ${label}`),
-    totalsTable(rows, group, label),
+    totalsTable(rows, group, label, currency),
   ];
 }
 
@@ -104,7 +120,7 @@ export async function render(body, { signal }) {
   let since = isoDay(monthAgo);
   let until = isoDay(today);
   // The first read comes before the form: a key that may not read usage sees the API's refusal and nothing else.
-  const first = await api("GET", "/v1/admin/usage", { query: { since, until }, signal });
+  const first = await api("GET", "/v1/admin/usage", { query: { since, until, group_by_user: true }, signal });
 
   const sinceInput = h("input", { type: "date", name: "since", value: since, required: true });
   const untilInput = h("input", { type: "date", name: "until", value: until, required: true });
@@ -118,7 +134,7 @@ export async function render(body, { signal }) {
     field("Since (UTC day)", sinceInput),
     field("Until (UTC day)", untilInput),
     field("Tenant", tenantInput, "Empty: every tenant."),
-    field("Group by", groupSelect),
+    field("Group by", groupSelect, "End user: the calls' user parameter, recorded for keys with per-user limits."),
     h("div", { class: "actions" }, h("button", { type: "submit" }, "Show")),
   );
   groupSelect.addEventListener("change", () => output.replaceChildren(...report(latest, since, until, groupSelect.value)));
@@ -130,7 +146,7 @@ export async function render(body, { signal }) {
     }
     try {
       latest = await api("GET", "/v1/admin/usage", {
-        query: { since: sinceInput.value, until: untilInput.value, tenant: tenantInput.value.trim() },
+        query: { since: sinceInput.value, until: untilInput.value, tenant: tenantInput.value.trim(), group_by_user: true },
         signal,
       });
       since = sinceInput.value;
