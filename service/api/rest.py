@@ -208,16 +208,19 @@ def vector_items(vectors: np.ndarray, encoding_format: str, first_index: int = 0
     return [{"object": "embedding", "index": first_index + i, "embedding": row} for i, row in enumerate(vectors)]
 
 
-def usage_of(result: EmbedResult) -> dict:
+def usage_of(result: EmbedResult, cache_details: bool = True) -> dict:
     """OpenAI's usage, every input's tokens counted, with those served from the embedding cache beside them (in
-    `prompt_tokens_details.cached_tokens`, as OpenAI's chat usage reports its cached tokens)."""
+    `prompt_tokens_details.cached_tokens`, as OpenAI's chat usage reports its cached tokens) when `cache_details`
+    (a batch's output lines, assembled from stored chunks, do not know it and leave it out)."""
     tokens = result.prompt_tokens
-    details = {"cached_tokens": result.cached_tokens}
-    return {"prompt_tokens": tokens, "total_tokens": tokens, "prompt_tokens_details": details}
+    usage: dict = {"prompt_tokens": tokens, "total_tokens": tokens}
+    if cache_details:
+        usage["prompt_tokens_details"] = {"cached_tokens": result.cached_tokens}
+    return usage
 
 
-def openai_body(result: EmbedResult, encoding_format: str) -> bytes:
-    usage = usage_of(result)
+def openai_body(result: EmbedResult, encoding_format: str, cache_details: bool = True) -> bytes:
+    usage = usage_of(result, cache_details)
     body = {
         "object": "list",
         "data": vector_items(result.vectors, encoding_format),

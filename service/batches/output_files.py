@@ -112,7 +112,7 @@ async def _write_accepted(
             continue
         rows, counts = vectors
         result = EmbedResult(reader.job.model, rows, counts, [False] * len(counts))
-        body = openai_body(result, request.encoding_format or "float")
+        body = openai_body(result, request.encoding_format or "float", cache_details=False)
         await writers["output"].write(objects.response_line(request.custom_id, 200, body))
         tally.completed += 1
         tally.tokens += result.prompt_tokens
