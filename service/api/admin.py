@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from decimal import Decimal
+from typing import TypeVar
 
 import grpc
 
@@ -18,6 +20,7 @@ from service.jobs.runner import now_s
 
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _TENANT_LIMITS = ("rpm", "tpm", "user_rpm", "user_tpm")
+T = TypeVar("T")
 
 
 def key_message(key: KeyRecord) -> pb.ApiKey:
@@ -96,21 +99,23 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         records = await asyncio.to_thread(self._store.list_keys, request.tenant or None)
         return pb.ListKeysResponse(object="list", data=[key_message(k) for k in records])
 
+    async def _change_key(self, change: Callable[[str, int], T | None], key_id: str) -> T:
+        """`change(key_id, now)` through the store, applied at once; 404 when there is no such active key."""
+        changed = await asyncio.to_thread(change, key_id, now_s())
+        if changed is None:
+            raise _key_not_found(key_id)
+        await self._refresh()
+        return changed
+
     @rpc_errors
     async def RevokeKey(self, request: pb.RevokeKeyRequest, context) -> pb.RevokeKeyResponse:
-        record = await asyncio.to_thread(self._store.revoke_key, request.id, now_s())
-        if record is None:
-            raise _key_not_found(request.id)
-        await self._refresh()
+        record = await self._change_key(self._store.revoke_key, request.id)
         return pb.RevokeKeyResponse(key=key_message(record))
 
     @rpc_errors
     async def RotateKey(self, request: pb.RotateKeyRequest, context) -> pb.RotateKeyResponse:
-        rotated = await asyncio.to_thread(self._store.rotate_key, request.id, now_s())
-        if rotated is None:
-            raise _key_not_found(request.id)
-        await self._refresh()
-        return pb.RotateKeyResponse(key=key_message(rotated[0]), token=rotated[1])
+        record, token = await self._change_key(self._store.rotate_key, request.id)
+        return pb.RotateKeyResponse(key=key_message(record), token=token)
 
     @rpc_errors
     async def SetTenantLimits(self, request: pb.SetTenantLimitsRequest, context) -> pb.SetTenantLimitsResponse:
