@@ -16,6 +16,7 @@ from service._gen.embeddings.v1 import admin_pb2_grpc as pb_grpc
 from service.access.control import AccessControl
 from service.access.records import KeyRecord, UsageRow
 from service.api.embeddings import rpc_errors
+from service.api.optional_fields import copy_present
 from service.jobs.runner import now_s
 
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -33,10 +34,7 @@ def key_message(key: KeyRecord) -> pb.ApiKey:
         models=list(key.models or ()),
         created_at=key.created_at,
     )
-    for name in ("rpm", "tpm", "rotated_at", "revoked_at", "user_rpm", "user_tpm"):
-        value = getattr(key, name)
-        if value is not None:
-            setattr(message, name, value)
+    copy_present(key, message, ("rpm", "tpm", "rotated_at", "revoked_at", "user_rpm", "user_tpm"))
     return message
 
 
@@ -127,9 +125,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         )
         await self._refresh()
         response = pb.SetTenantLimitsResponse(name=tenant.name)
-        for name in _TENANT_LIMITS:
-            if getattr(tenant, name) is not None:
-                setattr(response, name, getattr(tenant, name))
+        copy_present(tenant, response, _TENANT_LIMITS)
         return response
 
     @rpc_errors

@@ -21,6 +21,7 @@ from service._gen.embeddings.v1 import jobs_pb2 as pb
 from service._gen.embeddings.v1 import jobs_pb2_grpc as pb_grpc
 from service.access.control import Principal
 from service.access.interceptor import acting_for, caller_of
+from service.api.optional_fields import copy_present
 from service.api.paging import page_limit
 from service.api.rest import as_rest_error, parse_request
 from service.api.rpc_errors import rpc_errors
@@ -84,10 +85,7 @@ def job_message(job: Job) -> pb.Job:
         results_url=f"/v1/async/jobs/{job.id}/results",
         encoding_format=job.options.get("encoding_format", "float"),
     )
-    for name in ("started_at", "cancelled_at", "expires_at"):
-        value = getattr(job, name)
-        if value is not None:
-            setattr(message, name, value)
+    copy_present(job, message, ("started_at", "cancelled_at", "expires_at"))
     finished_at = job.completed_at or job.failed_at
     if finished_at is not None:
         message.completed_at = finished_at
