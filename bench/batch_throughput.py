@@ -22,21 +22,10 @@ from pathlib import Path
 import httpx2
 from openai import OpenAI
 
-from bench.common import ENGINE_ONLY, BaselineConfig, InProcessBaseline
+from bench.common import ENGINE_ONLY, BaselineConfig, best_in_process_rate
 from bench.report import write_report
 from tests.serving import EnvoyProcess, ServerProcess
 from tests.stsb import load_pairs
-
-
-def in_process(model_dir: Path, sentences: list[str]) -> float:
-    baseline = InProcessBaseline(model_dir)
-    baseline.embed(sentences[:256], BaselineConfig(32))  # warm-up
-    best = 0.0
-    for config in (BaselineConfig(32), BaselineConfig(16, 2)):
-        start = time.perf_counter()
-        baseline.embed(sentences, config)
-        best = max(best, len(sentences) / (time.perf_counter() - start))
-    return best
 
 
 def batch_run(client: OpenAI, model: str, sentences: list[str]) -> dict[str, float]:
@@ -78,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     pool = load_pairs().sentences
     sentences = [pool[i % len(pool)] for i in range(args.requests)]
     repo = Path(args.model_repo).resolve()
-    limit = in_process(repo / args.model, sentences)
+    limit = best_in_process_rate(repo / args.model, sentences, (BaselineConfig(32), BaselineConfig(16, 2)), warm_up=256)
     with (
         ServerProcess(repo, *ENGINE_ONLY, "--models", args.model) as server,
         tempfile.TemporaryDirectory() as tmp,

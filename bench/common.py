@@ -14,7 +14,6 @@ import datetime
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +28,8 @@ import numpy as np
 import onnxruntime as ort
 import orjson
 
+from bench import lean
+from bench.lean import machine_busy_s, proc_stat
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from service.engine.backends import RuntimeOptions
@@ -47,7 +48,6 @@ REQUEST_SIZE = 32
 GRPC_ENCODINGS = {"float": pb.ENCODING_FORMAT_FLOAT, "bytes": pb.ENCODING_FORMAT_BYTES}
 # Vectors of two paths differ only by float rounding (batch composition changes the padded shapes).
 MAX_VECTOR_DIFF = 1e-4
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 # A run starts only once other processes use less than this many cores (sampled over QUIET_WINDOW_S).
 QUIET_CORES = 0.1
 QUIET_WINDOW_S = 0.5
@@ -107,18 +107,6 @@ class Run:
 # ---------------------------------------------------------------- CPU accounting
 
 
-def _stat_cpu_s(stat_file: Path) -> float:
-    """utime + stime of a /proc stat file; the command name may hold spaces, so split after its ')'."""
-    fields = stat_file.read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def _machine_busy_s() -> float:
-    """Non-idle CPU seconds of the whole machine (user, nice, system, irq, softirq, steal) since boot."""
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / CLK_TCK
-
-
 @dataclass(frozen=True)
 class CpuClock:
     """CPU seconds so far: the server (all threads, and its main thread alone, which runs the asyncio event loop),
@@ -135,10 +123,10 @@ class CpuClock:
         """`server_pids[0]` is the gRPC server; the others (Envoy) count as server side too."""
         main = server_pids[0]
         return cls(
-            server_total=sum(_stat_cpu_s(Path(f"/proc/{pid}/stat")) for pid in server_pids),
-            server_loop=_stat_cpu_s(Path(f"/proc/{main}/task/{main}/stat")),
+            server_total=sum(proc_stat(Path(f"/proc/{pid}/stat"))[1] for pid in server_pids),
+            server_loop=proc_stat(Path(f"/proc/{main}/task/{main}/stat"))[1],
             client=time.process_time(),
-            machine=_machine_busy_s(),
+            machine=machine_busy_s(),
         )
 
     def until(self, later: CpuClock) -> dict[str, float]:
@@ -157,15 +145,7 @@ def wait_quiet(server_pids: Sequence[int], max_wait_s: float = QUIET_MAX_WAIT_S)
     On a shared 2-core machine a neighbour's test run halves the figures; waiting beats reporting noise. Returns
     the seconds waited; gives up (and the run is flagged by its other_cpu_s) after `max_wait_s`.
     """
-    start = time.monotonic()
-    while time.monotonic() - start < max_wait_s:
-        before = CpuClock.read(server_pids)
-        time.sleep(QUIET_WINDOW_S)
-        if before.until(CpuClock.read(server_pids))["other_cpu_s"] < QUIET_CORES * QUIET_WINDOW_S:
-            break
-    else:
-        print(f"machine still busy after {max_wait_s:.0f}s; measuring anyway", file=sys.stderr)
-    return time.monotonic() - start
+    return lean.wait_quiet(server_pids, max_wait_s, cores=QUIET_CORES, window_s=QUIET_WINDOW_S)
 
 
 @dataclass(frozen=True)
@@ -232,6 +212,22 @@ class InProcessBaseline:
         for rows, result in zip(batches, results, strict=True):
             vectors[rows] = result
         return vectors
+
+
+def best_in_process_rate(
+    model_dir: Path, sentences: Sequence[str], configs: Sequence[BaselineConfig] = BASELINE_CONFIGS, warm_up: int = 0
+) -> float:
+    """Sentences per second of the best of `configs` embedding `sentences` in process (after `warm_up` of them
+    once, with the first config): the limit a served path is compared with."""
+    baseline = InProcessBaseline(model_dir)
+    if warm_up:
+        baseline.embed(sentences[:warm_up], configs[0])
+    best = 0.0
+    for config in configs:
+        started = time.perf_counter()
+        baseline.embed(sentences, config)
+        best = max(best, len(sentences) / (time.perf_counter() - started))
+    return best
 
 
 def run_baseline(
@@ -372,6 +368,13 @@ async def run_rest(
         latencies, vectors = await send_all_rest(url, bodies, concurrency)
     sentences = sum(len(v) for v in vectors if v is not None)
     return Run(name, repeat, sentences=sentences, latencies_ms=latencies, tokens=tokens, **m)
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """The lowest cosine similarity of two sets of vectors, row by row."""
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return float((a * b).sum(axis=1).min())
 
 
 def check_close(label: str, got: np.ndarray, expected: np.ndarray) -> float:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from bench.common import machine_facts
+from bench.common import machine_facts, min_cosine
 from bench.report import RESULTS
 from service.engine.backends import INPUT_NAMES, RuntimeOptions, pad_batch
 from service.engine.backends.onnxruntime import CPU, CUDA, TENSORRT, OnnxRuntimeBackend
@@ -130,12 +130,6 @@ def run_batches(runner: Runner, tokens: list[TokenizedInput], batch_size: int) -
             vectors = np.empty((len(tokens), out.shape[1]), dtype=np.float32)
         vectors[rows] = out
     return vectors, len(tokens) / (time.perf_counter() - started), 1000 * statistics.median(times)
-
-
-def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return float((a * b).sum(axis=1).min())
 
 
 def best_rate(model_dir: Path, model: str, providers: Sequence[str], texts: list[str]) -> tuple[str, float]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
+import sys
 import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 GRPC_THREADS = ("event_engine", "grpc_", "lifeguard", "resolver", "default-executo", "ExecCtx")
 
 
-def _stat(path: Path) -> tuple[str, float]:
+def proc_stat(path: Path) -> tuple[str, float]:
     """(thread name, utime + stime in seconds) of a /proc stat file (the name may hold spaces and parentheses)."""
     text = path.read_text()
     name = text[text.index("(") + 1 : text.rindex(")")]
@@ -50,11 +51,11 @@ class ThreadCpu:
 
     @classmethod
     def read(cls, pid: int) -> ThreadCpu:
-        _, total = _stat(Path(f"/proc/{pid}/stat"))
+        _, total = proc_stat(Path(f"/proc/{pid}/stat"))
         loop = grpc_core = 0.0
         for task in Path(f"/proc/{pid}/task").iterdir():
             try:
-                name, seconds = _stat(task / "stat")
+                name, seconds = proc_stat(task / "stat")
             except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
                 continue
             if task.name == str(pid):
@@ -85,7 +86,7 @@ class Snapshot:
 
     @classmethod
     def take(cls, server_pid: int, envoy_pid: int | None) -> Snapshot:
-        envoy = _stat(Path(f"/proc/{envoy_pid}/stat"))[1] if envoy_pid else 0.0
+        envoy = proc_stat(Path(f"/proc/{envoy_pid}/stat"))[1] if envoy_pid else 0.0
         return cls(ThreadCpu.read(server_pid), envoy, time.process_time(), machine_busy_s(), time.perf_counter())
 
 
@@ -123,18 +124,21 @@ class Measured:
 
 def wait_quiet(pids: Sequence[int], max_wait_s: float, cores: float = 0.15, window_s: float = 0.5) -> float:
     """Wait until processes other than `pids` and this one use less than `cores` (at most `max_wait_s`): on a shared
-    machine a neighbour's burst would halve a run. Returns the seconds waited."""
+    machine a neighbour's burst would halve a run. Returns the seconds waited; gives up (saying so) after
+    `max_wait_s`, and the run's figures of other processes' CPU then show the disturbance."""
     start = time.monotonic()
     while time.monotonic() - start < max_wait_s:
         busy, own = machine_busy_s(), _own_cpu(pids)
         time.sleep(window_s)
         if machine_busy_s() - busy - (_own_cpu(pids) - own) < cores * window_s:
             break
+    else:
+        print(f"machine still busy after {max_wait_s:.0f}s; measuring anyway", file=sys.stderr)
     return time.monotonic() - start
 
 
 def _own_cpu(pids: Sequence[int]) -> float:
-    return time.process_time() + sum(_stat(Path(f"/proc/{pid}/stat"))[1] for pid in pids if pid)
+    return time.process_time() + sum(proc_stat(Path(f"/proc/{pid}/stat"))[1] for pid in pids if pid)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

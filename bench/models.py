@@ -20,7 +20,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.common import BASELINE_CONFIGS, ENGINE_ONLY, REQUEST_SIZE, InProcessBaseline, machine_facts
+from bench.common import ENGINE_ONLY, REQUEST_SIZE, best_in_process_rate, machine_facts
 from bench.report import RESULTS, write_report
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
@@ -28,17 +28,6 @@ from tests.serving import ServerProcess
 from tests.stsb import load_pairs
 
 CLIENTS = 8
-
-
-def in_process(model_dir: Path, sentences: list[str]) -> float:
-    """Sentences per second of the best in-process batching."""
-    baseline = InProcessBaseline(model_dir)
-    best = 0.0
-    for config in BASELINE_CONFIGS:
-        started = time.perf_counter()
-        baseline.embed(sentences, config)
-        best = max(best, len(sentences) / (time.perf_counter() - started))
-    return best
 
 
 async def over_grpc(address: str, model: str, sentences: list[str]) -> float:
@@ -63,7 +52,7 @@ def measure(repo: Path, model: str, sentences: list[str], repeats: int) -> tuple
     with ServerProcess(repo, *ENGINE_ONLY, "--models", model).start(timeout=600) as server:
         asyncio.run(over_grpc(server.address, model, sentences[: REQUEST_SIZE * CLIENTS]))  # warm-up
         for repeat in range(repeats):
-            limits.append(in_process(repo / model, sentences))
+            limits.append(best_in_process_rate(repo / model, sentences))
             served.append(asyncio.run(over_grpc(server.address, model, sentences)))
             print(
                 f"{model}: repeat {repeat + 1}: {limits[-1]:.0f}/s in-process, {served[-1]:.0f}/s gRPC", file=sys.stderr

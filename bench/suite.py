@@ -36,6 +36,7 @@ from bench.common import (
     check_close,
     machine_facts,
     make_requests,
+    min_cosine,
     rest_bodies,
     run_baseline,
     summarize,
@@ -111,12 +112,6 @@ def stsb_score(vectors: np.ndarray) -> float:
     """STS-B test Spearman x100 of vectors of all its sentences (first sentences, then second ones)."""
     pairs = load_pairs("test")
     return spearman_x100(pairs, vectors[: len(pairs.first)], vectors[len(pairs.first) :])
-
-
-def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return float((a * b).sum(axis=1).min())
 
 
 @dataclass

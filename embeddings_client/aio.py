@@ -5,8 +5,8 @@ the requests of one `embed` call run `concurrency` at a time."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import TypeVar
 
 import grpc
@@ -15,11 +15,13 @@ import numpy as np
 from embeddings_client.base import (
     DEFAULT_PAGE_SIZE,
     DEFAULT_TIMEOUT_S,
-    Attempts,
+    ClientCore,
     JobWait,
     ResultPages,
     concatenate,
+    job_fields,
     make_params,
+    request_limit,
     stack_pages,
 )
 from embeddings_client.config import PemSource
@@ -49,7 +51,7 @@ from embeddings_client.types import (
 T = TypeVar("T")
 
 
-class AsyncEmbeddingsClient:
+class AsyncEmbeddingsClient(ClientCore):
     """An asyncio client of the embeddings gRPC API (see `EmbeddingsClient` for the options).
 
     ```python
@@ -78,10 +80,7 @@ class AsyncEmbeddingsClient:
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        self.default_model = model
-        self.timeout = timeout
-        self.retry = retry or RetryPolicy()
-        self.max_request_bytes = max_request_bytes
+        super().__init__(model=model, timeout=timeout, retry=retry, max_request_bytes=max_request_bytes)
         self.concurrency = concurrency
         self._connection = Connection(
             target,
@@ -96,7 +95,6 @@ class AsyncEmbeddingsClient:
             asynchronous=True,
         )
         self.target = self._connection.target
-        self._models: dict[str, ModelInfo] = {}
 
     async def close(self) -> None:
         await self._connection.channel.close()
@@ -119,7 +117,7 @@ class AsyncEmbeddingsClient:
     async def _retrying(
         self, call: Callable[[float], Awaitable[T]], timeout: float | None, idempotent: bool = True
     ) -> T:
-        attempts = Attempts(self.timeout if timeout is None else timeout, self.retry, idempotent)
+        attempts = self._attempts(timeout, idempotent)
         while True:
             left = attempts.next()
             try:
@@ -134,14 +132,10 @@ class AsyncEmbeddingsClient:
     # --- models ------------------------------------------------------------------------------------------------
 
     async def models(self, timeout: float | None = None) -> list[ModelInfo]:
-        found = await self._retrying_rpc(models_rpc(), timeout)
-        self._models.update({m.id: m for m in found})
-        return found
+        return self._remember(await self._retrying_rpc(models_rpc(), timeout))
 
     async def model(self, name: str | None = None, timeout: float | None = None) -> ModelInfo:
-        name = name or self.default_model
-        if not name:
-            raise ValueError("no model: pass a name or set the client's model")
+        name = self._model_name(name)
         if name not in self._models:
             self._models[name] = await self._retrying_rpc(model_rpc(name), timeout)
         return self._models[name]
@@ -166,7 +160,7 @@ class AsyncEmbeddingsClient:
         items = as_texts(texts)
         params = make_params(model, self.default_model, dimensions, normalize, input_type, truncate, user)
         info = await self.model(params.model, timeout)
-        limit = min(info.max_inputs_per_request, batch_size or info.max_inputs_per_request)
+        limit = request_limit(info, batch_size)
         gate = asyncio.Semaphore(self.concurrency)
 
         async def one(start: int, stop: int) -> EmbedBatch:
@@ -175,7 +169,7 @@ class AsyncEmbeddingsClient:
                     batch = await self._retrying_rpc(embed_rpc(items[start:stop], params), timeout)
                 except EmbeddingsError as err:
                     raise err.shifted(start) from None
-            return dataclasses.replace(batch, start=start)
+            return replace(batch, start=start)
 
         tasks = [asyncio.ensure_future(one(a, b)) for a, b in plan_batches(items, limit, self.max_request_bytes)]
         try:
@@ -204,7 +198,7 @@ class AsyncEmbeddingsClient:
         timeout: float | None = None,
     ) -> Job:
         params = make_params(model, self.default_model, dimensions, normalize, input_type, truncate, user)
-        fields = {**(metadata or {}), **({"webhook_id": webhook_id} if webhook_id else {})}
+        fields = job_fields(metadata, webhook_id)
         return await self._retrying_rpc(submit_rpc(as_texts(texts), params, fields), timeout, idempotent=False)
 
     async def get_job(self, job_id: str, timeout: float | None = None) -> Job:

@@ -1,16 +1,15 @@
 """What every client does the same way whatever the transport: split a call's texts to the server's limits, retry
 with back-off, follow async jobs and page their results. The transports (gRPC in `client.py`, REST in `rest.py`)
-supply single calls. The asyncio client (`aio.py`) shares the bookkeeping of retries, job waits and result pages
-(`Attempts`, `JobWait`, `ResultPages`): only how it waits differs."""
+supply single calls. The asyncio client (`aio.py`) shares what a client holds (`ClientCore`) and the bookkeeping of
+retries, job waits and result pages (`Attempts`, `JobWait`, `ResultPages`): only how it waits differs."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 import numpy as np
@@ -82,6 +81,16 @@ def page_vectors(page: Mapping) -> np.ndarray:
 def stack_pages(pages: Sequence[np.ndarray]) -> np.ndarray:
     """A job's result pages as one array [inputs, dimensions]."""
     return np.concatenate(pages) if pages else np.zeros((0, 0), np.float32)
+
+
+def request_limit(info: ModelInfo, batch_size: int | None) -> int:
+    """Inputs one embedding request may carry: the model's limit, or `batch_size` when smaller."""
+    return min(info.max_inputs_per_request, batch_size) if batch_size else info.max_inputs_per_request
+
+
+def job_fields(metadata: Mapping[str, str] | None, webhook_id: str | None) -> dict[str, str]:
+    """A job submission's metadata, with the webhook to notify among it."""
+    return {**(metadata or {}), **({"webhook_id": webhook_id} if webhook_id else {})}
 
 
 def concatenate(batches: Sequence[EmbedBatch], dimensions: int) -> np.ndarray:
@@ -156,8 +165,9 @@ class ResultPages:
         return rows
 
 
-class SyncClientBase(ABC):
-    """Splitting, retries, jobs: everything above a single call, for blocking clients."""
+class ClientCore:
+    """What every client holds, whatever its transport and however it waits: the default model, a call's time and
+    retry budget, the request size, and the models read so far (by id and by the names asked for)."""
 
     def __init__(
         self,
@@ -172,6 +182,24 @@ class SyncClientBase(ABC):
         self.retry = retry or RetryPolicy()
         self.max_request_bytes = max_request_bytes or DEFAULT_MAX_REQUEST_BYTES
         self._models: dict[str, ModelInfo] = {}
+
+    def _attempts(self, timeout: float | None, idempotent: bool) -> Attempts:
+        """One call's attempts, within `timeout` (None: the client's)."""
+        return Attempts(self.timeout if timeout is None else timeout, self.retry, idempotent)
+
+    def _model_name(self, name: str | None) -> str:
+        name = name or self.default_model
+        if not name:
+            raise ValueError("no model: pass a name or set the client's model")
+        return name
+
+    def _remember(self, found: list[ModelInfo]) -> list[ModelInfo]:
+        self._models.update({m.id: m for m in found})
+        return found
+
+
+class SyncClientBase(ClientCore, ABC):
+    """Splitting, retries, jobs: everything above a single call, for blocking clients."""
 
     # --- what a transport provides ---------------------------------------------------------------------------
 
@@ -209,7 +237,7 @@ class SyncClientBase(ABC):
 
     def _retrying(self, call: Callable[[float], T], timeout: float | None, idempotent: bool = True) -> T:
         """Run `call(seconds_left)` until it succeeds, retrying per the policy within one deadline."""
-        attempts = Attempts(self.timeout if timeout is None else timeout, self.retry, idempotent)
+        attempts = self._attempts(timeout, idempotent)
         while True:
             left = attempts.next()
             try:
@@ -222,15 +250,11 @@ class SyncClientBase(ABC):
 
     def models(self, timeout: float | None = None) -> list[ModelInfo]:
         """The models the server serves to this caller."""
-        found = self._retrying(self._models_call, timeout)
-        self._models.update({m.id: m for m in found})
-        return found
+        return self._remember(self._retrying(self._models_call, timeout))
 
     def model(self, name: str | None = None, timeout: float | None = None) -> ModelInfo:
         """One model, by id or alias (cached: the client splits calls to its limits)."""
-        name = name or self.default_model
-        if not name:
-            raise ValueError("no model: pass a name or set the client's model")
+        name = self._model_name(name)
         if name not in self._models:
             self._models[name] = self._retrying(lambda left: self._model_call(name, left), timeout)
         return self._models[name]
@@ -257,16 +281,14 @@ class SyncClientBase(ABC):
         message name the position in `texts`."""
         items = as_texts(texts)
         params = make_params(model, self.default_model, dimensions, normalize, input_type, truncate, user)
-        limit = self.model(params.model, timeout).max_inputs_per_request
-        if batch_size:
-            limit = min(limit, batch_size)
+        limit = request_limit(self.model(params.model, timeout), batch_size)
         for start, stop in plan_batches(items, limit, self.max_request_bytes):
             chunk = items[start:stop]
             try:
                 batch = self._retrying(lambda left, chunk=chunk: self._embed_call(chunk, params, left), timeout)
             except EmbeddingsError as err:
                 raise err.shifted(start) from None
-            yield dataclasses.replace(batch, start=start)
+            yield replace(batch, start=start)
 
     def embed(
         self,
@@ -318,9 +340,7 @@ class SyncClientBase(ABC):
         Not retried when the server may have acted on it (UNAVAILABLE): list the jobs to find out."""
         items = as_texts(texts)
         params = make_params(model, self.default_model, dimensions, normalize, input_type, truncate, user)
-        fields = dict(metadata or {})
-        if webhook_id:
-            fields["webhook_id"] = webhook_id
+        fields = job_fields(metadata, webhook_id)
         return self._retrying(lambda left: self._submit_call(items, params, fields, left), timeout, idempotent=False)
 
     def get_job(self, job_id: str, timeout: float | None = None) -> Job:

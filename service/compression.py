@@ -14,10 +14,12 @@ not sent them by the time it returns, they are sent first, carrying it (one more
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+
+from service.per_method import Continuation, PerMethodInterceptor, behavior_of, handler_like
 
 # The metadata a call asks with; its value lists encodings, of which gzip is the one served.
 RESPONSE_COMPRESSION = "x-response-compression"
@@ -60,11 +62,7 @@ class _Compressing:
 def compressed(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """`handler`, answering with gzip-compressed messages. A handler that is not a coroutine or async generator
     function (none here) is returned as it is."""
-    behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
-    serializers = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
+    behavior = behavior_of(handler)
     if inspect.isasyncgenfunction(behavior):
 
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
@@ -89,25 +87,20 @@ def compressed(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         answer = unary
     else:
         return handler
-    make = {
-        (False, False): grpc.unary_unary_rpc_method_handler,
-        (False, True): grpc.unary_stream_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-        (True, True): grpc.stream_stream_rpc_method_handler,
-    }[(handler.request_streaming, handler.response_streaming)]
-    return make(answer, **serializers)
+    return handler_like(handler, answer)
 
 
-class ResponseCompressionInterceptor(grpc.aio.ServerInterceptor):
-    """The outermost interceptor: a call that asks for gzip gets its handler wrapped (per call: the ask is in its
-    metadata); any other gets the handler as it is, at the cost of one look through its metadata."""
+class ResponseCompressionInterceptor(PerMethodInterceptor):
+    """The outermost interceptor: a call that asks for gzip gets its method's compressing handler (made once per
+    method; the ask is in each call's metadata); any other gets the handler as it is, at the cost of one look
+    through its metadata."""
+
+    def wrap(self, path: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        return compressed(handler)
 
     async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or not asks_for_gzip(handler_call_details.invocation_metadata):
-            return handler
-        return compressed(handler)
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        if asks_for_gzip(details.invocation_metadata):
+            return await super().intercept_service(continuation, details)
+        return await continuation(details)

@@ -9,11 +9,12 @@ import tomllib
 from dataclasses import dataclass, fields
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from service.engine.prices import parse_price
 
 ENV_PREFIX = "EMBED_"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -231,3 +232,33 @@ def load_settings(argv: list[str] | None = None, environ: dict[str, str] | None 
         with Path(config_path).open("rb") as fh:
             values.update(_from_mapping(tomllib.load(fh), config_path))
     return resolve_settings(Settings, args, environ, values)
+
+
+# The metadata key naming the setting a component's field takes, when it is not the field's own name.
+SETTING = "setting"
+
+
+def setting(name: str, default: Any = dataclasses.MISSING) -> Any:
+    """A field of a component's dataclass (jobs, batches, access limits) that takes the setting `name` of `Settings`
+    rather than the one of its own name. Its default, where the component is built without settings, is the
+    setting's unless `default` says otherwise; a name `Settings` lacks fails at import."""
+    defaults = {f.name: f.default for f in fields(Settings)}
+    if name not in defaults:
+        raise AttributeError(f"Settings has no setting {name!r}")
+    return dataclasses.field(
+        default=defaults[name] if default is dataclasses.MISSING else default, metadata={SETTING: name}
+    )
+
+
+def setting_of(field: dataclasses.Field) -> str:
+    """The setting a component's field takes: the one its `setting()` names, else the one of its own name."""
+    return field.metadata.get(SETTING, field.name)
+
+
+def from_settings(kind: type[T], settings: Settings, /, **given: Any) -> T:
+    """An instance of the dataclass `kind`: every field the setting it takes (`setting_of`), where `Settings` has one
+    and it is not `given` (values the server parses or composes); the others keep their defaults. So a setting is
+    declared once, in `Settings`, and a component takes it by naming a field after it."""
+    known = {f.name for f in fields(settings)}
+    taken = {f.name: setting_of(f) for f in fields(kind) if f.name not in given}  # type: ignore[arg-type]
+    return kind(**given, **{field: getattr(settings, name) for field, name in taken.items() if name in known})

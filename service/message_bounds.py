@@ -12,13 +12,14 @@ which it does before any message is read. The gateway refuses most such REST bod
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
 from service import errors
+from service.per_method import PerMethodInterceptor, handler_like
 from service.policy import MethodPolicy
 
 
@@ -69,40 +70,23 @@ def bounded(handler: grpc.RpcMethodHandler, cap: int) -> grpc.RpcMethodHandler:
         async for response in handler.stream_stream(checked(requests, context), context):
             yield response
 
-    serializers = {
-        "request_deserializer": _measured(handler.request_deserializer, cap),
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(unary_unary, **serializers)
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(unary_stream, **serializers)
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(stream_unary, **serializers)
-    return grpc.stream_stream_rpc_method_handler(stream_stream, **serializers)
+    if handler.request_streaming:
+        behavior = stream_stream if handler.response_streaming else stream_unary
+    else:
+        behavior = unary_stream if handler.response_streaming else unary_unary
+    return handler_like(handler, behavior, request_deserializer=_measured(handler.request_deserializer, cap))
 
 
-class MessageBoundsInterceptor(grpc.aio.ServerInterceptor):
+class MessageBoundsInterceptor(PerMethodInterceptor):
     """Caps the request messages of the methods whose policy declares a cap below the server's own (`server_cap`,
     which gRPC enforces itself); the innermost interceptor, so the access interceptor reads (and so measures) a
     message only once the caller is admitted. The bounded handler is made once per method."""
 
     def __init__(self, policies: Mapping[str, MethodPolicy], server_cap: int) -> None:
+        super().__init__()
         caps = {path: method.message_cap(server_cap) for path, method in policies.items()}
         self._caps = {path: cap for path, cap in caps.items() if cap < server_cap}
-        self._bounded: dict[str, grpc.RpcMethodHandler] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        path = handler_call_details.method
+    def wrap(self, path: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         cap = self._caps.get(path)
-        if handler is None or cap is None:
-            return handler
-        wrapped = self._bounded.get(path)
-        if wrapped is None:
-            wrapped = self._bounded[path] = bounded(handler, cap)
-        return wrapped
+        return handler if cap is None else bounded(handler, cap)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import signal
 from pathlib import Path
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -33,7 +31,7 @@ from service.api.rest import RestServicer
 from service.batches.files import UploadLimits
 from service.batches.runner import BatchSettings, BatchWorkers, announce_batch
 from service.compression import ResponseCompressionInterceptor
-from service.config import Settings
+from service.config import Settings, from_settings
 from service.embedding import Embedder
 from service.engine.batcher import BatchLimits
 from service.engine.registry import EngineOptions, ModelRegistry
@@ -64,19 +62,21 @@ METADATA_LIMIT_BYTES = 64 * 1024
 def engine_options(settings: Settings) -> EngineOptions:
     """What the engine is told of the server's settings: every field of the engine's options (and of its batch
     limits) that a setting of the same name holds, plus the settings the engine takes parsed or renamed."""
-
-    def same_names(options: type) -> dict[str, Any]:
-        return {f.name: getattr(settings, f.name) for f in dataclasses.fields(options) if hasattr(settings, f.name)}
-
-    return EngineOptions(
-        **{
-            **same_names(EngineOptions),
-            "model_repo": Path(settings.model_repo),
-            "aliases": settings.alias_map(),
-            "provider_options": settings.provider_option_map(),
-            "batching": BatchLimits(**same_names(BatchLimits), background_min_share=settings.job_min_share),
-        }
+    return from_settings(
+        EngineOptions,
+        settings,
+        model_repo=Path(settings.model_repo),
+        aliases=settings.alias_map(),
+        provider_options=settings.provider_option_map(),
+        batching=from_settings(BatchLimits, settings, background_min_share=settings.job_min_share),
     )
+
+
+def job_settings(settings: Settings) -> JobSettings:
+    """The job engine's settings, with the webhook retry schedule parsed."""
+    schedule = webhooks.parse_delays(settings.webhook_retry_schedule)
+    retry = webhooks.RetryPolicy(schedule, timeout_s=settings.webhook_timeout_s)
+    return from_settings(JobSettings, settings, webhook_policy=retry)
 
 
 class EmbeddingServer:
@@ -126,15 +126,7 @@ class EmbeddingServer:
         self._decoder = TokenIdDecoder(self.registry.tokenize_executor)
         rest = RestServicer(self.embedder, self._decoder, lambda: self.serving)
         rest_pb2_grpc.add_RestServiceServicer_to_server(rest, self._server)
-        self.job_settings = JobSettings(
-            chunk_size=settings.job_chunk_size,
-            lease_s=settings.job_lease_s,
-            expiry_sweep_s=settings.results_expiry_sweep_s,
-            webhook_policy=webhooks.RetryPolicy(
-                webhooks.parse_delays(settings.webhook_retry_schedule), timeout_s=settings.webhook_timeout_s
-            ),
-            webhook_allow_private=settings.webhook_allow_private,
-        )
+        self.job_settings = job_settings(settings)
         self.workers: JobWorkers | None = None
         # SQLite under data_dir, or PostgreSQL shared with other replicas (store_url).
         self.store = open_job_store(settings, announce)
@@ -142,23 +134,15 @@ class EmbeddingServer:
             self.store,
             self.embedder,
             self._decoder,
-            chunk_size=settings.job_chunk_size,
-            max_inputs_per_job=settings.max_inputs_per_job,
-            allow_private_webhooks=settings.webhook_allow_private,
-            max_webhooks_per_tenant=settings.max_webhooks_per_tenant,
+            self.job_settings,
             on_new_job=lambda: self.workers.notify() if self.workers else None,
         )
         jobs_pb2_grpc.add_JobServiceServicer_to_server(jobs, self._server)
         # The Batch API: files and batches in the same store, run as jobs (service/batches).
         self.store.batch_announce = announce_batch
-        self.batch_settings = BatchSettings(
-            max_requests=settings.batch_max_requests,
-            max_inputs=settings.batch_max_inputs,
-            lease_s=settings.job_lease_s,
-            chunk_size=settings.job_chunk_size,
-        )
+        self.batch_settings = from_settings(BatchSettings, settings)
         self.batch_workers: BatchWorkers | None = None
-        upload_limits = UploadLimits(settings.batch_max_file_bytes, max_lines=settings.batch_max_requests)
+        upload_limits = from_settings(UploadLimits, settings)
         batches_pb2_grpc.add_FileServiceServicer_to_server(FileServicer(self.store, upload_limits), self._server)
         batch_servicer = BatchServicer(
             self.store,
@@ -250,22 +234,7 @@ def access_control(settings: Settings) -> AccessControl:
     if refusal is not None:
         store.close()
         raise ValueError(refusal)
-    limits = Limits(
-        key_rpm=settings.rate_limit_rpm,
-        key_tpm=settings.rate_limit_tpm,
-        tenant_rpm=settings.tenant_rate_limit_rpm,
-        tenant_tpm=settings.tenant_rate_limit_tpm,
-        job_reserve=settings.job_rate_limit_reserve,
-        user_rpm=settings.user_rate_limit_rpm,
-        user_tpm=settings.user_rate_limit_tpm,
-        usage_by_user=settings.usage_by_user,
-    )
-    return AccessControl(
-        store,
-        limits,
-        open_mode=mode,
-        limiter=open_rate_limiter(settings),
-    )
+    return AccessControl(store, from_settings(Limits, settings), open_mode=mode, limiter=open_rate_limiter(settings))
 
 
 async def serve(settings: Settings) -> int:

@@ -9,9 +9,12 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import grpc
 import numpy as np
 import pytest
+from google.protobuf import struct_pb2
 
+from service._gen.embeddings.v1 import jobs_pb2, jobs_pb2_grpc
 from service.jobs import webhooks
 from tests.serving import EnvoyProcess, ServerProcess, http
 from tests.stsb import load_pairs
@@ -282,3 +285,23 @@ def test_fresh_server_lists_are_empty_arrays(served_repo, tmp_path):
         listed = get(envoy, "/v1/webhooks")[1]["data"][0]
         assert "secret" not in listed and "disabled_reason" not in listed
         assert get(envoy, f"/v1/webhooks/{hook['id']}/deliveries")[1]["data"] == []
+
+
+def test_the_job_limits_set_on_the_server_are_the_ones_its_job_service_keeps(served_repo):
+    """max_inputs_per_job and max_webhooks_per_tenant reach the job service (through JobSettings)."""
+    limits = ("--max-inputs-per-job", "3", "--max-webhooks-per-tenant", "1", "--webhook-allow-private", "true")
+    with ServerProcess(served_repo, *limits) as server, grpc.insecure_channel(server.address) as channel:
+        stub = jobs_pb2_grpc.JobServiceStub(channel)
+        texts = struct_pb2.Value(list_value=struct_pb2.ListValue(values=[struct_pb2.Value(string_value="a")] * 4))
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.AsyncEmbed(jobs_pb2.AsyncEmbedRequest(model=FP32, input=texts), timeout=30)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "4 in one request, the limit is 3" in caught.value.details()
+        del texts.list_value.values[3]
+        assert stub.AsyncEmbed(jobs_pb2.AsyncEmbedRequest(model=FP32, input=texts), timeout=30).id
+        hook = jobs_pb2.CreateWebhookRequest(url="http://127.0.0.1:9/hook")
+        assert stub.CreateWebhook(hook, timeout=30).id
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.CreateWebhook(hook, timeout=30)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "already has 1 webhook endpoints" in caught.value.details()

@@ -32,6 +32,7 @@ from service.access.limits import (
 from service.access.records import DEFAULT_TENANT, KeyRecord, KeySnapshot, TenantRecord
 from service.access.store import AccessStore
 from service.access.usage import UsageMeter
+from service.config import setting
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +49,13 @@ class Limits:
     `user_rpm`/`user_tpm`: each end user's limits within a key (0: none); `usage_by_user`: record the end user in
     usage for every key (else only for keys with per-user limits)."""
 
-    key_rpm: int = 0
-    key_tpm: int = 0
-    tenant_rpm: int = 0
-    tenant_tpm: int = 0
-    job_reserve: float = 0.5
-    user_rpm: int = 0
-    user_tpm: int = 0
+    key_rpm: int = setting("rate_limit_rpm", 0)
+    key_tpm: int = setting("rate_limit_tpm", 0)
+    tenant_rpm: int = setting("tenant_rate_limit_rpm")
+    tenant_tpm: int = setting("tenant_rate_limit_tpm")
+    job_reserve: float = setting("job_rate_limit_reserve")
+    user_rpm: int = setting("user_rate_limit_rpm")
+    user_tpm: int = setting("user_rate_limit_tpm")
     usage_by_user: bool = False
 
 

@@ -13,13 +13,14 @@ Open methods, health checks and reflection need no key.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import grpc
 
 from service import errors, policy
 from service.access.control import AccessControl, Principal, checked_user, permission_denied
+from service.per_method import PerMethodInterceptor, behavior_of, handler_like
 from service.policy import MethodPolicy
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def _guarded(handler: grpc.RpcMethodHandler, control: AccessControl, method: Met
     unary call is a stream of one message). The checks run inside the call, so the handler holds no per-call
     state and other interceptors may cache it.
     """
-    behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    behavior = behavior_of(handler)
 
     async def admit(context: grpc.aio.ServicerContext) -> Principal:
         principal: Principal | None = None
@@ -146,61 +147,41 @@ def _guarded(handler: grpc.RpcMethodHandler, control: AccessControl, method: Met
             await wrapped.flush()
             yield item
 
-    serializers = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(streaming_response, **serializers)
-    return grpc.stream_unary_rpc_method_handler(unary_response, **serializers)
+    return handler_like(
+        handler, streaming_response if handler.response_streaming else unary_response, request_streaming=True
+    )
 
 
 def _refused(handler: grpc.RpcMethodHandler, path: str) -> grpc.RpcMethodHandler:
     """A served method without a declared policy (the server refuses to start with one): every call fails."""
-    log.error("%s has no declared policy: refusing it", path)
     status = errors.internal(f"{path} has no access policy.").to_status()
 
     async def refuse(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+        log.error("%s has no declared policy: refusing it", path)
         await context.abort_with_status(status)
 
-    serializers = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.response_streaming:
+    async def refuse_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext):
+        await refuse(requests, context)
+        yield  # an async generator, as a streaming handler must be
 
-        async def refuse_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext):
-            await context.abort_with_status(status)
-            yield  # an async generator, as a streaming handler must be
-
-        return grpc.stream_stream_rpc_method_handler(refuse_stream, **serializers)
-    return grpc.stream_unary_rpc_method_handler(refuse, **serializers)
+    return handler_like(handler, refuse_stream if handler.response_streaming else refuse, request_streaming=True)
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor(PerMethodInterceptor):
     """Guards every method by its declared policy; a method with none (not ours and not a known open service) is
-    refused outright, so nothing is served unguarded by omission."""
+    refused outright, so nothing is served unguarded by omission. Each method's guarded handler is made once."""
 
     def __init__(self, control: AccessControl, policies: Mapping[str, MethodPolicy]) -> None:
+        super().__init__()
         self._control = control
         self._policies = policies
-        self._guarded: dict[str, grpc.RpcMethodHandler] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        path = handler_call_details.method
-        if handler is None or policy.is_foreign_open(path):
+    def wrap(self, path: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if policy.is_foreign_open(path):
             return handler
-        guarded = self._guarded.get(path)
-        if guarded is None:
-            method = self._policies.get(path)
-            if method is None:
-                return _refused(handler, path)
-            if method.is_open:
-                return handler
-            guarded = self._guarded[path] = _guarded(handler, self._control, method)
-        return guarded
+        method = self._policies.get(path)
+        if method is None:
+            return _refused(handler, path)
+        if method.is_open:
+            return handler
+        return _guarded(handler, self._control, method)

@@ -48,8 +48,9 @@ class TenantRecord:
 
 
 @dataclass(frozen=True)
-class UsageDelta:
-    """Counts to add to one (day, tenant, key, model, user, price) row."""
+class UsageLine:
+    """What a key (with an end user: for one of them) used of a model on a UTC day: the counts a delta adds to a
+    stored line and a report reads back."""
 
     day: str
     tenant: str
@@ -59,27 +60,23 @@ class UsageDelta:
     tokens: int = 0
     job_requests: int = 0
     job_tokens: int = 0
-    # The end user (OpenAI's `user`) when the key records users, else "".
+    # The end user (OpenAI's `user`), else "": a delta names one when the key records users, a report when it is
+    # grouped by user.
     user: str = ""
+
+
+@dataclass(frozen=True)
+class UsageDelta(UsageLine):
+    """Counts to add to one (day, tenant, key, model, user, price) row."""
+
     # The model's price per million tokens when the tokens were used (exact decimal text), "" when unpriced.
     price: str = ""
 
 
 @dataclass(frozen=True)
-class UsageRow:
-    """A line of a usage report: what a key (grouped by user: one of its end users) used of a model on a UTC day,
-    and what that cost at the prices in effect when it was used."""
+class UsageRow(UsageLine):
+    """A line of a usage report, and what it cost at the prices in effect when it was used."""
 
-    day: str
-    tenant: str
-    key_id: str
-    model: str
-    requests: int = 0
-    tokens: int = 0
-    job_requests: int = 0
-    job_tokens: int = 0
-    # "" unless the report is grouped by user.
-    user: str = ""
     cost: Decimal = field(default=Decimal(0))
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from decimal import Decimal
+from typing import TypeVar
 
 import grpc
 
@@ -14,10 +16,12 @@ from service._gen.embeddings.v1 import admin_pb2_grpc as pb_grpc
 from service.access.control import AccessControl
 from service.access.records import KeyRecord, UsageRow
 from service.api.embeddings import rpc_errors
+from service.api.optional_fields import copy_present
 from service.jobs.runner import now_s
 
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _TENANT_LIMITS = ("rpm", "tpm", "user_rpm", "user_tpm")
+T = TypeVar("T")
 
 
 def key_message(key: KeyRecord) -> pb.ApiKey:
@@ -30,10 +34,7 @@ def key_message(key: KeyRecord) -> pb.ApiKey:
         models=list(key.models or ()),
         created_at=key.created_at,
     )
-    for name in ("rpm", "tpm", "rotated_at", "revoked_at", "user_rpm", "user_tpm"):
-        value = getattr(key, name)
-        if value is not None:
-            setattr(message, name, value)
+    copy_present(key, message, ("rpm", "tpm", "rotated_at", "revoked_at", "user_rpm", "user_tpm"))
     return message
 
 
@@ -96,21 +97,23 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         records = await asyncio.to_thread(self._store.list_keys, request.tenant or None)
         return pb.ListKeysResponse(object="list", data=[key_message(k) for k in records])
 
+    async def _change_key(self, change: Callable[[str, int], T | None], key_id: str) -> T:
+        """`change(key_id, now)` through the store, applied at once; 404 when there is no such active key."""
+        changed = await asyncio.to_thread(change, key_id, now_s())
+        if changed is None:
+            raise _key_not_found(key_id)
+        await self._refresh()
+        return changed
+
     @rpc_errors
     async def RevokeKey(self, request: pb.RevokeKeyRequest, context) -> pb.RevokeKeyResponse:
-        record = await asyncio.to_thread(self._store.revoke_key, request.id, now_s())
-        if record is None:
-            raise _key_not_found(request.id)
-        await self._refresh()
+        record = await self._change_key(self._store.revoke_key, request.id)
         return pb.RevokeKeyResponse(key=key_message(record))
 
     @rpc_errors
     async def RotateKey(self, request: pb.RotateKeyRequest, context) -> pb.RotateKeyResponse:
-        rotated = await asyncio.to_thread(self._store.rotate_key, request.id, now_s())
-        if rotated is None:
-            raise _key_not_found(request.id)
-        await self._refresh()
-        return pb.RotateKeyResponse(key=key_message(rotated[0]), token=rotated[1])
+        record, token = await self._change_key(self._store.rotate_key, request.id)
+        return pb.RotateKeyResponse(key=key_message(record), token=token)
 
     @rpc_errors
     async def SetTenantLimits(self, request: pb.SetTenantLimitsRequest, context) -> pb.SetTenantLimitsResponse:
@@ -122,9 +125,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         )
         await self._refresh()
         response = pb.SetTenantLimitsResponse(name=tenant.name)
-        for name in _TENANT_LIMITS:
-            if getattr(tenant, name) is not None:
-                setattr(response, name, getattr(tenant, name))
+        copy_present(tenant, response, _TENANT_LIMITS)
         return response
 
     @rpc_errors

@@ -21,6 +21,7 @@ from service._gen.embeddings.v1 import jobs_pb2 as pb
 from service._gen.embeddings.v1 import jobs_pb2_grpc as pb_grpc
 from service.access.control import Principal
 from service.access.interceptor import acting_for, caller_of
+from service.api.optional_fields import copy_present
 from service.api.paging import page_limit
 from service.api.rest import as_rest_error, parse_request, vector_items
 from service.api.rpc_errors import rpc_errors
@@ -30,6 +31,7 @@ from service.engine.quantize import FLOAT
 from service.engine.tokenize import TokenIdDecoder
 from service.jobs import webhooks
 from service.jobs.records import InvalidCursor, Job, NotFound, ResultsNotReady, ResultsRemoved, TooManyWebhooks
+from service.jobs.runner import JobSettings
 from service.jobs.store import JobStore
 from service.worker_loops import now_s
 
@@ -85,10 +87,7 @@ def job_message(job: Job) -> pb.Job:
         encoding_format=job.options.get("encoding_format", "float"),
         embedding_type=job.options.get("embedding_type", FLOAT),
     )
-    for name in ("started_at", "cancelled_at", "expires_at"):
-        value = getattr(job, name)
-        if value is not None:
-            setattr(message, name, value)
+    copy_present(job, message, ("started_at", "cancelled_at", "expires_at"))
     finished_at = job.completed_at or job.failed_at
     if finished_at is not None:
         message.completed_at = finished_at
@@ -121,25 +120,19 @@ class JobServicer(pb_grpc.JobServiceServicer):
         store: JobStore,
         embedder: Embedder,
         decoder: TokenIdDecoder,
+        settings: JobSettings,
         *,
-        chunk_size: int,
-        max_inputs_per_job: int,
-        allow_private_webhooks: bool,
         on_new_job: Callable[[], None],
-        max_webhooks_per_tenant: int = 0,
     ) -> None:
         self._store = store
         self._embedder = embedder
         self._decoder = decoder
-        self._chunk_size = chunk_size
-        self._max_inputs = max_inputs_per_job
-        self._allow_private = allow_private_webhooks
-        self._max_webhooks = max_webhooks_per_tenant
+        self._settings = settings
         self._on_new_job = on_new_job
 
     async def _validated_inputs(self, caller: Principal, request: pb.AsyncEmbedRequest) -> tuple[str, list[str], dict]:
         resolve = functools.partial(self._embedder.resolve, caller)
-        parsed = await parse_request(request, resolve, self._decoder, self._max_inputs)
+        parsed = await parse_request(request, resolve, self._decoder, self._settings.max_inputs_per_job)
         truncate = parsed.model.truncates(parsed.options)  # decided now: the job runs as it was validated
         if not truncate:
             try:
@@ -166,7 +159,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
                 metadata,
                 webhook_id,
                 texts,
-                self._chunk_size,
+                self._settings.chunk_size,
                 now_s(),
                 key_id=caller.key_id,  # its chunks are metered, and rate-limited, as this key's
                 user=caller.user,  # ... and as this end user's
@@ -248,23 +241,18 @@ class JobServicer(pb_grpc.JobServiceServicer):
         if len(request.description) > MAX_DESCRIPTION:
             raise _too_long("description", "description", len(request.description), MAX_DESCRIPTION)
         try:
-            url = webhooks.validate_url(request.url, self._allow_private)
+            url = webhooks.validate_url(request.url, self._settings.webhook_allow_private)
         except ValueError as exc:
             raise errors.invalid_input(str(exc), field="url") from None
         secret = webhooks.generate_secret()
+        cap = self._settings.max_webhooks_per_tenant
         try:
             hook = await asyncio.to_thread(
-                self._store.create_webhook,
-                caller_of(context).tenant,
-                url,
-                request.description,
-                secret,
-                now_s(),
-                self._max_webhooks,
+                self._store.create_webhook, caller_of(context).tenant, url, request.description, secret, now_s(), cap
             )
         except TooManyWebhooks:
             raise errors.invalid_input(
-                f"This tenant already has {self._max_webhooks} webhook endpoints, the most allowed: delete one "
+                f"This tenant already has {cap} webhook endpoints, the most allowed: delete one "
                 "first (DELETE /v1/webhooks/{id}).",
                 reason="webhook_limit_reached",
             ) from None

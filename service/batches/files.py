@@ -18,12 +18,12 @@ import multipart
 from service import errors
 from service.batches.records import FileRecord
 from service.batches.store import BatchStore
+from service.config import setting
 
 PART_BYTES = 1024 * 1024
 # Parts read at a time when a file is read back (4 MiB).
 READ_PARTS = 4
 MiB = 1024 * 1024
-DEFAULT_MAX_FILE_BYTES = 200 * MiB
 # The multipart envelope around the file (boundaries, headers, small fields) on top of the file's own cap.
 ENVELOPE_BYTES = 64 * 1024
 FORM_FIELD_BYTES = 1024
@@ -36,8 +36,9 @@ FORM_FIELDS = ("file", "purpose", "expires_after[anchor]", "expires_after[second
 
 @dataclass(frozen=True)
 class UploadLimits:
-    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
-    max_lines: int = 50_000
+    max_file_bytes: int = setting("batch_max_file_bytes")
+    # An upload's lines: a batch's requests.
+    max_lines: int = setting("batch_max_requests")
     max_line_bytes: int = 16 * MiB
 
 

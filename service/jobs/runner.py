@@ -22,6 +22,7 @@ import orjson
 
 from service import errors
 from service.api.engine_errors import as_api_error
+from service.config import setting
 from service.embedding import Embedder
 from service.engine import errors as engine
 from service.engine.model import EmbedOptions, EmbedResult
@@ -44,14 +45,20 @@ EVENT_TYPES = {
 
 @dataclass(frozen=True)
 class JobSettings:
-    chunk_size: int = 256
-    lease_s: int = 60
+    """How jobs are taken, cut and run (`from_settings`: each field the setting of its name, or the one it names)."""
+
+    chunk_size: int = setting("job_chunk_size")
+    lease_s: int = setting("job_lease_s")
     poll_s: float = 0.5
     # A chunk whose embedding failed this many times fails its job (takeovers of a dead worker's chunk never count).
     max_chunk_failures: int = 3
-    expiry_sweep_s: float = 60.0
+    expiry_sweep_s: float = setting("results_expiry_sweep_s")
+    # Parsed by the server of webhook_retry_schedule and webhook_timeout_s.
     webhook_policy: webhooks.RetryPolicy = dataclasses.field(default_factory=webhooks.RetryPolicy)
     webhook_allow_private: bool = False
+    max_inputs_per_job: int = 1_000_000
+    # Webhook endpoints one tenant may have at once (0: no cap).
+    max_webhooks_per_tenant: int = 100
 
 
 def job_event_data(job: Job) -> dict[str, Any]:

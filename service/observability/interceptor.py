@@ -14,7 +14,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -25,6 +25,7 @@ from service.observability.context import CallInfo, close_call, open_call
 from service.observability.heap import HeapTrimmer
 from service.observability.metrics import Metrics
 from service.observability.tracing import Tracing
+from service.per_method import PerMethodInterceptor, behavior_of, handler_like
 
 log = logging.getLogger("service.access")
 REQUEST_ID = "x-request-id"
@@ -109,34 +110,24 @@ def undecodable(request: _Undecodable) -> errors.ApiError:
     )
 
 
-class TelemetryInterceptor(grpc.aio.ServerInterceptor):
+class TelemetryInterceptor(PerMethodInterceptor):
     def __init__(self, metrics: Metrics, tracing: Tracing | None = None) -> None:
+        super().__init__()
         self._metrics = metrics
         self._tracing = tracing
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
         self._heap = HeapTrimmer()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        cached = self._handlers.get(details.method)
-        if cached is not None:
-            return cached
-        handler = await continuation(details)
-        if handler is None or handler.response_streaming:
+    def wrap(self, path: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if handler.response_streaming:
             return handler
         streaming = handler.request_streaming
-        make = grpc.stream_unary_rpc_method_handler if streaming else grpc.unary_unary_rpc_method_handler
-        wrapped = make(
-            self._observed(details.method.lstrip("/"), handler.stream_unary or handler.unary_unary, streaming),
+        return handler_like(
+            handler,
+            self._observed(path.lstrip("/"), behavior_of(handler), streaming),
             request_deserializer=_lenient(handler.request_deserializer, self._heap),
             # A servicer may answer with bytes already in wire format (service/api/wire.py): sent as they are.
             response_serializer=passthrough(handler.response_serializer),
         )
-        self._handlers[details.method] = wrapped
-        return wrapped
 
     def _observed(self, rpc: str, behavior: Callable, streaming: bool) -> Callable:
         metrics, tracing, heap = self._metrics, self._tracing, self._heap

@@ -66,8 +66,7 @@ class AccessRows(Store):
 
     def get_key(self, key_id: str) -> KeyRecord | None:
         with self._db.read() as conn:
-            row = conn.execute(f"SELECT {KEY.select} FROM access_keys WHERE id = ?", (key_id,)).fetchone()
-        return KEY(row) if row is not None else None
+            return KEY.by_id(conn, "access_keys", key_id)
 
     def revoke_key(self, key_id: str, now: int) -> KeyRecord | None:
         with self._db.write() as conn:

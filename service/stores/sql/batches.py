@@ -69,11 +69,7 @@ class BatchRows:
 
     @staticmethod
     def _batch_row(conn: Connection, batch_id: str, tenant: str | None = None) -> Batch:
-        sql, params = f"SELECT {BATCH.select} FROM batches WHERE id = ?", (batch_id,)
-        if tenant is not None:
-            sql, params = sql + " AND tenant = ?", (batch_id, tenant)
-        row = conn.execute(sql, params).fetchone()
-        return BATCH(row) if row is not None else None  # type: ignore[return-value]
+        return BATCH.by_id(conn, "batches", batch_id, tenant)  # type: ignore[return-value]
 
     def get_batch(self, tenant: str, batch_id: str) -> Batch | None:
         with self._db.read() as conn:
@@ -180,11 +176,8 @@ class BatchRows:
             return self._batch_row(conn, batch_id)
 
     def _owned(self, conn: Connection, batch_id: str, owner: str) -> Batch | None:
-        row = conn.execute(
-            f"SELECT {BATCH.select} FROM batches WHERE id = ? AND lease_owner = ?" + self._db.for_update,
-            (batch_id, owner),
-        ).fetchone()
-        return BATCH(row) if row is not None else None
+        sql = f"SELECT {BATCH.select} FROM batches WHERE id = ? AND lease_owner = ?" + self._db.for_update
+        return BATCH.one(conn.execute(sql, (batch_id, owner)))
 
     @retried
     def fail_batch(

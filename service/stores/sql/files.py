@@ -55,11 +55,8 @@ class FileRows:
 
     def get_file(self, tenant: str, file_id: str) -> FileRecord | None:
         with self._db.read() as conn:
-            row = conn.execute(
-                f"SELECT {FILE.select} FROM files WHERE id = ? AND tenant = ? AND status = 'processed'",
-                (file_id, tenant),
-            ).fetchone()
-        return FILE(row) if row is not None else None
+            sql = f"SELECT {FILE.select} FROM files WHERE id = ? AND tenant = ? AND status = 'processed'"
+            return FILE.one(conn.execute(sql, (file_id, tenant)))
 
     def list_files(
         self, tenant: str, limit: int, after: str | None = None, ascending: bool = False, purpose: str | None = None

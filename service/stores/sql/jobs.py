@@ -62,11 +62,7 @@ class JobRows:
 
     @staticmethod
     def _job_row(conn: Connection, job_id: str, tenant: str | None = None) -> Job | None:
-        sql, params = f"SELECT {JOB.select} FROM jobs WHERE id = ?", (job_id,)
-        if tenant is not None:
-            sql, params = sql + " AND tenant = ?", (job_id, tenant)
-        row = conn.execute(sql, params).fetchone()
-        return JOB(row) if row is not None else None
+        return JOB.by_id(conn, "jobs", job_id, tenant)
 
     def _finish(self, conn: Connection, job_id: str, now: int) -> Job:
         """The job after a transition to a final state, with its announcement recorded in the same transaction."""

@@ -42,6 +42,18 @@ class RowMap(Generic[R]):
             self.adjust(values)
         return self.record(**values)
 
+    def one(self, cursor: Any) -> R | None:
+        """The record of the one row a query found, or None when it found none."""
+        row = cursor.fetchone()
+        return self(row) if row is not None else None
+
+    def by_id(self, conn: Any, table: str, record_id: str, tenant: str | None = None) -> R | None:
+        """The record of `table`'s row `record_id` (when `tenant` is given, only if it is that tenant's), or None."""
+        sql, params = f"SELECT {self.select} FROM {table} WHERE id = ?", (record_id,)
+        if tenant is not None:
+            sql, params = sql + " AND tenant = ?", (record_id, tenant)
+        return self.one(conn.execute(sql, params))
+
 
 def row_map(
     record: type[R],

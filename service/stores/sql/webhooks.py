@@ -115,11 +115,8 @@ class WebhookRows:
 
     def get_webhook(self, tenant: str, webhook_id: str) -> Webhook | None:
         with self._db.read() as conn:
-            row = conn.execute(
-                f"SELECT {WEBHOOK.select} FROM webhooks WHERE id = ? AND tenant = ? AND deleted_at IS NULL",
-                (webhook_id, tenant),
-            ).fetchone()
-        return WEBHOOK(row) if row is not None else None
+            sql = f"SELECT {WEBHOOK.select} FROM webhooks WHERE id = ? AND tenant = ? AND deleted_at IS NULL"
+            return WEBHOOK.one(conn.execute(sql, (webhook_id, tenant)))
 
     @retried
     def delete_webhook(self, tenant: str, webhook_id: str, now: int) -> bool:
@@ -144,8 +141,7 @@ class WebhookRows:
                 (now, reason, webhook_id),
             )
             _stop_deliveries(conn, webhook_id)
-            row = conn.execute(f"SELECT {WEBHOOK.select} FROM webhooks WHERE id = ?", (webhook_id,)).fetchone()
-        return WEBHOOK(row) if row is not None else None
+            return WEBHOOK.by_id(conn, "webhooks", webhook_id)
 
     # --- events and deliveries
 
