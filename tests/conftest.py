@@ -86,13 +86,20 @@ def model_repo(built_model_repo: Path, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture(scope="session")
-def served_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny random BERT saved the ways real models are published (tests/tiny_bert.py), made once per session:
+    copy a source before changing it."""
+    return build_tiny_sources(tmp_path_factory.mktemp("tiny-sources"))
+
+
+@pytest.fixture(scope="session")
+def served_repo(model_repo: Path, tiny_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default models plus `tiny-bert`: a CLS-pooled, unnormalized model with prefixes and shortened sizes."""
     repo = tmp_path_factory.mktemp("served-models")
     for model_dir in model_repo.iterdir():
         if (model_dir / "manifest.json").is_file() and not model_dir.name.startswith("."):
             (repo / model_dir.name).symlink_to(model_dir)
-    sources = build_tiny_sources(tmp_path_factory.mktemp("tiny-sources"))
+    sources = tiny_sources
     command = [
         *(sys.executable, "-m", "tools.modelrepo", "import", str(sources["cls"]), "--repo", str(repo)),
         *("--id", "tiny-bert", "--shortened-dimensions", "8,16"),

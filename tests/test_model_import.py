@@ -15,7 +15,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from service.engine.manifest import MODEL_FILE, TOKENIZER_FILE, ModelManifest
-from tests.tiny_bert import HIDDEN, build_tiny_sources
+from tests.tiny_bert import HIDDEN
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -91,8 +91,9 @@ def assert_tokenizer_does_not_pad_or_truncate(model_dir: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return build_tiny_sources(tmp_path_factory.mktemp("sources"))
+def sources(tiny_sources: dict[str, Path]) -> dict[str, Path]:
+    """The session's tiny sources (read here, never changed)."""
+    return tiny_sources
 
 
 def test_import_sentence_transformers_mean_normalize(sources: dict[str, Path], tmp_path: Path) -> None:

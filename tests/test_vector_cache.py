@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import uuid
 from pathlib import Path
 
@@ -294,11 +295,9 @@ def grpc_embed(server: ServerProcess, text: str) -> tuple[np.ndarray, str]:
     return np.array(reply.embeddings[0].values, dtype=np.float32), dict(call.trailing_metadata())["x-cached-inputs"]
 
 
-def test_the_shared_tier_outlives_a_replica_and_a_rebuilt_model_misses(tmp_path: Path):
-    from tests.tiny_bert import build_tiny_sources
-
-    (tmp_path / "sources").mkdir()
-    source = build_tiny_sources(tmp_path / "sources")["mean"]
+def test_the_shared_tier_outlives_a_replica_and_a_rebuilt_model_misses(tiny_sources: dict[str, Path], tmp_path: Path):
+    source = tmp_path / "source"
+    shutil.copytree(tiny_sources["mean"], source)  # retrained below
     repo = tmp_path / "repo"
     before = import_model(source, repo)
     with temp_redis_prefix() as prefix:
