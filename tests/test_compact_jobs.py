@@ -22,7 +22,7 @@ from service._gen.embeddings.v1 import jobs_pb2, jobs_pb2_grpc
 from service.engine.manifest import ModelManifest
 from tests.serving import EnvoyProcess, ServerProcess, http
 from tests.stsb import load_pairs
-from tests.test_async_jobs import FAST_JOBS, get, post, wait_job
+from tests.test_async_jobs import FAST_JOBS, all_results, get, post, wait_job
 from tests.test_batches import file_lines, line, run_batch
 from tests.test_compact_types import GRPC_TYPES, ranges, reference
 
@@ -88,18 +88,6 @@ def live(envoy, body: dict) -> dict:
     return answer
 
 
-def results(envoy, job_id: str, page: int) -> list[dict]:
-    """Every result item of a job, read in pages of `page` (pages cut across its chunks)."""
-    items, offset = [], 0
-    while True:
-        status, body = get(envoy, f"/v1/async/jobs/{job_id}/results?offset={offset}&limit={page}")
-        assert status == 200, body
-        items += body["data"]
-        if not body["has_more"]:
-            return items
-        offset = body["next_offset"]
-
-
 def decoded(items: list[dict], dtype: str) -> np.ndarray:
     """Items as JSON integers or base64 of bytes, as a [n, width] array of `dtype`."""
     rows = [
@@ -140,7 +128,7 @@ def test_jobs_answer_exactly_what_the_live_call_does(envoy, repo, stack):
         kind = name.split("-")[0]
         done = wait_job(envoy, jobs[name])
         assert done["progress"] == {"completed": len(TEXTS), "total": len(TEXTS)} and done["embedding_type"] == kind
-        got = results(envoy, jobs[name], page=50)
+        got = all_results(envoy, jobs[name], page=50)
         expected = live(envoy, {"model": FP32, "input": TEXTS, **form})
         assert got == expected["data"], name  # the same JSON items, integers or base64, as the live call's
         reference_bytes = expected_bytes(envoy, repo, kind)
@@ -166,7 +154,7 @@ def test_dimensions_and_normalization_apply_before_quantizing_in_jobs(envoy, rep
                                                        **options})  # fmt: skip
     assert status == 200 and job["dimensions"] == 16, job
     wait_job(envoy, job["id"])
-    got = results(envoy, job["id"], page=1000)
+    got = all_results(envoy, job["id"], page=1000)
     assert got == live(envoy, {"model": TINY, "input": TEXTS, "encoding_format": "uint8", **options})["data"]
     expected = expected_bytes(envoy, repo, "uint8", TINY, "16-unnormalized", **options)
     assert np.array_equal(decoded(got, "uint8"), expected.astype(np.int64))
@@ -238,7 +226,7 @@ def test_a_model_without_ranges_still_gives_the_sign_bit_types(envoy):
     assert status == 200, job
     wait_job(envoy, job["id"])
     expected = live(envoy, {"model": UNCALIBRATED, "input": TEXTS[:5], "encoding_format": "ubinary"})
-    assert results(envoy, job["id"], page=1000) == expected["data"]
+    assert all_results(envoy, job["id"], page=1000) == expected["data"]
 
 
 def test_grpc_bad_types_are_invalid_argument(channel):
