@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, fields
@@ -14,6 +15,8 @@ from typing import Any, TypeVar
 from service.engine.prices import parse_price
 
 ENV_PREFIX = "EMBED_"
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off", "")
 T = TypeVar("T")
 
 
@@ -175,10 +178,23 @@ def _coerce(field: dataclasses.Field, value: Any) -> Any:
     if kind == "int":
         return int(value)
     if kind == "float":
-        return float(value)
+        number = float(value)
+        if math.isnan(number):  # NaN passes every range check (comparisons are false) and breaks timers later
+            raise ValueError(f"{field.name} must be a number, got {value!r}")
+        return number
     if kind == "bool":
-        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+        return value if isinstance(value, bool) else _flag(field.name, value)
     return str(value)
+
+
+def _flag(name: str, value: Any) -> bool:
+    """A boolean setting's text: a typo (`--cache-shared ture`) is an error, not a silent false."""
+    text = str(value).strip().lower()
+    if text in TRUE_WORDS:
+        return True
+    if text in FALSE_WORDS:
+        return False
+    raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
 def _from_mapping(values: dict[str, Any], source: str, kind: type = Settings) -> dict[str, Any]:
