@@ -49,6 +49,11 @@ class RedisVectors:
         self.failures = 0
         self.dropped_writes = 0
 
+    @property
+    def pending_writes(self) -> int:
+        """Write batches in flight (at most MAX_PENDING_WRITES: beyond, writes are dropped, never queued)."""
+        return len(self._writes)
+
     def _name(self, key: bytes) -> bytes:
         return self._prefix + key.hex().encode()
 
