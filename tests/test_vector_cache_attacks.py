@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -112,14 +113,18 @@ def test_no_tenant_name_can_be_spelled_into_another_scope():
 
 # --- garbage in the shared tier -------------------------------------------------------------------------------------
 
-# What another program (or a hand with redis-cli) may leave under a valid key name: each must be a miss.
+# What another program (or a hand with redis-cli) may leave under a valid key name, given the value the server wrote
+# there (the key's 16 bytes, then the vector's) and another key's: each must be a miss.
+KEY_BYTES = 16
 POISONS = {
-    "short": lambda good: good[:-4],
-    "long": lambda good: good + good[:4],
-    "empty": lambda good: b"",
-    "nan": lambda good: np.full(DIMS, np.nan, dtype="<f4").tobytes(),
-    "inf": lambda good: good[:-4] + np.array([np.inf], dtype="<f4").tobytes(),
-    "huge": lambda good: bytes(4 * 1024 * 1024),  # kept, it would evict this process's entries
+    "short": lambda good, other: good[:-4],
+    "long": lambda good, other: good + good[-4:],
+    "empty": lambda good, other: b"",
+    "nan": lambda good, other: good[:KEY_BYTES] + np.full(DIMS, np.nan, dtype="<f4").tobytes(),
+    "inf": lambda good, other: good[:-4] + np.array([np.inf], dtype="<f4").tobytes(),
+    "huge": lambda good, other: good[:KEY_BYTES] + bytes(4 * 1024 * 1024),  # kept, it would evict this process's
+    "bare vector": lambda good, other: good[KEY_BYTES:],  # a vector without the key it answers
+    "another key's": lambda good, other: other,  # a valid value copied under the wrong name: another input's vector
 }
 
 
@@ -133,8 +138,10 @@ def test_garbage_under_a_valid_key_name_is_a_miss(model_repo: Path, tmp_path: Pa
                 originals[name] = grpc_embed(first, [text])[0][0]
                 names[name] = new_name(client, prefix, known)
                 known.add(names[name])
+        written = {name: client.get(names[name]) for name in texts}
+        assert all(len(value) == KEY_BYTES + DIMS * 4 for value in written.values())
         for name, poison in POISONS.items():
-            client.set(names[name], poison(client.get(names[name])))
+            client.set(names[name], poison(written[name], written["wrong-type"]))
         client.delete(names["wrong-type"])
         client.rpush(names["wrong-type"], b"not a string")
 
@@ -148,9 +155,8 @@ def test_garbage_under_a_valid_key_name_is_a_miss(model_repo: Path, tmp_path: Pa
             assert samples[("embeddings_cache_entries", frozenset())] == len(texts)  # the huge value was not kept
             for text in texts.values():
                 assert cached(embed_b64(envoy, "unused", [text])[0]) == (1, 0)  # now this process's own entries
-            # The entries embedded again overwrite the garbage in Redis (in the background).
-            wait_for(lambda: all(client.type(n) == b"string" and len(client.get(n)) == DIMS * 4 for n in known))
-            assert all(np.isfinite(np.frombuffer(client.get(n), dtype="<f4")).all() for n in known)
+            # The entries embedded again overwrite the garbage in Redis (in the background), as first written.
+            wait_for(lambda: {name: client.get(names[name]) for name in texts} == written)
 
 
 # --- a Redis that hangs, dies, comes back ---------------------------------------------------------------------------
@@ -215,10 +221,11 @@ def test_a_hanging_redis_never_holds_up_a_call(model_repo: Path):
 
 class RedisProxy:
     """A TCP relay to the real Redis on a fixed port that can be cut (every connection dropped, nothing listening:
-    Redis died) and restored (Redis came back)."""
+    Redis died) and restored (Redis came back), and can hold Redis's replies back (`reply_delay_s`: a slow link)."""
 
     def __init__(self, target: tuple[str, int] = ("127.0.0.1", 6379)) -> None:
         self.port = free_port()
+        self.reply_delay_s = 0.0
         self._target = target
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
@@ -249,13 +256,14 @@ class RedisProxy:
             upstream = socket.create_connection(self._target)
             with self._lock:
                 self._sockets += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+            for source, sink, replies in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pump, args=(source, sink, replies), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, replies: bool) -> None:
         try:
             while data := source.recv(65536):
+                if replies and self.reply_delay_s:
+                    time.sleep(self.reply_delay_s)
                 sink.sendall(data)
         except OSError:
             pass
@@ -339,3 +347,34 @@ def test_tenants_of_servers_sharing_a_prefix_and_jobs_never_see_each_others_entr
                 assert grpc_embed(second, [text], globex)[1] == 0  # never globex's
             got, hits = grpc_embed(second, [interactive], acme_elsewhere)
             assert hits == 1 and np.array_equal(got, original)
+
+
+def test_a_reply_after_the_deadline_is_never_read_as_another_tenants(model_repo: Path, tmp_path_factory):
+    """The classic failure of a client that gives up on a reply but keeps its connection: the late reply is read as
+    the answer to the next command. Here the late reply holds acme's vector, and the next command is a lookup of
+    globex's: it must be a miss with globex's own vector, never acme's."""
+    data_dir = tmp_path_factory.mktemp("late-replies")
+    acme, globex = (create_key(data_dir, name, "--tenant", name) for name in ("acme", "globex"))
+    own_store = ("--data-dir", str(data_dir))
+    with temp_redis_prefix() as prefix, redis_proxy() as proxy:
+        client = redis.Redis.from_url(REDIS_URL)
+        with ServerProcess(model_repo, *shared_args(prefix), *own_store) as direct:
+            secret = fresh("acme's secret")
+            grpc_embed(direct, [secret], acme)
+            new_name(client, prefix, set())
+            late = shared_args(prefix, proxy.url, timeout_s="0.2")
+            with ServerProcess(model_repo, *late, *own_store) as behind:
+                proxy.reply_delay_s = 1.0  # acme's vector comes back 0.8 s after the lookup gave up on it
+                assert grpc_embed(behind, [secret], acme)[1] == 0
+                proxy.reply_delay_s = 0.0
+                known, asked = redis_names(client, prefix), {}
+
+                def globex_lookup() -> set[bytes]:
+                    text = fresh("globex")
+                    asked[text], hits = grpc_embed(behind, [text], globex)
+                    assert hits == 0, "a reply meant for another lookup was read as this one's"
+                    return redis_names(client, prefix) - known  # the server talks to Redis again
+
+                wait_for(globex_lookup, timeout=60)
+            for text, got in asked.items():
+                assert np.array_equal(got, grpc_embed(direct, [text], acme)[0])
