@@ -99,10 +99,11 @@ class Settings:
     model_prices: tuple[str, ...] = ()
     currency: str = "USD"
     # The embedding cache (service/engine/cache.py): vectors of inputs already embedded, bounded in bytes in this
-    # process (LRU; 0 turns the cache off, and with it the merging of identical inputs within a call). cache_scope
-    # "tenant" keeps each tenant's entries apart (a fast answer never tells one tenant what another embedded);
-    # "global" shares them. cache_shared adds a tier in Redis at redis_url shared by replicas, entries expiring
-    # after cache_ttl_s, each read waiting at most cache_redis_timeout_s.
+    # process (LRU; 0 turns the cache off, and with it the merging of identical inputs within a call, unless
+    # cache_shared: then Redis alone serves). cache_scope "tenant" keeps each tenant's entries apart (a fast answer
+    # never tells one tenant what another embedded); "global" shares them. cache_shared adds a tier in Redis at
+    # redis_url shared by replicas, entries expiring after cache_ttl_s, each read waiting at most
+    # cache_redis_timeout_s.
     cache_bytes: int = 256 * 1024 * 1024
     cache_scope: str = "tenant"
     cache_shared: bool = False

@@ -378,3 +378,20 @@ def test_a_reply_after_the_deadline_is_never_read_as_another_tenants(model_repo:
                 wait_for(globex_lookup, timeout=60)
             for text, got in asked.items():
                 assert np.array_equal(got, grpc_embed(direct, [text], acme)[0])
+
+
+def test_no_local_bytes_with_a_shared_tier_is_redis_alone(model_repo: Path, tmp_path: Path):
+    """`cache_bytes 0` with `cache_shared`: nothing is kept in the process, Redis alone serves (README)."""
+    with temp_redis_prefix() as prefix:
+        client = redis.Redis.from_url(REDIS_URL)
+        args = (*shared_args(prefix), "--cache-bytes", "0")
+        with ServerProcess(model_repo, *args) as server, EnvoyProcess(server.port, tmp_path) as envoy:
+            text = fresh("redis alone")
+            headers, first = embed_b64(envoy, "unused", [text, text])
+            assert cached(headers) == (0, 1)
+            new_name(client, prefix, set())
+            headers, again = embed_b64(envoy, "unused", [text])
+            assert cached(headers) == (1, 0) and np.array_equal(again[0], first[0])
+            samples = scrape(envoy, "unused")
+            assert value(samples, "embeddings_cache_hits_total", model=FP32, tier="shared") == 1
+            assert samples[("embeddings_cache_entries", frozenset())] == 0
