@@ -102,11 +102,12 @@ class Settings:
     # process (LRU; 0 turns the cache off, and with it the merging of identical inputs within a call, unless
     # cache_shared: then Redis alone serves). cache_scope "tenant" keeps each tenant's entries apart (a fast answer
     # never tells one tenant what another embedded); "global" shares them. cache_shared adds a tier in Redis at
-    # redis_url shared by replicas, entries expiring after cache_ttl_s, each read waiting at most
-    # cache_redis_timeout_s.
+    # cache_redis_url (empty: redis_url, the rate limiter's) shared by replicas, entries expiring after cache_ttl_s,
+    # each read waiting at most cache_redis_timeout_s.
     cache_bytes: int = 256 * 1024 * 1024
     cache_scope: str = "tenant"
     cache_shared: bool = False
+    cache_redis_url: str = ""
     cache_ttl_s: int = 24 * 3600
     cache_redis_prefix: str = "embeddings:vc:"
     cache_redis_timeout_s: float = 0.05

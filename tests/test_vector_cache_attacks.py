@@ -395,3 +395,15 @@ def test_no_local_bytes_with_a_shared_tier_is_redis_alone(model_repo: Path, tmp_
             samples = scrape(envoy, "unused")
             assert value(samples, "embeddings_cache_hits_total", model=FP32, tier="shared") == 1
             assert samples[("embeddings_cache_entries", frozenset())] == 0
+
+
+def test_the_shared_tier_can_have_a_redis_of_its_own(model_repo: Path):
+    """`cache_redis_url` names the cache's Redis apart from the rate limiter's `redis_url` (here: nothing there)."""
+    with temp_redis_prefix() as prefix:
+        client = redis.Redis.from_url(REDIS_URL)
+        elsewhere = f"redis://127.0.0.1:{free_port()}/0"
+        args = (*shared_args(prefix, redis_url=elsewhere), "--cache-redis-url", REDIS_URL)
+        with ServerProcess(model_repo, *args) as server:
+            grpc_embed(server, [fresh("own redis")])
+            new_name(client, prefix, set())
+            assert "embedding cache: Redis" not in server.log

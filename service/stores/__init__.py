@@ -87,14 +87,14 @@ def check_cache_settings(settings: Settings) -> None:
 
 
 def open_vector_store(settings: Settings) -> SharedVectors | None:
-    """The embedding cache's tier shared by replicas (Redis at redis_url), if `cache_shared`."""
+    """The embedding cache's tier shared by replicas (Redis at cache_redis_url, else redis_url), if `cache_shared`.
+    A Redis of its own lets it evict (maxmemory, allkeys-lru) without touching the rate limiter's buckets."""
     check_cache_settings(settings)
     if not settings.cache_shared:
         return None
-    if not settings.redis_url:
-        raise ValueError("cache_shared needs redis_url")
+    url = settings.cache_redis_url or settings.redis_url
+    if not url:
+        raise ValueError("cache_shared needs cache_redis_url or redis_url")
     from service.stores.redis_cache import RedisVectors
 
-    return RedisVectors(
-        settings.redis_url, settings.cache_redis_prefix, settings.cache_ttl_s, settings.cache_redis_timeout_s
-    )
+    return RedisVectors(url, settings.cache_redis_prefix, settings.cache_ttl_s, settings.cache_redis_timeout_s)
