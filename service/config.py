@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, fields
@@ -14,6 +15,8 @@ from typing import Any, TypeVar
 from service.engine.prices import parse_price
 
 ENV_PREFIX = "EMBED_"
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off", "")
 T = TypeVar("T")
 
 
@@ -96,13 +99,15 @@ class Settings:
     model_prices: tuple[str, ...] = ()
     currency: str = "USD"
     # The embedding cache (service/engine/cache.py): vectors of inputs already embedded, bounded in bytes in this
-    # process (LRU; 0 turns the cache off, and with it the merging of identical inputs within a call). cache_scope
-    # "tenant" keeps each tenant's entries apart (a fast answer never tells one tenant what another embedded);
-    # "global" shares them. cache_shared adds a tier in Redis at redis_url shared by replicas, entries expiring
-    # after cache_ttl_s, each read waiting at most cache_redis_timeout_s.
+    # process (LRU; 0 turns the cache off, and with it the merging of identical inputs within a call, unless
+    # cache_shared: then Redis alone serves). cache_scope "tenant" keeps each tenant's entries apart (a fast answer
+    # never tells one tenant what another embedded); "global" shares them. cache_shared adds a tier in Redis at
+    # cache_redis_url (empty: redis_url, the rate limiter's) shared by replicas, entries expiring after cache_ttl_s,
+    # each read waiting at most cache_redis_timeout_s.
     cache_bytes: int = 256 * 1024 * 1024
     cache_scope: str = "tenant"
     cache_shared: bool = False
+    cache_redis_url: str = ""
     cache_ttl_s: int = 24 * 3600
     cache_redis_prefix: str = "embeddings:vc:"
     cache_redis_timeout_s: float = 0.05
@@ -175,10 +180,23 @@ def _coerce(field: dataclasses.Field, value: Any) -> Any:
     if kind == "int":
         return int(value)
     if kind == "float":
-        return float(value)
+        number = float(value)
+        if math.isnan(number):  # NaN passes every range check (comparisons are false) and breaks timers later
+            raise ValueError(f"{field.name} must be a number, got {value!r}")
+        return number
     if kind == "bool":
-        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+        return value if isinstance(value, bool) else _flag(field.name, value)
     return str(value)
+
+
+def _flag(name: str, value: Any) -> bool:
+    """A boolean setting's text: a typo (`--cache-shared ture`) is an error, not a silent false."""
+    text = str(value).strip().lower()
+    if text in TRUE_WORDS:
+        return True
+    if text in FALSE_WORDS:
+        return False
+    raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
 def _from_mapping(values: dict[str, Any], source: str, kind: type = Settings) -> dict[str, Any]:

@@ -287,3 +287,42 @@ def test_batch_lines_for_a_model_without_ranges(envoy, client):
     errors = file_lines(client, batch.error_file_id)
     assert_refused_like_live(envoy, errors, bad)
     assert errors["scalar"]["response"]["body"]["error"]["param"] == "embedding_type"
+
+
+def test_compact_jobs_in_postgresql_outlive_their_server(repo, tmp_path_factory):
+    """Shared mode: compact jobs stored in PostgreSQL (as bytes, chunks.dtype) by one server are read back, across
+    chunk boundaries, by another started after it stopped, exactly as the live call answers."""
+    import psycopg
+
+    from tests.shared_stores import temp_redis_prefix, temp_schema
+
+    forms = {"int8": {"encoding_format": "int8"}, "binary": {"encoding_format": "base64", "embedding_type": "binary"}}
+    with temp_schema() as store_url, temp_redis_prefix() as prefix:
+        args = ("--store-url", store_url, "--redis-key-prefix", prefix, "--models", FP32, *FAST_JOBS)
+        with (
+            ServerProcess(repo, *args) as first,
+            EnvoyProcess(first.port, tmp_path_factory.mktemp("envoy-pg-a")) as envoy,
+        ):
+            jobs, expected = {}, {}
+            for kind, form in forms.items():
+                status, job = post(envoy, "/v1/async/embeddings", {"model": FP32, "input": TEXTS, **form})
+                assert status == 200, job
+                jobs[kind] = job["id"]
+            for kind, form in forms.items():
+                wait_job(envoy, jobs[kind])
+                expected[kind] = live(envoy, {"model": FP32, "input": TEXTS, **form})["data"]
+        with (
+            ServerProcess(repo, *args) as second,
+            EnvoyProcess(second.port, tmp_path_factory.mktemp("envoy-pg-b")) as envoy,
+        ):
+            for kind in forms:
+                assert results(envoy, jobs[kind], page=50) == expected[kind], kind
+        with psycopg.connect(store_url) as conn:
+            stored = conn.execute(
+                "SELECT job_id, dtype, length(vectors) / count FROM chunks WHERE job_id = ANY(%s)",
+                (list(jobs.values()),),
+            ).fetchall()
+    assert {(job_id, dtype, width) for job_id, dtype, width in stored} == {
+        (jobs["int8"], "int8", 384),
+        (jobs["binary"], "int8", 48),
+    }

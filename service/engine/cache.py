@@ -49,7 +49,10 @@ def model_digest(model_dir: Path, extra: bytes = b"") -> bytes:
 
 def input_keys(model: bytes, scope: str, tokens: Sequence[TokenizedInput]) -> list[bytes]:
     """The cache key of each input: what the model runs, under the model's digest and the caller's scope."""
-    prefix = model + scope.encode() + b"\0"
+    scope_bytes = scope.encode()
+    # Each part length-prefixed: no model name or tenant name (free text an admin chooses, NUL bytes included) can
+    # be spelled so that its key meets another scope's.
+    prefix = b"".join(len(part).to_bytes(4, "little") + part for part in (model, scope_bytes))
     keys = []
     for item in tokens:
         digest = hashlib.blake2b(prefix, digest_size=KEY_BYTES)
@@ -58,6 +61,12 @@ def input_keys(model: bytes, scope: str, tokens: Sequence[TokenizedInput]) -> li
         digest.update(np.ascontiguousarray(item.type_ids, dtype=np.int64).tobytes())
         keys.append(digest.digest())
     return keys
+
+
+def is_vector(value: bytes, dimensions: int) -> bool:
+    """Whether a stored value can be a pooled vector of `dimensions` values: float32 bytes of that size, all finite
+    (a NaN would fail every call of that input until the entry expired)."""
+    return len(value) == dimensions * 4 and bool(np.isfinite(np.frombuffer(value, dtype="<f4")).all())
 
 
 class SharedVectors(Protocol):
@@ -127,23 +136,29 @@ class VectorCache:
     def enabled(self) -> bool:
         return self.local.max_bytes > 0 or self.shared is not None
 
-    async def lookup(self, keys: Sequence[bytes], counters: CacheCounters) -> list[bytes | None]:
-        """The stored vector of each key, or None; counts hits and shared hits (misses are counted by the caller,
-        which knows how many it embeds)."""
+    async def lookup(self, keys: Sequence[bytes], counters: CacheCounters, dimensions: int) -> list[bytes | None]:
+        """The stored vector of each key (`dimensions` float32 values), or None; counts hits and shared hits (misses
+        are counted by the caller, which knows how many it embeds). A shared value that is not such a vector
+        (another program's value under our prefix, a truncated write) is a miss, never kept in this process."""
         found = [self.local.get(key) for key in keys]
         missing = [i for i, value in enumerate(found) if value is None]
         counters.hits += len(keys) - len(missing)
         if missing and self.shared is not None:
             remote = await self.shared.get_many([keys[i] for i in missing])
             for i, value in zip(missing, remote, strict=True):
-                if value is not None:
+                if value is not None and is_vector(value, dimensions):
                     found[i] = value
                     self.local.put(keys[i], value)
                     counters.shared_hits += 1
         return found
 
     def keep(self, keys: Sequence[bytes], vectors: np.ndarray) -> None:
-        """Store freshly embedded vectors (rows of float32 `vectors`, in `keys` order)."""
+        """Store freshly embedded vectors (rows of float32 `vectors`, in `keys` order). A non-finite row (a model
+        that overflowed) is not kept: the call fails for it, and another replica's model may well do better."""
+        finite = np.isfinite(vectors).all(axis=1)
+        if not finite.all():
+            keys = [key for key, ok in zip(keys, finite, strict=True) if ok]
+            vectors = vectors[finite]
         rows = [np.ascontiguousarray(row, dtype="<f4").tobytes() for row in vectors]
         if self.local.max_bytes:
             for key, row in zip(keys, rows, strict=True):

@@ -270,11 +270,7 @@ class ServedModel:
         keys = input_keys(self._digest, scope, tokens)
         slots, firsts = _distinct(keys)
         distinct_keys = [keys[i] for i in firsts]
-        width = self.manifest.dimensions * 4
-        stored = [
-            value if value is not None and len(value) == width else None
-            for value in await cache.lookup(distinct_keys, self.cache_counters)
-        ]
+        stored = await cache.lookup(distinct_keys, self.cache_counters, self.manifest.dimensions)
         missing = [j for j, value in enumerate(stored) if value is None]
         counters = self.cache_counters
         counters.misses += len(missing)

@@ -50,7 +50,8 @@ class EngineOptions:
     tokenizer_threads: int = 2
     # How inputs are batched; its concurrent_batches is planned from inference_workers.
     batching: BatchLimits = field(default_factory=BatchLimits)
-    # The embedding cache's bound in this process (service/engine/cache.py); 0 turns the cache off.
+    # The embedding cache's bound in this process (service/engine/cache.py); 0 turns the cache off (with a shared
+    # tier: that tier alone).
     cache_bytes: int = 256 * 1024 * 1024
 
 

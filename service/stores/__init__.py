@@ -63,18 +63,38 @@ def open_rate_limiter(settings: Settings) -> RateLimiter:
 
 
 CACHE_SCOPES = ("tenant", "global")
+# Bounds of the cache's settings that are not a matter of taste: Redis refuses an expiry beyond ~2.9e8 years (and then
+# every write would fail, resting the shared tier after each one); a read deadline of 0 or less turns every read into a
+# miss, and one over a minute is longer than any call waits for a cache.
+MAX_CACHE_TTL_S = 100 * 365 * 86400
+MAX_CACHE_REDIS_TIMEOUT_S = 60.0
+
+
+def check_cache_settings(settings: Settings) -> None:
+    """ValueError for a cache setting the server would misuse, whether or not the tier it concerns is on (a value
+    refused only once `cache_shared` is turned on would surprise the operator who turns it on)."""
+    if settings.cache_scope not in CACHE_SCOPES:
+        raise ValueError(f"cache_scope must be one of {CACHE_SCOPES}, got {settings.cache_scope!r}")
+    if settings.cache_bytes < 0:
+        raise ValueError(f"cache_bytes must be 0 (off) or more, got {settings.cache_bytes}")
+    if not 1 <= settings.cache_ttl_s <= MAX_CACHE_TTL_S:
+        raise ValueError(f"cache_ttl_s must be between 1 and {MAX_CACHE_TTL_S} seconds, got {settings.cache_ttl_s}")
+    if not 0 < settings.cache_redis_timeout_s <= MAX_CACHE_REDIS_TIMEOUT_S:
+        raise ValueError(
+            f"cache_redis_timeout_s must be over 0 and at most {MAX_CACHE_REDIS_TIMEOUT_S:g} seconds, "
+            f"got {settings.cache_redis_timeout_s}"
+        )
 
 
 def open_vector_store(settings: Settings) -> SharedVectors | None:
-    """The embedding cache's tier shared by replicas (Redis at redis_url), if `cache_shared`."""
-    if settings.cache_scope not in CACHE_SCOPES:
-        raise ValueError(f"cache_scope must be one of {CACHE_SCOPES}, got {settings.cache_scope!r}")
+    """The embedding cache's tier shared by replicas (Redis at cache_redis_url, else redis_url), if `cache_shared`.
+    A Redis of its own lets it evict (maxmemory, allkeys-lru) without touching the rate limiter's buckets."""
+    check_cache_settings(settings)
     if not settings.cache_shared:
         return None
-    if not settings.redis_url:
-        raise ValueError("cache_shared needs redis_url")
+    url = settings.cache_redis_url or settings.redis_url
+    if not url:
+        raise ValueError("cache_shared needs cache_redis_url or redis_url")
     from service.stores.redis_cache import RedisVectors
 
-    return RedisVectors(
-        settings.redis_url, settings.cache_redis_prefix, settings.cache_ttl_s, settings.cache_redis_timeout_s
-    )
+    return RedisVectors(url, settings.cache_redis_prefix, settings.cache_ttl_s, settings.cache_redis_timeout_s)

@@ -1,11 +1,15 @@
 """The embedding cache's shared tier: vectors kept in Redis for every replica, each expiring `ttl_s` after it was
 written.
 
-A value is the pooled vector's float32 bytes under `<prefix><key hex>` (the key already names the model's content
-digest and the cache scope: service/engine/cache.py). The cache is an accelerator, never a dependency: every read
-is bounded by `timeout_s` (connecting included, no retries) and answers misses when Redis is slow or down; writes
-go out in the background, dropped beyond `MAX_PENDING_WRITES` batches in flight; after a failure Redis is left
-alone for `RETRY_AFTER_FAILURE_S` so calls do not each wait out the deadline. Used on the event loop only.
+A value is the key itself followed by the pooled vector's float32 bytes, under `<prefix><key hex>` (the key already
+names the model's content digest and the cache scope: service/engine/cache.py). A value read back must start with
+the key asked for: a reply that answers another lookup (a client or proxy that hands a late reply to the next
+command) or a value copied under another name is a miss, never another tenant's vector.
+
+The cache is an accelerator, never a dependency: every read is bounded by `timeout_s` (connecting included, no
+retries) and answers misses when Redis is slow or down; writes go out in the background, dropped beyond
+`MAX_PENDING_WRITES` batches in flight; after a failure Redis is left alone for `RETRY_AFTER_FAILURE_S` so calls do
+not each wait out the deadline. Used on the event loop only.
 """
 
 from __future__ import annotations
@@ -49,6 +53,11 @@ class RedisVectors:
         self.failures = 0
         self.dropped_writes = 0
 
+    @property
+    def pending_writes(self) -> int:
+        """Write batches in flight (at most MAX_PENDING_WRITES: beyond, writes are dropped, never queued)."""
+        return len(self._writes)
+
     def _name(self, key: bytes) -> bytes:
         return self._prefix + key.hex().encode()
 
@@ -81,7 +90,7 @@ class RedisVectors:
         except (redis.RedisError, OSError, TimeoutError) as exc:
             self._failed(exc, "read")
             return [None] * len(keys)
-        return [value if isinstance(value, bytes) else None for value in values]
+        return [_vector_of(key, value) for key, value in zip(keys, values, strict=True)]
 
     def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
         if not items or not self._available():
@@ -98,7 +107,7 @@ class RedisVectors:
             async with asyncio.timeout(self._timeout_s * 4):
                 pipe = self._client.pipeline(transaction=False)
                 for key, value in items:
-                    pipe.set(self._name(key), value, ex=self._ttl_s)
+                    pipe.set(self._name(key), key + value, ex=self._ttl_s)
                 await pipe.execute()
         except (redis.RedisError, OSError, TimeoutError) as exc:
             self._failed(exc, "write")
@@ -107,3 +116,10 @@ class RedisVectors:
         if self._writes:
             await asyncio.wait(set(self._writes), timeout=1.0)
         await self._client.aclose()
+
+
+def _vector_of(key: bytes, value: object) -> bytes | None:
+    """The vector a stored value holds for `key`, or None when it is not the value written for that key."""
+    if not isinstance(value, bytes) or not value.startswith(key):
+        return None
+    return value[len(key) :]
