@@ -67,6 +67,9 @@ class SoloGraph:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SoloGraph:
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ManifestError(f"solo_graph: unknown keys {unknown}")
         return cls(**data)
 
     def serves(self, inputs: int, padded_tokens: int) -> bool:
