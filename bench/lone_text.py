@@ -2,9 +2,9 @@
 
 1. In process, the model's own time (what the server's inference thread spends, its `x-inference-time`): the engine's
    ONNX Runtime backend runs a lone batch (solo: the session on every core) from the plain graph and from the fused
-   one, alternating run by run, for batch shapes from one short text to 32 texts. Reported: each side's p50 and the
-   median of the paired ratios fused/plain (steadier on a shared machine than either p50). The solo graph's limits
-   (tools/modelrepo/fuse.py: which lone batches it serves) come from this table.
+   one, in alternating blocks, for batch shapes from one short text to 32 texts. Reported: each side's p50 and the
+   median over rounds of the blocks' ratio fused/plain (steadier on a shared machine than either p50). The solo
+   graph's limits (tools/modelrepo/fuse.py: which lone batches it serves) come from this table.
 2. End to end: two servers side by side, A serving the model from its plain graph alone (its manifest without
    `solo_graph`) and B as built, each behind the shipped Envoy; their passes alternate, round by round: one short
    STS-B sentence a call from one client over gRPC and over REST (lean clients, bench/lean.py), then 32 sentences a
@@ -32,21 +32,31 @@ from bench.common import ENGINE_ONLY, decode, machine_facts, min_cosine
 from bench.lean import grpc_calls, http_calls, http_request, percentile, run, wait_quiet
 from bench.report import RESULTS, write_report
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
-from service.engine.backends import RuntimeOptions, pad_batch
+from service.engine.backends import PaddedBatch, RuntimeOptions, pad_batch
 from service.engine.backends.onnxruntime import CPU, OnnxRuntimeBackend
 from service.engine.manifest import MANIFEST_FILE, MODEL_FILE, ModelManifest
 from service.engine.registry import discover, plan_parallelism
-from service.engine.tokenize import TextTokenizer, TokenizedInput
+from service.engine.tokenize import TextTokenizer
 from tests.serving import EnvoyProcess, ServerProcess
 from tests.stsb import load_pairs
 
 MODEL = "all-minilm-l6-v2"
 EMBED = "/embeddings.v1.EmbeddingService/Embed"
-# (inputs, tokens each): a lone short text and longer ones, then more inputs.
-SHAPES = ((1, 8), (1, 16), (1, 32), (1, 64), (1, 128), (1, 256), (2, 16), (4, 16), (8, 16), (32, 16))
-# Between two runs in process: a lone caller's requests do not arrive back to back, and a session's threads spin
-# for a while after a run (they would take the cores from the other session's next run).
-GAP_S = 0.002
+# (inputs, tokens each): a lone short text and longer ones, then more inputs, up to the batcher's token budget
+# (2,048 padded tokens). Run on the solo session (every core), then a few on one thread (a batch beside another).
+SHAPES = (
+    *((1, 8), (1, 16), (1, 32), (1, 64), (1, 128), (1, 256)),
+    *((2, 16), (4, 16), (8, 16), (32, 16), (32, 32), (32, 64), (8, 256)),
+)
+ONE_THREAD_SHAPES = ((1, 16), (32, 16), (32, 64))
+# Between two runs in process: a lone caller's requests do not arrive back to back (~1 ms of serving path between
+# two inferences).
+GAP_S = 0.001
+# The two sides run in blocks, never run by run: alternating runs of two copies of the weights (90 MB each for
+# MiniLM) evicts each from the CPU caches and doubled both sides' times here (p50 2.7 -> 7.8 ms for one short
+# text), which is not what a server running one graph for a lone caller sees.
+BLOCK_S = 0.4
+BLOCK_WARM_RUNS = 3
 QUIET_WAIT_S = 20.0
 BATCH = 32
 
@@ -57,6 +67,7 @@ class ModelTime:
 
     inputs: int
     tokens: int
+    threads: int
     runs: int
     plain_ms: float
     fused_ms: float
@@ -82,50 +93,80 @@ class Cell:
 # ---------------------------------------------------------------- 1. in process
 
 
-def lone_batches(tokenizer_path: Path, text: str) -> dict[tuple[int, int], list[TokenizedInput]]:
-    """Each shape's batch: `text` cut to the shape's token count (special tokens included), repeated."""
-    batches = {}
-    for inputs, tokens in SHAPES:
-        item = TextTokenizer(tokenizer_path, tokens).encode([text], truncate=True)[0]
-        batches[(inputs, tokens)] = [item] * inputs
-    return batches
+def lone_batch(tokenizer_path: Path, text: str, inputs: int, tokens: int) -> PaddedBatch:
+    """`text` cut to `tokens` tokens (special tokens included), `inputs` times, padded."""
+    item = TextTokenizer(tokenizer_path, tokens).encode([text], truncate=True)[0]
+    return pad_batch([item] * inputs)
+
+
+def run_block(backend: OnnxRuntimeBackend, padded: PaddedBatch, seconds: float) -> list[float]:
+    """Run times (s) of one side's block: a few runs first, untimed (its weights back in the caches), then runs for
+    `seconds`, at least 3."""
+    for _ in range(BLOCK_WARM_RUNS):
+        backend.run(padded, solo=True)
+    times: list[float] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end or len(times) < 3:
+        time.sleep(GAP_S)
+        started = time.perf_counter()
+        backend.run(padded, solo=True)
+        times.append(time.perf_counter() - started)
+    return times
 
 
 def model_times(model_dir: Path, seconds_per_shape: float) -> list[ModelTime]:
     """The server's CPU plan (plan_parallelism), two backends of the same model: plain (no solo graph) and fused for
-    every lone batch; each shape run alternately, order swapped every round."""
+    every lone batch; each shape run in alternating blocks (BLOCK_S), order swapped every round; the ratio is the
+    median over rounds of the blocks' p50 ratio."""
     manifest = ModelManifest.load(model_dir)
     if manifest.solo_graph is None:
         raise SystemExit(f"{model_dir} has no solo graph: rebuild it (make models)")
     _, intra, solo = plan_parallelism((CPU,), 0, 0)
-    options = RuntimeOptions(intra_op_threads=intra, solo_threads=solo)
-    plain = OnnxRuntimeBackend(model_dir / MODEL_FILE, options)
-    always = replace(manifest.solo_graph, max_inputs=1 << 20, max_tokens=1 << 30)
-    fused = OnnxRuntimeBackend(model_dir / MODEL_FILE, options, always)
     text = " ".join(load_pairs("test").sentences[:40])
-    rows = []
-    for (inputs, _), batch in lone_batches(model_dir / "tokenizer.json", text).items():
-        padded = pad_batch(batch)
-        for backend in (plain, fused):
-            backend.run(padded, solo=True)
+    cases = [(shape, RuntimeOptions(intra_op_threads=intra, solo_threads=solo)) for shape in SHAPES]
+    cases += [(shape, RuntimeOptions(intra_op_threads=1)) for shape in ONE_THREAD_SHAPES]
+    always = replace(manifest.solo_graph, max_inputs=1 << 20, max_tokens=1 << 30)
+    rows: list[ModelTime] = []
+    backends: dict[tuple[int, int], tuple[OnnxRuntimeBackend, OnnxRuntimeBackend]] = {}
+    for (inputs, tokens), options in cases:
+        key = (options.intra_op_threads, options.solo_threads)
+        if key not in backends:
+            backends.clear()  # one pair of backends at a time: their weights stay in the caches
+            backends[key] = (
+                OnnxRuntimeBackend(model_dir / MODEL_FILE, options),
+                OnnxRuntimeBackend(model_dir / MODEL_FILE, options, always),
+            )
+        plain, fused = backends[key]
+        padded = lone_batch(model_dir / "tokenizer.json", text, inputs, tokens)
         wait_quiet((), QUIET_WAIT_S)
         times: dict[str, list[float]] = {"plain": [], "fused": []}
+        ratios = []
         sides = [("plain", plain), ("fused", fused)]
         deadline, turn = time.monotonic() + seconds_per_shape, 0
-        while time.monotonic() < deadline or turn < 6:
+        while time.monotonic() < deadline or turn < 4:
+            block = {}
             for name, backend in sides if turn % 2 == 0 else sides[::-1]:
-                time.sleep(GAP_S)
-                started = time.perf_counter()
-                backend.run(padded, solo=True)
-                times[name].append(time.perf_counter() - started)
+                block[name] = run_block(backend, padded, BLOCK_S)
+                times[name] += block[name]
+            ratios.append(float(np.median(block["fused"]) / np.median(block["plain"])))
             turn += 1
+        if fused.fused_batches == 0:
+            raise RuntimeError("the fused backend never ran its solo graph")
         plain_s, fused_s = np.array(times["plain"]), np.array(times["fused"])
-        ratio = float(np.median(fused_s / plain_s))
+        threads = options.solo_threads or options.intra_op_threads
         length = padded.input_ids.shape[1]
-        rows.append(ModelTime(inputs, length, turn, 1e3 * np.median(plain_s), 1e3 * np.median(fused_s), ratio))
-        print(f"  in process {inputs} x {length} tokens: {rows[-1]}", file=sys.stderr, flush=True)
-    if fused.fused_batches == 0:
-        raise RuntimeError("the fused backend never ran its solo graph")
+        rows.append(
+            ModelTime(
+                inputs,
+                length,
+                threads,
+                len(plain_s),
+                1e3 * np.median(plain_s),
+                1e3 * np.median(fused_s),
+                float(np.median(ratios)),
+            )
+        )
+        print(f"  in process: {rows[-1]}", file=sys.stderr, flush=True)
     return rows
 
 
@@ -248,13 +289,15 @@ def markdown(facts: dict, model: str, times: list[ModelTime], cells: list[Cell],
         "",
         f"{facts['date']}; {facts['cpu']}, {facts['usable_cores']} usable cores; onnxruntime {facts['onnxruntime']}.",
         "",
-        "## The model's own time, in process (lone batch, session on every core)",
+        "## The model's own time, in process (a lone batch on the solo session's threads; one thread: a batch beside "
+        "another)",
         "",
-        "| inputs x tokens | runs | plain p50 ms | fused p50 ms | fused / plain (median of pairs) |",
-        "|---|---:|---:|---:|---:|",
+        "| inputs x tokens | threads | runs each | plain p50 ms | fused p50 ms | fused / plain (median of rounds) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {t.inputs} x {t.tokens} | {t.runs} | {t.plain_ms:.2f} | {t.fused_ms:.2f} | {t.ratio:.3f} |" for t in times
+        f"| {t.inputs} x {t.tokens} | {t.threads} | {t.runs} | {t.plain_ms:.2f} | {t.fused_ms:.2f} | {t.ratio:.3f} |"
+        for t in times
     ]
     if cells:
         lines += [

@@ -73,14 +73,18 @@ def test_lone_small_batches_run_the_solo_graph_and_give_the_plain_vectors(tiny_d
     encoder, tokenizer = encoder_of(tiny_dir)
     backend = encoder.backend
     assert isinstance(backend, OnnxRuntimeBackend) and backend.fused_batches == 0
-    tokens = tokenizer.encode([SHORT, "the quick brown fox", "hello world"])
+    limit = ModelManifest.load(tiny_dir).solo_graph
+    assert limit is not None
+    tokens = tokenizer.encode(["hello world"] * (limit.max_inputs + 1))
     lone = encoder.embed(tokens[:1], solo=True)
     assert backend.fused_batches == 1
     plain = encoder.embed(tokens[:1])  # not alone: the plain graph's session
     assert backend.fused_batches == 1
     assert cosines(lone, plain).min() >= 1 - 1e-4
+    encoder.embed(tokens[:-1], solo=True)  # as many inputs as it serves
+    assert backend.fused_batches == 2
     encoder.embed(tokens, solo=True)  # alone but more inputs than the solo graph serves
-    assert backend.fused_batches == 1
+    assert backend.fused_batches == 2
 
 
 def test_a_long_lone_text_and_32_texts_run_the_plain_graph(model_repo: Path) -> None:

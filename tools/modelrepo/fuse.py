@@ -26,8 +26,11 @@ from tools.modelrepo.quantize import _is_large, _quiet_root_logger
 
 SOLO_GRAPH_FILE = "model.fused.onnx"
 # The batches the solo graph serves, measured on the 2-core AMD EPYC machine with bench.lone_text (README,
-# Performance): one input of up to this many tokens runs faster fused; more inputs or longer ones do not.
-SOLO_MAX_INPUTS = 1
+# Performance; all-MiniLM-L6-v2 on both cores, fused / plain): one input of 8-16 tokens 0.78-0.88, 32 tokens
+# 0.91-0.94, 64 tokens 0.97-0.98, 128 and 256 tokens 1.01-1.04; 2 and 4 inputs of 16 tokens 0.86-0.99, 32 inputs
+# 1.05-1.09. So: up to 64 padded tokens, up to 4 inputs. Changing these needs a new TOOL_VERSION (they are written
+# into the manifest at build time).
+SOLO_MAX_INPUTS = 4
 SOLO_MAX_TOKENS = 64
 OPT_LEVEL = 0
 
