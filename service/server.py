@@ -202,6 +202,8 @@ class EmbeddingServer:
             model.batcher.on_batch = self.metrics.batch_observer(model.id)
             self.metrics.watch_queue(model.id, lambda batcher=model.batcher: batcher.queued_inputs)
             self.metrics.watch_cache(model.id, model.cache_counters)
+        for model_id, batches in self.registry.solo_graph_counters().items():
+            self.metrics.watch_solo_graph(model_id, batches)
         self.metrics.watch_cache_size(self.registry.cache.local)
 
     async def stop(self) -> None:

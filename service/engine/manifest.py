@@ -5,7 +5,8 @@ A model repository is a directory with one sub-directory per model (Triton-style
 engine does both), `dense_<i>.npz` for each Dense layer applied after pooling, and what its backend
 reads: for ONNX Runtime (the default) `model.onnx` (int64 [batch, seq] inputs among `input_ids`,
 `attention_mask`, `token_type_ids`; first output the token embeddings [batch, seq, hidden]; a model
-over 2 GB keeps its weights beside it in `model.onnx.data`). See service/engine/backends.
+over 2 GB keeps its weights beside it in `model.onnx.data`; `solo_graph` may name a second, offline-fused graph
+for small batches that run alone). See service/engine/backends.
 
 This module needs no runtime (only numpy, through pooling) so that the offline build tools use it too.
 """
@@ -54,6 +55,28 @@ class DenseLayer:
 
 
 @dataclass(frozen=True)
+class SoloGraph:
+    """A second graph of the same network, fused offline (attention, LayerNorm, GELU as single operators), for
+    batches that run alone on the CPU and are small: it runs one short text faster than the plain graph, and large
+    batches slower, so it serves batches of at most `max_inputs` inputs and `max_tokens` padded tokens (inputs x
+    longest). Written and verified against the plain graph by the build (tools/modelrepo/fuse.py)."""
+
+    file: str
+    max_inputs: int = 1
+    max_tokens: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SoloGraph:
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ManifestError(f"solo_graph: unknown keys {unknown}")
+        return cls(**data)
+
+    def serves(self, inputs: int, padded_tokens: int) -> bool:
+        return inputs <= self.max_inputs and padded_tokens <= self.max_tokens
+
+
+@dataclass(frozen=True)
 class ModelManifest:
     """Everything the server needs to know about a model besides its weights and tokenizer."""
 
@@ -92,6 +115,9 @@ class ModelManifest:
     # What a million of the model's tokens cost (in the server's currency), a decimal written as a string ("0.02")
     # or a number; None: unpriced. The server may override it per model (its `model_prices` setting).
     price_per_million_tokens: str | None = None
+    # The offline-fused graph for small batches that run alone (ONNX Runtime on the CPU); None: the plain graph
+    # serves every batch (models built before it existed).
+    solo_graph: SoloGraph | None = None
 
     def __post_init__(self) -> None:
         if not self.id or "\n" in self.id:
@@ -117,6 +143,7 @@ class ModelManifest:
         if self.default_prompt_name and self.default_prompt_name not in self.prompts:
             raise ManifestError(f"manifest {self.id}: default_prompt_name {self.default_prompt_name!r} is not a prompt")
         self._check_dense()
+        self._check_solo_graph()
         if self.price_per_million_tokens is not None:
             try:
                 parse_price(self.price_per_million_tokens)
@@ -137,6 +164,15 @@ class ModelManifest:
                 f"manifest {self.id}: the last dense layer gives {self.dense[-1].out_features} "
                 f"dimensions, the manifest says {self.dimensions}"
             )
+
+    def _check_solo_graph(self) -> None:
+        solo = self.solo_graph
+        if solo is None:
+            return
+        if not solo.file or "/" in solo.file or solo.file.startswith(".") or solo.file == MODEL_FILE:
+            raise ManifestError(f"manifest {self.id}: solo_graph.file must name another file in the model directory")
+        if solo.max_inputs < 1 or solo.max_tokens < 1:
+            raise ManifestError(f"manifest {self.id}: solo_graph needs positive max_inputs and max_tokens")
 
     @property
     def pooling_modes(self) -> tuple[str, ...]:
@@ -179,6 +215,8 @@ class ModelManifest:
             del data["quantization_ranges"]  # not calibrated
         if self.price_per_million_tokens is None:
             del data["price_per_million_tokens"]  # unpriced
+        if self.solo_graph is None:
+            del data["solo_graph"]  # built before it existed, or not fused
         data["dense"] = [asdict(layer) for layer in self.dense]
         return json.dumps(data, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
 
@@ -193,6 +231,8 @@ class ModelManifest:
             values["aliases"] = tuple(values.get("aliases", ()))
             values["shortened_dimensions"] = tuple(int(d) for d in values.get("shortened_dimensions", ()))
             values["dense"] = tuple(DenseLayer.from_dict(layer) for layer in values.get("dense", ()))
+            if values.get("solo_graph") is not None:
+                values["solo_graph"] = SoloGraph.from_dict(values["solo_graph"])
             values["prompts"] = {str(k): str(v) for k, v in values.get("prompts", {}).items()}
             if values.get("price_per_million_tokens") is not None:
                 values["price_per_million_tokens"] = str(values["price_per_million_tokens"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -140,6 +140,7 @@ def _warm_up(encoder: Encoder, tokenizer: TextTokenizer, limits: BatchLimits) ->
     length = max(1, min(tokenizer.max_tokens, limits.max_batch_tokens))
     count = max(1, min(limits.max_batch_size, limits.max_batch_tokens // length))
     longest = TokenizedInput(np.resize(sample.ids, length), np.resize(sample.type_ids, length), length)
+    encoder.embed([longest], solo=True)  # a lone long input: the plain graph's solo session beside a solo graph
     with ThreadPoolExecutor(max_workers=limits.concurrent_batches) as pool:
         list(pool.map(encoder.embed, [[longest] * count] * limits.concurrent_batches))
 
@@ -230,6 +231,16 @@ class ModelRegistry:
             )
         self._names, self._folded = _name_index(models, dict(self._options.aliases))
         self._models = models
+
+    def solo_graph_counters(self) -> dict[str, Callable[[], int]]:
+        """Model id -> how many batches its backend ran from an offline-fused solo graph, for models that have one
+        (the ONNX Runtime backend on the CPU: see SoloGraph)."""
+        counters = {}
+        for loaded in self._loaded:
+            backend = loaded.encoder.backend
+            if getattr(backend, "solo_graph", None) is not None:
+                counters[loaded.manifest.id] = lambda backend=backend: backend.fused_batches
+        return counters
 
     def models(self) -> list[ServedModel]:
         return list(self._models)

@@ -68,6 +68,8 @@ class CounterSeries:
     doc: str
     labels: Labels
     values: dict[Labels, float] = field(default_factory=dict)
+    # Read at scrape time: counts kept elsewhere (a backend's).
+    functions: dict[Labels, Callable[[], float]] = field(default_factory=dict)
 
     def inc(self, key: Labels, amount: float = 1.0) -> None:
         self.values[key] = self.values.get(key, 0.0) + amount
@@ -76,6 +78,8 @@ class CounterSeries:
         family = CounterMetricFamily(self.name, self.doc, labels=self.labels)
         for key, value in self.values.items():
             family.add_metric(key, value)
+        for key, read in self.functions.items():
+            family.add_metric(key, float(read()))
         return family
 
 
@@ -159,6 +163,11 @@ class Metrics(Collector):
             PREFIX + "batch_tokens", "Padded tokens (longest x inputs) per batch.", ("model",), BATCH_TOKEN_BUCKETS
         )
         self.queue_depth = GaugeSeries(PREFIX + "queue_depth", "Interactive inputs waiting for inference.", ("model",))
+        self.solo_graph_batches = CounterSeries(
+            PREFIX + "solo_graph_batches",
+            "Lone small batches run from the model's offline-fused solo graph (start-up warm-up included).",
+            ("model",),
+        )
         self.tokens = CounterSeries(PREFIX + "tokens", "Tokens embedded (calls and async jobs).", ("model", "tenant"))
         self.truncated_inputs = CounterSeries(
             PREFIX + "truncated_inputs", "Inputs cut to the model's limit (calls and async jobs).", ("model",)
@@ -262,6 +271,9 @@ class Metrics(Collector):
 
     def watch_queue(self, model: str, depth: Callable[[], float]) -> None:
         self.queue_depth.functions[(model,)] = depth
+
+    def watch_solo_graph(self, model: str, batches: Callable[[], float]) -> None:
+        self.solo_graph_batches.functions[(model,)] = batches
 
     def watch_cache(self, model: str, counters: CacheCounters) -> None:
         self._cache_counters[model] = counters

@@ -27,9 +27,11 @@ from tools.modelrepo.export import (
     load_reference_tokenizer,
     load_torch_model,
     model_files,
+    sliding_window,
     write_dense,
     write_tokenizer,
 )
+from tools.modelrepo.fuse import SOLO_GRAPH_FILE, AttentionShape, fuse, solo_graph
 from tools.modelrepo.quantize import PRECISIONS, convert_fp16, quantize_int8
 from tools.modelrepo.sources import Source, digest
 
@@ -176,11 +178,14 @@ def _build_into(
         model = load_torch_model(source)
         exported = export_onnx(model, fp32_path, verify.sample_batch(tokenizer_path, manifest.max_input_tokens))
         record["attention"] = "causal" if exported.causal else "bidirectional"
+        shape = AttentionShape.of(model, exported.causal, sliding_window(model) is not None)
         checks = [
             verify.against_torch(model, exported.input_names, fp32_path, tokenizer_path, manifest.max_input_tokens),
             verify.against_sentence_transformers(source, fp32_path, work, manifest),
         ]
         del model
+        if precision == "fp32":
+            manifest, record["solo_graph"] = _write_solo_graph(work, manifest, shape)
     else:
         fp32_path = fp32_dir / MODEL_FILE
         checks = []
@@ -202,3 +207,19 @@ def _build_into(
     if not (work / MODEL_FILE).is_file():
         raise BuildError(f"{manifest.id}: no {MODEL_FILE} was written")
     return manifest, record
+
+
+def _write_solo_graph(work: Path, manifest: ModelManifest, shape: AttentionShape) -> tuple[ModelManifest, dict]:
+    """The fused graph for small batches that run alone (tools/modelrepo/fuse.py), kept only when every layer
+    fused and it gives the plain graph's vectors; otherwise the plain graph serves every batch, as before."""
+    fused = work / SOLO_GRAPH_FILE
+    try:
+        record = fuse(work / MODEL_FILE, fused, shape)
+        record["verification"] = verify.against_plain(fused, work / MODEL_FILE, work, manifest)
+    except BuildError as exc:
+        fused.unlink(missing_ok=True)
+        say(f"  no solo graph: {exc}")
+        return manifest, {"kept": False, "reason": str(exc)}
+    solo = solo_graph()
+    say(f"  solo graph {solo.file}: lone batches up to {solo.max_inputs} input(s), {solo.max_tokens} tokens")
+    return replace(manifest, solo_graph=solo), record

@@ -73,11 +73,12 @@ def import_model(args: argparse.Namespace) -> Path:
         price_per_million_tokens=args.price,
     )
     say(f"{args.src}: {source.describe()}")
-    # An unpriced import keeps the fingerprint it had before prices existed (no needless rebuild).
+    # An unpriced import keeps the fingerprint it had before prices existed (no needless rebuild); the solo graph is
+    # what the build makes, not what it is asked.
     request = {
         k: v
         for k, v in asdict(manifest).items()
-        if k != "provenance" and (v is not None or k != "price_per_million_tokens")
+        if k not in ("provenance", "solo_graph") and (v is not None or k != "price_per_million_tokens")
     }
     target = Target(model_id, precision, source.file_hashes, {**request, "source": str(source.root)})
     return build_model(target, source, manifest, args.repo, force=args.force)

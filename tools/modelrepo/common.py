@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 TOOL_NAME = "tools.modelrepo"
-TOOL_VERSION = "2"  # bump when the export changes so that cached model directories are rebuilt
+TOOL_VERSION = "3"  # bump when the export changes so that cached model directories are rebuilt (3: solo graph)
 # Where downloaded model sources are unpacked (`make clean` removes it; pip keeps its own download cache).
 DEFAULT_CACHE = Path(__file__).resolve().parents[2] / "build" / "model-sources"
 

@@ -30,6 +30,7 @@ REFERENCE_MIN_COSINE = 0.9999  # the served pipeline vs sentence-transformers
 # int8's first plan is kept when every verification text stays this close to fp32 (MiniLM: 0.98), else the
 # outlier-aware plan is used (quantize.quantize_int8).
 INT8_MIN_COSINE = 0.97
+SOLO_MIN_COSINE = 0.9999  # the fused solo graph vs the plain one: the same float32 math, operators merged
 FP16_MIN_COSINE = 0.99  # float16 vs float32 (measured ~0.99999 on MiniLM); below it the conversion broke something
 # Traced once: two lengths, so the exported graph is built with padding present.
 EXPORT_TEXTS = ("hello world", "a somewhat longer sentence to trace the export with padding present")
@@ -68,14 +69,24 @@ def serve_like_engine(
     model_path: Path, model_dir: Path, manifest: ModelManifest, texts: Sequence[str], input_type: str = ""
 ) -> np.ndarray:
     """Vectors as the server computes them: prompt, tokenize, pad, run, pool, Dense, normalize."""
+    return _engine_vectors(model_path, model_dir, manifest, [texts], input_type)[0]
+
+
+def _engine_vectors(
+    model_path: Path, model_dir: Path, manifest: ModelManifest, batches: Sequence[Sequence[str]], input_type: str = ""
+) -> list[np.ndarray]:
+    """serve_like_engine for several batches on one session."""
     tokenizer_path = model_dir / "tokenizer.json"
     prompts = Prompts.load(manifest, tokenizer_path, INPUT_TYPES)
     backend = OnnxRuntimeBackend(model_path, RuntimeOptions())
     encoder = Encoder(backend, EmbeddingHead.from_manifest(manifest, model_dir))
-    batch = tokenize(
-        tokenizer_path, prompts.prepend(texts, input_type), manifest.max_input_tokens, prompts.excluded(input_type)
-    )
-    return finalize(encoder.embed(batch), None, manifest.normalize)
+    vectors = []
+    for texts in batches:
+        batch = tokenize(
+            tokenizer_path, prompts.prepend(texts, input_type), manifest.max_input_tokens, prompts.excluded(input_type)
+        )
+        vectors.append(finalize(encoder.embed(batch), None, manifest.normalize))
+    return vectors
 
 
 def check_tokenizer(source: Source, reference: Any, tokenizer_path: Path, max_tokens: int) -> None:
@@ -168,6 +179,29 @@ def against_fp32(
     if min_cosine is not None and cosine < min_cosine:
         raise BuildError(f"{precision} model strays from fp32: min cosine {cosine:.4f} < {min_cosine}")
     return {"against": "fp32 onnx", "texts": len(VERIFY_TEXTS), "min_cosine": round(cosine, 6)}
+
+
+def against_plain(fused: Path, plain: Path, model_dir: Path, manifest: ModelManifest) -> dict:
+    """The fused solo graph vs the plain graph through the served pipeline: the verification texts as one padded
+    batch and each alone (what it serves). BuildError below SOLO_MIN_COSINE."""
+    batches = [VERIFY_TEXTS, *([text] for text in VERIFY_TEXTS)]
+    actual = np.concatenate(_engine_vectors(fused, model_dir, manifest, batches))
+    expected = np.concatenate(_engine_vectors(plain, model_dir, manifest, batches))
+    if actual.shape != expected.shape or not np.isfinite(actual).all():
+        raise BuildError(f"the fused graph's output is broken: shape {actual.shape} vs {expected.shape} or not finite")
+    cosine = float(_cosines(actual, expected).min())
+    if cosine < SOLO_MIN_COSINE:
+        raise BuildError(f"the fused graph strays from the plain one: min cosine {cosine:.6f} < {SOLO_MIN_COSINE}")
+    say(
+        f"  verified the fused solo graph against the plain one ({len(VERIFY_TEXTS)} texts, batched and alone): "
+        f"min cosine {cosine:.6f}"
+    )
+    return {
+        "against": "plain onnx",
+        "texts": len(VERIFY_TEXTS),
+        "alone_and_batched": True,
+        "min_cosine": round(cosine, 6),
+    }
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

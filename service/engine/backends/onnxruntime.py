@@ -1,5 +1,6 @@
-"""The ONNX Runtime backend: a session per model (two on the CPU: see solo_threads), built once, and the choice
-of execution providers (TensorRT, CUDA, CPU) with their options."""
+"""The ONNX Runtime backend: a session per model (on the CPU also one for a batch that runs alone, see solo_threads,
+and one of the model's offline-fused solo graph, see SoloGraph), built once, and the choice of execution providers
+(TensorRT, CUDA, CPU) with their options."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.engine.backends import INPUT_NAMES, PaddedBatch, RuntimeOptions
-from service.engine.manifest import MODEL_FILE, ModelManifest
+from service.engine.manifest import MODEL_FILE, ModelManifest, SoloGraph
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,9 @@ class OnnxRuntimeBackend:
     would alone; pooling finds it from the mask.
     """
 
-    def __init__(self, model_path: Path, options: RuntimeOptions) -> None:
+    def __init__(self, model_path: Path, options: RuntimeOptions, solo_graph: SoloGraph | None = None) -> None:
+        """`solo_graph`: the model's fused graph (beside `model_path`) for the small batches that run alone; used
+        on the CPU only (a GPU runs one batch at a time, from the plain graph)."""
         self.session = _session(model_path, options, options.intra_op_threads)
         self._solo = _session(model_path, options, options.solo_threads) if options.solo_threads else self.session
         self._input_names = tuple(i.name for i in self.session.get_inputs())
@@ -107,7 +110,27 @@ class OnnxRuntimeBackend:
         if unknown or not {"input_ids", "attention_mask"} <= set(self._input_names):
             raise ValueError(f"{model_path}: inputs must be {INPUT_NAMES} (token_type_ids optional), got {unknown}")
         self._output_name = self.session.get_outputs()[0].name
-        log.info("loaded %s with %s", model_path, ", ".join(self.session.get_providers()))
+        self.solo_graph = solo_graph if solo_graph is not None and options.providers[0] == CPU else None
+        self._fused: ort.InferenceSession | None = None
+        self._fused_inputs: tuple[str, ...] = ()
+        if self.solo_graph is not None:
+            threads = options.solo_threads or options.intra_op_threads
+            self._fused = _session(model_path.with_name(self.solo_graph.file), options, threads)
+            self._fused_inputs = tuple(i.name for i in self._fused.get_inputs())
+        # Batches the fused solo graph ran: which graph served is visible without timing anything (tests, debugging).
+        self.fused_batches = 0
+        log.info(
+            "loaded %s with %s%s",
+            model_path,
+            ", ".join(self.session.get_providers()),
+            self._describe_solo_graph(),
+        )
+
+    def _describe_solo_graph(self) -> str:
+        solo = self.solo_graph
+        if solo is None:
+            return ""
+        return f"; {solo.file} for lone batches of up to {solo.max_inputs} input(s) and {solo.max_tokens} tokens"
 
     @property
     def providers(self) -> list[str]:
@@ -115,16 +138,25 @@ class OnnxRuntimeBackend:
 
     def run(self, batch: PaddedBatch, solo: bool = False) -> np.ndarray:
         """Token embeddings [batch, seq, hidden]. `solo`: the batch runs alone, so it may use the session that
-        spreads it over every core."""
-        feeds = {name: batch.feeds[name] for name in self._input_names}
-        session = self._solo if solo else self.session
-        (token_embeddings,) = session.run([self._output_name], feeds)
+        spreads it over every core, or the fused graph's session when the batch is small enough for it."""
+        session, names = (self._solo if solo else self.session), self._input_names
+        if solo and self._fused is not None and self._serves_fused(batch):
+            session, names = self._fused, self._fused_inputs
+            self.fused_batches += 1
+        (token_embeddings,) = session.run([self._output_name], {name: batch.feeds[name] for name in names})
         return token_embeddings
+
+    def _serves_fused(self, batch: PaddedBatch) -> bool:
+        rows, longest = batch.input_ids.shape
+        return self.solo_graph is not None and self.solo_graph.serves(rows, rows * longest)
 
 
 def load(model_dir: Path, manifest: ModelManifest, options: RuntimeOptions) -> OnnxRuntimeBackend:
-    """The backend of a model directory holding `model.onnx`."""
+    """The backend of a model directory holding `model.onnx` (and the solo graph its manifest names, if any)."""
     model_path = Path(model_dir) / MODEL_FILE
     if not model_path.is_file():
         raise ValueError(f"{model_dir} lacks {MODEL_FILE}")
-    return OnnxRuntimeBackend(model_path, options)
+    solo = manifest.solo_graph
+    if solo is not None and not (Path(model_dir) / solo.file).is_file():
+        raise ValueError(f"{model_dir} lacks {solo.file}, the solo graph its manifest names")
+    return OnnxRuntimeBackend(model_path, options, solo)
