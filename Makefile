@@ -123,6 +123,7 @@ bench: proto models
 	$(PY) -m bench.serving_path --model-repo $(MODEL_REPO)
 	$(PY) -m bench.job_speed --model-repo $(MODEL_REPO)
 	$(PY) -m bench.cache --model-repo $(MODEL_REPO)
+	$(PY) -m bench.lone_text --model-repo $(MODEL_REPO)
 
 bench-quick: proto models
 	$(PY) -m bench.suite --quick --model-repo $(MODEL_REPO) --out build/bench-quick $(ARGS)

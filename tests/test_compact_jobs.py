@@ -316,7 +316,7 @@ def test_compact_jobs_in_postgresql_outlive_their_server(repo, tmp_path_factory)
             EnvoyProcess(second.port, tmp_path_factory.mktemp("envoy-pg-b")) as envoy,
         ):
             for kind in forms:
-                assert results(envoy, jobs[kind], page=50) == expected[kind], kind
+                assert all_results(envoy, jobs[kind], page=50) == expected[kind], kind
         with psycopg.connect(store_url) as conn:
             stored = conn.execute(
                 "SELECT job_id, dtype, length(vectors) / count FROM chunks WHERE job_id = ANY(%s)",
