@@ -54,6 +54,10 @@ class Settings:
     # Execution provider options, "Provider:key=value" (e.g. "CUDAExecutionProvider:device_id=1").
     provider_options: tuple[str, ...] = ()
     tokenizer_threads: int = 2
+    # Serve lone small batches (one short text on an idle server) from a model's offline-fused solo graph where it
+    # has one: faster for them, its vectors equal to the plain graph's to float rounding (cosine 1.000000), not bit
+    # for bit. false: every batch from the plain graph.
+    solo_graph: bool = True
     max_message_bytes: int = 256 * 1024 * 1024
     # Async jobs: where the job store (SQLite) lives, and how jobs are cut and kept.
     data_dir: str = "data"

@@ -35,8 +35,9 @@ TEXTS = load_pairs().sentences[:150]
 def uncalibrated_copy(source: Path, target: Path) -> None:
     """all-MiniLM-L6-v2 under another id, as a model built before calibration existed: no quantization ranges."""
     target.mkdir()
-    for name in ("model.onnx", "tokenizer.json"):
-        (target / name).symlink_to(source / name)
+    for path in source.iterdir():  # every file but the manifest (the solo graph too)
+        if path.name != "manifest.json":
+            (target / path.name).symlink_to(path)
     manifest = json.loads((source / "manifest.json").read_text(encoding="utf-8"))
     manifest.update(id=UNCALIBRATED, aliases=[])
     manifest.pop("quantization_ranges", None)

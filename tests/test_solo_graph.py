@@ -157,3 +157,16 @@ def test_the_server_answers_a_lone_short_text_from_the_solo_graph(model_repo: Pa
     expected = serve_like_engine(model_dir / MODEL_FILE, model_dir, ModelManifest.load(model_dir), [SHORT])
     got = np.array([list(lone.embeddings[0].values), list(many.embeddings[31].values)], dtype=np.float32)
     assert cosines(got, np.repeat(expected, 2, axis=0)).min() >= 1 - 1e-4
+
+
+def test_the_solo_graph_can_be_turned_off(model_repo: Path) -> None:
+    """`--solo-graph false`: every batch from the plain graph (none counted as fused), a lone text's vector the one
+    it gets inside a batch."""
+    args = ("--models", MINILM, "--cache-bytes", "0", "--solo-graph", "false")
+    with ServerProcess(model_repo, *args) as server, grpc.insecure_channel(server.address) as channel:
+        stub, ops = pb_grpc.EmbeddingServiceStub(channel), ops_pb2_grpc.OpsServiceStub(channel)
+        lone = stub.Embed(pb.EmbedRequest(model=MINILM, inputs=[SHORT]), timeout=60)
+        batched = stub.Embed(pb.EmbedRequest(model=MINILM, inputs=[LONG, SHORT]), timeout=60)
+        samples = parse_metrics(ops.GetMetrics(ops_pb2.GetMetricsRequest(), timeout=30).data)
+    assert value(samples, "embeddings_solo_graph_batches_total", model=MINILM) == 0
+    assert np.allclose(list(lone.embeddings[0].values), list(batched.embeddings[1].values), atol=1e-6)

@@ -4,7 +4,9 @@ without it (`--cache-bytes 0`) and one whose bound is smaller than one entry ans
 its prompt out of pooling never gets the vector of the same token ids pooled with the prompt.
 
 tiny-bert (CLS, unnormalized, prefixes, sizes 8 and 16) and tiny-noprompt (mean, prompts excluded from pooling) are
-tiny random BERTs: vectors of one input do not depend on what they are batched with, so the answers are exact.
+tiny random BERTs served from their plain graphs (`--solo-graph false`): vectors of one input then do not depend on
+what they are batched with, so the answers are exact (the fused solo graph of lone batches differs from the plain
+graph in the last float bits, and merging duplicates turns a call into a lone batch).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def gateways(served_repo: Path, tiny_sources: dict[str, Path], tmp_path_factory:
     servers, envoys = [], {}
     try:
         for name, extra in flags.items():
-            server = ServerProcess(repo, "--models", f"{TINY},{NOPROMPT}", *extra).start()
+            server = ServerProcess(repo, "--models", f"{TINY},{NOPROMPT}", "--solo-graph", "false", *extra).start()
             servers.append(server)
             envoys[name] = EnvoyProcess(server.port, tmp_path_factory.mktemp(f"envoy-{name}")).start()
         yield envoys

@@ -48,6 +48,8 @@ class EngineOptions:
     intra_op_threads: int = 0
     inter_op_threads: int = 1
     tokenizer_threads: int = 2
+    # Serve small lone batches from a model's fused solo graph, where it has one (see RuntimeOptions).
+    solo_graph: bool = True
     # How inputs are batched; its concurrent_batches is planned from inference_workers.
     batching: BatchLimits = field(default_factory=BatchLimits)
     # The embedding cache's bound in this process (service/engine/cache.py); 0 turns the cache off (with a shared
@@ -173,6 +175,7 @@ class ModelRegistry:
             solo_threads,
             shared_arena=on_cpu,
             provider_options=options.provider_options,
+            solo_graph=options.solo_graph,
         )
         # One thread per batch in flight, shared by all models: they compete for the same cores.
         self._inference = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="inference")

@@ -46,6 +46,9 @@ class RuntimeOptions:
     shared_arena: bool = False
     # Options of an execution provider, by its name (e.g. {"CUDAExecutionProvider": {"device_id": "1"}}).
     provider_options: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # Serve small lone batches from a model's offline-fused solo graph where it has one (faster for them; its
+    # vectors differ from the plain graph's in the last float bits).
+    solo_graph: bool = True
 
 
 @dataclass(frozen=True)

@@ -156,7 +156,7 @@ def load(model_dir: Path, manifest: ModelManifest, options: RuntimeOptions) -> O
     model_path = Path(model_dir) / MODEL_FILE
     if not model_path.is_file():
         raise ValueError(f"{model_dir} lacks {MODEL_FILE}")
-    solo = manifest.solo_graph
+    solo = manifest.solo_graph if options.solo_graph else None
     if solo is not None and not (Path(model_dir) / solo.file).is_file():
         raise ValueError(f"{model_dir} lacks {solo.file}, the solo graph its manifest names")
     return OnnxRuntimeBackend(model_path, options, solo)
