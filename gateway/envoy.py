@@ -233,10 +233,29 @@ def add_replicas(config: dict, upstreams: Sequence[tuple[str, int]], dns: bool =
         }
         for match in matches
     ]
+    # A REST route matched before transcoding (for its body cap's metadata) of a retry-safe method retries as its
+    # gRPC path does: a call in flight on a replica that dies is answered by another.
+    safe_rest = retry_safe_rest_paths(contract_policies())
     for route in routes:
-        if "route" in route:  # not a direct response
+        if "route" not in route:  # a direct response
+            continue
+        if route["match"].get("path") in safe_rest and "headers" not in route["match"]:
+            route["route"]["retry_policy"] = _retry_policy("reset,connect-failure,refused-stream,unavailable")
+            route["request_body_buffer_limit"] = RETRY_BUFFER_BYTES
+        else:
             route["route"]["retry_policy"] = _retry_policy("connect-failure,refused-stream")
     routes[-1:-1] = idempotent
+
+
+def retry_safe_rest_paths(policies: Mapping[str, MethodPolicy]) -> set[str]:
+    """The REST paths every method bound to is retry-safe (`/v1/files` is not: an upload shares it with the list)."""
+    from service.policy import CONTRACT_MODULES, file_protos
+
+    safe, unsafe = set(), set()
+    for grpc_path, paths in request_paths(file_protos(CONTRACT_MODULES)).items():
+        policy = policies.get(grpc_path)
+        (safe if policy is not None and policy.retry_safe else unsafe).update(paths[1:])
+    return safe - unsafe
 
 
 def _http_templates(rule: http_pb2.HttpRule) -> Iterator[str]:
