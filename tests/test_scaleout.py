@@ -244,13 +244,6 @@ def test_a_job_whose_replica_is_killed_completes_on_the_other_exactly_once(clust
         cluster.restart(0)
 
 
-# KNOWN DEFECT (2026-12-01, pre-existing: reproduced on the code before that day's work at the same rate): about 1
-# run in 10, more on a loaded machine, one REST call in flight at the SIGKILL is answered 503 "upstream connect error
-# or disconnect/reset before headers. reset reason: connection termination" although Envoy's stats show no retry
-# limit exceeded; giving the REST routes of retry-safe methods the reset retries (gateway/envoy.py) did not cure
-# it. Marked non-strict xfail so that CI tells this defect apart from new ones; the next session's first task is
-# to find the unretried path and remove this mark.
-@pytest.mark.xfail(strict=False, reason="known defect: a call in flight at a SIGKILL is sometimes not retried")
 def test_sigkill_of_a_replica_under_concurrent_load_fails_no_request(cluster: Cluster) -> None:
     from openai import OpenAI
 
