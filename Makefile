@@ -10,7 +10,7 @@ BUF    := build/npm/node_modules/.bin/buf
 # from there (never from a CDN).
 SWAGGER_UI := service/console/swagger-ui/.installed
 
-.PHONY: all setup proto wheel stubs models run run-grpc cluster test test-quick test-slow test-clients lint bench bench-quick bench-serving bench-throughput bench-cache screenshots clean
+.PHONY: all setup proto wheel stubs models run run-grpc cluster test test-quick test-slow test-clients lint breaking bench bench-quick bench-serving bench-throughput bench-cache screenshots clean
 
 all: setup proto models
 
@@ -83,6 +83,16 @@ lint: proto $(NPM_TOOLS)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BUF) lint
+
+# Wire compatibility of proto/ against a git ref (AGAINST=main by default): buf breaking (buf.yaml's FILE rules)
+# against that ref's proto/, with this checkout's googleapis module beside it (build/protodeps is not in git, so
+# `--against '.git#branch=main'` finds no google/api). The README's "Contract changes" lists every break made.
+AGAINST ?= main
+breaking: proto $(NPM_TOOLS)
+	rm -rf build/breaking && mkdir -p build/breaking/build
+	git archive $(AGAINST) buf.yaml proto | tar -x -C build/breaking
+	cp -r build/protodeps build/breaking/build/
+	$(BUF) breaking --against build/breaking
 
 # The tests run on TEST_WORKERS pytest-xdist workers (the machines have 2 cores and most tests wait on servers they
 # start), a whole file at a time, the files of minutes-long proofs first (tests/conftest.py orders them); 1: one process.

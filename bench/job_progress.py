@@ -26,7 +26,7 @@ from bench.common import ENGINE_ONLY
 from bench.report import write_report
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
-from service._gen.embeddings.v1 import jobs_pb2, jobs_pb2_grpc
+from service._gen.embeddings.v1 import jobs_pb2, jobs_pb2_grpc, rest_pb2
 from tests.serving import ServerProcess
 from tests.stsb import load_pairs
 
@@ -87,7 +87,7 @@ def run_case(server: ServerProcess, share: float, clients: int, corpus: list[str
     with grpc.insecure_channel(server.address) as channel:
         jobs = jobs_pb2_grpc.JobServiceStub(channel)
         started = time.perf_counter()
-        job = jobs.AsyncEmbed(jobs_pb2.AsyncEmbedRequest(model=MODEL, input=_strings(corpus)), timeout=120)
+        job = jobs.AsyncEmbed(rest_pb2.CreateEmbeddingRequest(model=MODEL, input=_strings(corpus)), timeout=120)
         while True:
             job = jobs.GetJob(jobs_pb2.GetJobRequest(id=job.id), timeout=30)
             elapsed = time.perf_counter() - started

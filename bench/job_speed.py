@@ -38,7 +38,7 @@ from bench.common import BASELINE_CONFIGS, ENGINE_ONLY, InProcessBaseline, machi
 from bench.lean import ThreadCpu, grpc_calls, median, percentile, run, wait_quiet
 from bench.report import RESULTS
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
-from service._gen.embeddings.v1 import jobs_pb2, jobs_pb2_grpc
+from service._gen.embeddings.v1 import jobs_pb2, jobs_pb2_grpc, rest_pb2
 from service.engine.registry import discover
 from tests.serving import ServerProcess
 from tests.stsb import load_pairs
@@ -126,7 +126,9 @@ class Bench:
         out.sync_grpc = len(texts) / (time.perf_counter() - started)
 
     async def submit(self, texts: list[str]) -> str:
-        job = await self.jobs.AsyncEmbed(jobs_pb2.AsyncEmbedRequest(model=MODEL, input=strings(texts)), timeout=300)
+        job = await self.jobs.AsyncEmbed(
+            rest_pb2.CreateEmbeddingRequest(model=MODEL, input=strings(texts)), timeout=300
+        )
         return job.id
 
     async def job(self, job_id: str) -> jobs_pb2.Job:

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from service._gen.embeddings.v1 import embeddings_pb2, embeddings_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+from service._gen.embeddings.v1 import embeddings_pb2, embeddings_pb2_grpc, jobs_pb2, jobs_pb2_grpc, rest_pb2
 
-__all__ = ["embeddings_pb2", "embeddings_pb2_grpc", "jobs_pb2", "jobs_pb2_grpc"]
+__all__ = ["embeddings_pb2", "embeddings_pb2_grpc", "jobs_pb2", "jobs_pb2_grpc", "rest_pb2"]

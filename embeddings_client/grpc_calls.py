@@ -18,7 +18,7 @@ from google.protobuf.message import Message
 
 from embeddings_client._proto import embeddings_pb2 as pb
 from embeddings_client._proto import embeddings_pb2_grpc as pb_grpc
-from embeddings_client._proto import jobs_pb2, jobs_pb2_grpc
+from embeddings_client._proto import jobs_pb2, jobs_pb2_grpc, rest_pb2
 from embeddings_client.base import EmbedParams
 from embeddings_client.config import PemSource, Target, TlsFiles, auth_metadata, grpc_channel, parse_target
 from embeddings_client.types import EmbedBatch, Job, JobPage, ModelInfo
@@ -112,9 +112,10 @@ def job_page(response: jobs_pb2.ListJobsResponse) -> JobPage:
 
 def submit_request(
     texts: Sequence[str], params: EmbedParams, metadata: Mapping[str, str]
-) -> jobs_pb2.AsyncEmbedRequest:
+) -> rest_pb2.CreateEmbeddingRequest:
+    """JobService.AsyncEmbed's request: /v1/embeddings' own message, with the job's metadata."""
     values = [struct_pb2.Value(string_value=t) for t in texts]
-    return jobs_pb2.AsyncEmbedRequest(
+    return rest_pb2.CreateEmbeddingRequest(
         input=struct_pb2.Value(list_value=struct_pb2.ListValue(values=values)),
         encoding_format="base64",  # results pages: base64 of float32, the compact form
         metadata=dict(metadata),

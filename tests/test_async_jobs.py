@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 from google.protobuf import struct_pb2
 
-from service._gen.embeddings.v1 import jobs_pb2, jobs_pb2_grpc
+from service._gen.embeddings.v1 import jobs_pb2, jobs_pb2_grpc, rest_pb2
 from service.jobs import webhooks
 from tests.serving import EnvoyProcess, ServerProcess, http
 from tests.stsb import load_pairs
 
 FP32 = "all-minilm-l6-v2"
+TINY = "tiny-bert"
 FAST_JOBS = ("--webhook-allow-private", "true", "--webhook-retry-schedule", "1s,1s", "--job-chunk-size", "64")
 
 
@@ -138,6 +139,29 @@ def test_job_completes_with_signed_webhook_and_ordered_results(stack, receiver):
     assert data["id"] == job["id"] and data["status"] == "completed" and data["model"] == FP32
     assert data["metadata"]["batch"] == "7" and data["results_url"].endswith("/results")
     assert data["usage"]["total_tokens"] == done["usage"]["total_tokens"]
+
+
+def test_async_body_is_the_embeddings_body_plus_metadata(stack):
+    """POST /v1/async/embeddings takes the JSON it always took (every field of the former AsyncEmbedRequest, now
+    /v1/embeddings' own CreateEmbeddingRequest with `metadata`): the job keeps its metadata and options, and its
+    results are what /v1/embeddings answers for the same body without the metadata."""
+    metadata = {"corpus": "wire", "pairs": "2"}
+    body = {
+        "model": TINY, "input": ["the same body", "as before"], "encoding_format": "base64", "dimensions": 16,
+        "user": "end-user-7", "truncate": True, "normalize": False, "input_type": "query", "metadata": metadata,
+        "embedding_type": "uint8",
+    }  # fmt: skip
+    status, job = post(stack, "/v1/async/embeddings", body)
+    assert status == 200, job
+    assert job["metadata"] == metadata and job["input_count"] == 2
+    assert (job["model"], job["encoding_format"], job["embedding_type"], job["dimensions"]) == (
+        TINY, "base64", "uint8", 16,
+    )  # fmt: skip
+    assert wait_job(stack, job["id"])["metadata"] == metadata
+    live = {name: value for name, value in body.items() if name != "metadata"}
+    status, _, direct = http(stack, "POST", "/v1/embeddings", live)
+    assert status == 200, direct
+    assert all_results(stack, job["id"]) == json.loads(direct)["data"]
 
 
 def test_webhook_retries_keep_the_event_id_and_410_disables(stack, receiver):
@@ -294,11 +318,11 @@ def test_the_job_limits_set_on_the_server_are_the_ones_its_job_service_keeps(ser
         stub = jobs_pb2_grpc.JobServiceStub(channel)
         texts = struct_pb2.Value(list_value=struct_pb2.ListValue(values=[struct_pb2.Value(string_value="a")] * 4))
         with pytest.raises(grpc.RpcError) as caught:
-            stub.AsyncEmbed(jobs_pb2.AsyncEmbedRequest(model=FP32, input=texts), timeout=30)
+            stub.AsyncEmbed(rest_pb2.CreateEmbeddingRequest(model=FP32, input=texts), timeout=30)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "4 in one request, the limit is 3" in caught.value.details()
         del texts.list_value.values[3]
-        assert stub.AsyncEmbed(jobs_pb2.AsyncEmbedRequest(model=FP32, input=texts), timeout=30).id
+        assert stub.AsyncEmbed(rest_pb2.CreateEmbeddingRequest(model=FP32, input=texts), timeout=30).id
         hook = jobs_pb2.CreateWebhookRequest(url="http://127.0.0.1:9/hook")
         assert stub.CreateWebhook(hook, timeout=30).id
         with pytest.raises(grpc.RpcError) as caught:

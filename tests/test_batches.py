@@ -197,6 +197,21 @@ def test_bad_lines_alone_complete_into_the_error_file(client):
     assert set(file_lines(client, batch.error_file_id)) == {"a", "b"}
 
 
+def test_line_bodies_ignore_metadata_as_any_field_they_do_not_use(client):
+    """A line's body may carry fields /v1/embeddings does not use: ignored, as they always were, `metadata` too
+    (the async jobs' field of CreateEmbeddingRequest, which the live route refuses), whatever its type: a batch
+    line's request keeps nothing of its own but its custom_id."""
+    plain = {"model": FP32, "input": ["batch lines", "with metadata"]}
+    extra = {"object": {"metadata": {"k": "v"}}, "string": {"metadata": "x"}, "unknown": {"colour": 1}}
+    batch = run_batch(client, [line("plain", plain), *(line(cid, {**plain, **more}) for cid, more in extra.items())])
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (4, 0)
+    output = file_lines(client, batch.output_file_id)
+    assert set(output) == {"plain", *extra}
+    assert all(
+        entry["response"]["body"]["data"] == output["plain"]["response"]["body"]["data"] for entry in output.values()
+    )
+
+
 @pytest.mark.parametrize(
     ("lines", "code", "line_number"),
     [

@@ -19,7 +19,7 @@ import pytest
 from google.protobuf import struct_pb2
 
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
-from service._gen.embeddings.v1 import jobs_pb2, jobs_pb2_grpc
+from service._gen.embeddings.v1 import jobs_pb2, jobs_pb2_grpc, rest_pb2
 from tests.serving import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -192,7 +192,7 @@ def test_large_file_goes_through_an_async_job(server, stub, jobs_stub, tmp_path)
 def test_results_of_a_compact_job_are_refused_not_misread(server, jobs_stub, tmp_path):
     """A job asked for int8 vectors (by another client) holds bytes: written as float32 they would be garbage."""
     job = jobs_stub.AsyncEmbed(
-        jobs_pb2.AsyncEmbedRequest(model=FP32, input=_strings(TEXTS[:2]), embedding_type="int8"), timeout=60
+        rest_pb2.CreateEmbeddingRequest(model=FP32, input=_strings(TEXTS[:2]), embedding_type="int8"), timeout=60
     )
     assert cli(server, "jobs", "show", job.id).returncode == 0
     deadline = time.monotonic() + 120
@@ -208,7 +208,7 @@ def test_models_and_jobs_commands(server, jobs_stub):
     done = cli(server, "models")
     assert done.returncode == 0 and FP32 in done.stdout and "384" in done.stdout
     inputs = [f"to be cancelled {i}" for i in range(3000)]
-    job = jobs_stub.AsyncEmbed(jobs_pb2.AsyncEmbedRequest(model=FP32, input=_strings(inputs)), timeout=60)
+    job = jobs_stub.AsyncEmbed(rest_pb2.CreateEmbeddingRequest(model=FP32, input=_strings(inputs)), timeout=60)
     done = cli(server, "jobs", "cancel", job.id)
     assert done.returncode == 0 and f"job {job.id}:" in done.stdout
     assert jobs_stub.GetJob(jobs_pb2.GetJobRequest(id=job.id), timeout=10).status in ("cancelled", "completed")

@@ -18,7 +18,7 @@ from openai import OpenAI
 
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
-from service._gen.embeddings.v1 import jobs_pb2, jobs_pb2_grpc
+from service._gen.embeddings.v1 import jobs_pb2, jobs_pb2_grpc, rest_pb2
 from service.engine.manifest import ModelManifest
 from tests.serving import EnvoyProcess, ServerProcess, http
 from tests.stsb import load_pairs
@@ -166,8 +166,8 @@ def test_grpc_jobs_take_the_same_fields_and_give_the_embed_calls_bytes(channel):
     embed = pb_grpc.EmbeddingServiceStub(channel)
     for kind, enum in GRPC_TYPES.items():
         job = jobs.AsyncEmbed(
-            jobs_pb2.AsyncEmbedRequest(model=FP32, input=text_list(TEXTS), encoding_format="base64",
-                                       embedding_type=kind),
+            rest_pb2.CreateEmbeddingRequest(model=FP32, input=text_list(TEXTS), encoding_format="base64",
+                                            embedding_type=kind),
             timeout=60,
         )  # fmt: skip
         assert (job.status, job.encoding_format, job.embedding_type) == ("queued", "base64", kind)
@@ -235,7 +235,7 @@ def test_grpc_bad_types_are_invalid_argument(channel):
     for model, kind, says in ((FP32, "int4", "'embedding_type' must be one of"),
                               (UNCALIBRATED, "int8", "has no calibrated ranges")):  # fmt: skip
         with pytest.raises(grpc.RpcError) as caught:
-            jobs.AsyncEmbed(jobs_pb2.AsyncEmbedRequest(model=model, input=text_list(["x"]), embedding_type=kind),
+            jobs.AsyncEmbed(rest_pb2.CreateEmbeddingRequest(model=model, input=text_list(["x"]), embedding_type=kind),
                             timeout=60)  # fmt: skip
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and says in caught.value.details()
 

@@ -14,7 +14,7 @@ from google.protobuf import struct_pb2
 
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
-from service._gen.embeddings.v1 import jobs_pb2, jobs_pb2_grpc
+from service._gen.embeddings.v1 import jobs_pb2, jobs_pb2_grpc, rest_pb2
 from tests.serving import ServerProcess
 
 pytestmark = pytest.mark.slow  # minutes: `make test-slow`
@@ -34,7 +34,7 @@ def test_chunks_that_outlast_the_lease_are_never_taken_from_a_live_worker(model_
     with ServerProcess(model_repo, *args) as server, grpc.insecure_channel(server.address) as channel:
         jobs = jobs_pb2_grpc.JobServiceStub(channel)
         texts = [f"document {i}: {DOCUMENT}" for i in range(768)]
-        job = jobs.AsyncEmbed(jobs_pb2.AsyncEmbedRequest(model=FP32, input=_strings(texts)), timeout=60)
+        job = jobs.AsyncEmbed(rest_pb2.CreateEmbeddingRequest(model=FP32, input=_strings(texts)), timeout=60)
         stop = threading.Event()
 
         def interactive_load() -> None:  # keeps the engine busy: chunks take longer still

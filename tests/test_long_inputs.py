@@ -19,7 +19,7 @@ from openai import OpenAI
 
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
-from service._gen.embeddings.v1 import jobs_pb2, jobs_pb2_grpc
+from service._gen.embeddings.v1 import jobs_pb2, jobs_pb2_grpc, rest_pb2
 from tests.serving import EnvoyProcess, ServerProcess, http
 from tests.test_observability import scrape, value
 
@@ -95,9 +95,11 @@ def test_async_jobs_truncate_by_default_and_refuse_on_request(server, stub, long
     with grpc.insecure_channel(server.address) as channel:
         jobs = jobs_pb2_grpc.JobServiceStub(channel)
         with pytest.raises(grpc.RpcError) as caught:
-            jobs.AsyncEmbed(jobs_pb2.AsyncEmbedRequest(model=FP32, input=_strings(texts), truncate=False), timeout=60)
+            jobs.AsyncEmbed(
+                rest_pb2.CreateEmbeddingRequest(model=FP32, input=_strings(texts), truncate=False), timeout=60
+            )
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "too long" in caught.value.details()
-        job = jobs.AsyncEmbed(jobs_pb2.AsyncEmbedRequest(model=FP32, input=_strings(texts)), timeout=60)
+        job = jobs.AsyncEmbed(rest_pb2.CreateEmbeddingRequest(model=FP32, input=_strings(texts)), timeout=60)
         while (job := jobs.GetJob(jobs_pb2.GetJobRequest(id=job.id), timeout=10)).status != "completed":
             assert job.status in ("queued", "in_progress"), job
             time.sleep(0.2)

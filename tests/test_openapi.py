@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, settings
 from openapi_spec_validator import validate
 
 from service import assets
+from service._gen.embeddings.v1 import rest_pb2
 from tests.serving import EnvoyProcess, ServerProcess, http
 from tools import openapi
 
@@ -65,8 +66,14 @@ def test_every_http_rule_and_field_is_documented(document):
         operation = document["paths"][path][verb]
         params = {(p["name"], p["in"]) for p in operation.get("parameters", [])}
         path_fields = set(re.findall(r"\{(\w+)\}", path))
+        not_taken = openapi.fields_not_taken(method.full_name, method.input_type.full_name)
         for field in method.input_type.fields:
-            if field.name in path_fields:
+            if field.name in not_taken:  # a shared message's field this method refuses: left out
+                assert field.name not in json.dumps(operation.get("parameters", [])), (method.full_name, field.name)
+                if body == "*":
+                    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+                    assert field.name not in schema["properties"], (method.full_name, field.name)
+            elif field.name in path_fields:
                 assert (field.name, "path") in params, (method.full_name, field.name)
             elif method.full_name in openapi.HTTPBODY_REQUESTS:  # a streamed upload: its form, written by hand
                 assert operation["requestBody"] == openapi.HTTPBODY_REQUESTS[method.full_name]
@@ -119,6 +126,22 @@ def test_input_accepts_openai_shapes(document):
     body = document["paths"]["/v1/embeddings"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     shapes = body["properties"]["input"]["anyOf"]
     assert {"type": "string"} in shapes and len(shapes) == 4
+
+
+def test_async_only_fields_are_documented_on_the_async_route_only(document):
+    """AsyncEmbed and the synchronous routes share CreateEmbeddingRequest: the async body lists every field of it,
+    `metadata` included; the synchronous ones (which refuse `metadata`) all the others."""
+
+    def body(path: str) -> dict:
+        return document["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+
+    fields = [f.name for f in rest_pb2.CreateEmbeddingRequest.DESCRIPTOR.fields]
+    assert "metadata" in fields and openapi.ONLY_FOR
+    assert list(body("/v1/async/embeddings")["properties"]) == fields
+    assert body("/v1/async/embeddings")["properties"]["metadata"]["additionalProperties"] == {"type": "string"}
+    for path in ("/v1/embeddings", "/oai/v1/embeddings", "/v1/inference/embed"):
+        assert list(body(path)["properties"]) == [f for f in fields if f != "metadata"], path
+        assert body(path)["required"] == body("/v1/async/embeddings")["required"] == ["model", "input"]
 
 
 def test_served_at_openapi_json_through_the_gateway(gateway, document):

@@ -11,12 +11,15 @@ import shutil
 import subprocess
 
 import bpe_openai
+import grpc
 import numpy as np
 import openai
 import pytest
+from google.protobuf import struct_pb2
 
 from gateway.envoy import CONFIG, ROOT, validate
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
+from service._gen.embeddings.v1 import rest_pb2, rest_pb2_grpc
 from tests.serving import http
 
 FP32 = "all-minilm-l6-v2"
@@ -282,6 +285,24 @@ ERRORS = {
         "model_not_found",
     ),
 }
+
+
+@pytest.mark.parametrize("path", ["/v1/embeddings", "/oai/v1/embeddings", "/v1/inference/embed"])
+def test_metadata_is_refused_by_the_synchronous_routes(gateway, server, path):
+    """`metadata` is the async jobs' field of the message the live routes share with them (CreateEmbeddingRequest):
+    a live call that sets it is refused in OpenAI's envelope, naming it, not answered as if it were kept; over
+    native gRPC (RestService) the same, as INVALID_ARGUMENT. An empty object sets nothing."""
+    status, headers, raw = http(gateway, "POST", path, {"model": FP32, "input": "x", "metadata": {"k": "v"}})
+    assert status == 400 and headers["content-type"].startswith("application/json"), raw
+    error = json.loads(raw)["error"]
+    assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", "metadata", "invalid_request")
+    assert "metadata" in error["message"] and "/v1/async/embeddings" in error["message"]
+    assert http(gateway, "POST", path, {"model": FP32, "input": "x", "metadata": {}})[0] == 200
+    method = {"/v1/inference/embed": "InferenceEmbed"}.get(path, "CreateEmbedding")
+    request = rest_pb2.CreateEmbeddingRequest(model=FP32, input=struct_pb2.Value(string_value="x"), metadata={"k": "v"})
+    with grpc.insecure_channel(server.address) as channel, pytest.raises(grpc.RpcError) as refused:
+        getattr(rest_pb2_grpc.RestServiceStub(channel), method)(request, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "metadata" in refused.value.details()
 
 
 @pytest.mark.parametrize("case", list(ERRORS))

@@ -28,7 +28,7 @@ from google.protobuf import struct_pb2
 
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
-from service._gen.embeddings.v1 import jobs_pb2, jobs_pb2_grpc
+from service._gen.embeddings.v1 import jobs_pb2, jobs_pb2_grpc, rest_pb2
 from service.engine.cache import input_keys
 from service.stores.redis_cache import MAX_PENDING_WRITES, RedisVectors
 from tests.serving import ROOT, EnvoyProcess, ServerProcess, free_port
@@ -313,7 +313,9 @@ def async_embed(server: ServerProcess, key: str, text: str) -> None:
     value.list_value.extend([text])
     with grpc.insecure_channel(server.address) as channel:
         stub = jobs_pb2_grpc.JobServiceStub(channel)
-        job = stub.AsyncEmbed(jobs_pb2.AsyncEmbedRequest(model=FP32, input=value), metadata=metadata(key), timeout=60)
+        job = stub.AsyncEmbed(
+            rest_pb2.CreateEmbeddingRequest(model=FP32, input=value), metadata=metadata(key), timeout=60
+        )
         wait_for(
             lambda: (
                 stub.GetJob(jobs_pb2.GetJobRequest(id=job.id), metadata=metadata(key), timeout=30).status == "completed"

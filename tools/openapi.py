@@ -24,7 +24,7 @@ from google.api import annotations_pb2, field_behavior_pb2, http_pb2
 from google.protobuf import descriptor_pb2
 
 from service import assets
-from service.api.rest import ENCODING_FORMATS
+from service.api.rest import ASYNC_ONLY_FIELDS, ENCODING_FORMATS
 from service.policy import MissingPolicy, contract_policies, policy_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +35,12 @@ HTTPBODY = ".google.api.HttpBody"
 # String fields whose values the server checks against a list (kept strings in the proto for OpenAI's JSON): the
 # list the server checks is the document's enum.
 STRING_ENUMS = {".embeddings.v1.CreateEmbeddingRequest.encoding_format": list(ENCODING_FORMATS)}
+# Fields of a request message several methods share that only some of them take (the others refuse them), by full
+# name: the others' operations leave them out. CreateEmbeddingRequest's `metadata` is for async jobs only.
+ONLY_FOR: dict[str, frozenset[str]] = {
+    f"embeddings.v1.CreateEmbeddingRequest.{name}": frozenset({"embeddings.v1.JobService.AsyncEmbed"})
+    for name in ASYNC_ONLY_FIELDS
+}
 VERBS = ("get", "put", "post", "delete", "patch")
 F = descriptor_pb2.FieldDescriptorProto
 
@@ -463,6 +469,16 @@ class SchemaBuilder:
         return item
 
 
+def fields_not_taken(full_method: str, request_name: str) -> frozenset[str]:
+    """The fields of the method's request message that the method refuses (see ONLY_FOR), by name."""
+    prefix = f"{request_name.lstrip('.')}."
+    return frozenset(
+        key.removeprefix(prefix)
+        for key, methods in ONLY_FOR.items()
+        if key.startswith(prefix) and full_method not in methods
+    )
+
+
 def _parameter(name: str, where: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
     parameter = {"name": name, "in": where, "required": where == "path", "schema": schema}
     if description:
@@ -482,14 +498,15 @@ def _operation(route: Route, builder: SchemaBuilder, operation_id: str, open_met
         "tags": [route.service.rsplit(".", 1)[-1]],
     }
     path_fields = frozenset(route.path_params)
+    left_out = path_fields | fields_not_taken(route.full_method, request_name)
     if route.full_method in HTTPBODY_REQUESTS:
         operation["requestBody"] = HTTPBODY_REQUESTS[route.full_method]
     elif route.body == "*":
-        schema = builder.message_schema(request_name, skip=path_fields)
+        schema = builder.message_schema(request_name, skip=left_out)
         operation["requestBody"] = {"required": True, "content": {_JSON: {"schema": schema}}}
     else:
         for name, (field, comment) in by_name.items():
-            if name not in path_fields and field.type != F.TYPE_MESSAGE:
+            if name not in left_out and field.type != F.TYPE_MESSAGE:
                 params.append(_parameter(name, "query", builder.field_schema(field), comment))
     if params:
         operation["parameters"] = params

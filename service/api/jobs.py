@@ -19,6 +19,7 @@ from google.api import httpbody_pb2
 from service import errors
 from service._gen.embeddings.v1 import jobs_pb2 as pb
 from service._gen.embeddings.v1 import jobs_pb2_grpc as pb_grpc
+from service._gen.embeddings.v1 import rest_pb2
 from service.access.control import Principal
 from service.access.interceptor import acting_for, caller_of
 from service.api.optional_fields import copy_present
@@ -130,7 +131,9 @@ class JobServicer(pb_grpc.JobServiceServicer):
         self._settings = settings
         self._on_new_job = on_new_job
 
-    async def _validated_inputs(self, caller: Principal, request: pb.AsyncEmbedRequest) -> tuple[str, list[str], dict]:
+    async def _validated_inputs(
+        self, caller: Principal, request: rest_pb2.CreateEmbeddingRequest
+    ) -> tuple[str, list[str], dict]:
         resolve = functools.partial(self._embedder.resolve, caller)
         parsed = await parse_request(request, resolve, self._decoder, self._settings.max_inputs_per_job)
         truncate = parsed.model.truncates(parsed.options)  # decided now: the job runs as it was validated
@@ -145,7 +148,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
         return parsed.model.id, parsed.texts, stored
 
     @rpc_errors
-    async def AsyncEmbed(self, request: pb.AsyncEmbedRequest, context) -> pb.Job:
+    async def AsyncEmbed(self, request: rest_pb2.CreateEmbeddingRequest, context) -> pb.Job:
         caller = acting_for(context, request.user)
         metadata = checked_metadata(request.metadata)
         model_id, texts, options = await self._validated_inputs(caller, request)

@@ -37,6 +37,9 @@ ENCODING_FORMATS = ("float", "base64")
 # encoding_format values that ask for a compact embedding type as JSON integers (an extension).
 COMPACT_FORMATS = tuple(t for t in EMBEDDING_TYPES if t != FLOAT)
 _INPUT_SHAPES = "a string, an array of strings, an array of token ids, or an array of arrays of token ids"
+# Fields of CreateEmbeddingRequest that only async jobs take (JobService.AsyncEmbed shares the message): the
+# synchronous routes refuse them (`refuse_async_only`), and the OpenAPI document leaves them out of their bodies.
+ASYNC_ONLY_FIELDS = ("metadata",)
 
 
 def _bad_input(message: str) -> errors.ApiError:
@@ -123,8 +126,8 @@ async def parse_request(
     decoder: TokenIdDecoder,
     max_inputs: int | None = None,
 ) -> ParsedRequest:
-    """Check and convert a CreateEmbeddingRequest or AsyncEmbedRequest (they share these fields), with the model
-    `resolve` finds for the caller (`Embedder.resolve`).
+    """Check and convert a CreateEmbeddingRequest (of a live call, an async job or a batch line), with the model
+    `resolve` finds for the caller (`Embedder.resolve`). `metadata` is the caller's concern (`refuse_async_only`).
 
     `max_inputs` raises the input cap (async jobs). Errors name OpenAI's parameters (`input`, not `inputs[3]`).
     """
@@ -158,6 +161,18 @@ async def parse_request(
     except EngineError as err:
         raise as_rest_error(err) from None
     return ParsedRequest(model, texts, options, encoding_format)
+
+
+def refuse_async_only(request: pb.CreateEmbeddingRequest) -> None:
+    """400 for a synchronous call that sets a field only async jobs take (`metadata`), in OpenAI's words for an
+    argument it does not know: kept with nothing, it would be silently dropped."""
+    for name in ASYNC_ONLY_FIELDS:
+        if getattr(request, name):
+            raise errors.invalid_input(
+                f"Unrecognized request argument supplied: {name} (only async jobs take it: POST /v1/async/embeddings).",
+                field=name,
+                reason="invalid_request",
+            )
 
 
 def _vector_format(request) -> tuple[str, str]:
@@ -271,6 +286,7 @@ class RestServicer(pb_grpc.RestServiceServicer):
 
     async def _embed(self, request: pb.CreateEmbeddingRequest, context) -> tuple[EmbedResult, str]:
         caller = acting_for(context, request.user)
+        refuse_async_only(request)
         parsed = await parse_request(request, functools.partial(self._embedder.resolve, caller), self._decoder)
         result = await self._embedder.embed(caller, parsed.model, parsed.texts, parsed.options, deadline_of(context))
         return result, parsed.encoding_format

@@ -22,7 +22,7 @@ from google.protobuf import json_format
 
 from service import errors
 from service._gen.embeddings.v1 import rest_pb2
-from service.api.rest import as_rest_error, parse_request
+from service.api.rest import ASYNC_ONLY_FIELDS, as_rest_error, parse_request
 from service.batches import objects
 from service.batches.files import iter_lines
 from service.batches.input_checks import KeyModels
@@ -109,10 +109,11 @@ class JobParts:
         for line, raw in block:
             request = orjson.loads(raw)  # the first pass checked the structure
             entry = _Parsed(line, request["custom_id"])
+            # Fields the body does not use are ignored, as they were before CreateEmbeddingRequest gained the async
+            # jobs' `metadata` (which a batch line's request keeps nowhere: ignored too, whatever its type).
+            body = {name: value for name, value in request["body"].items() if name not in ASYNC_ONLY_FIELDS}
             try:
-                message = json_format.ParseDict(
-                    request["body"], rest_pb2.CreateEmbeddingRequest(), ignore_unknown_fields=True
-                )
+                message = json_format.ParseDict(body, rest_pb2.CreateEmbeddingRequest(), ignore_unknown_fields=True)
             except (json_format.ParseError, TypeError, ValueError) as exc:
                 entry.error = errors.invalid_input(f"Invalid request body: {exc}", reason="invalid_request")
                 entries.append(entry)

@@ -8,6 +8,7 @@ import grpc
 import pytest
 
 from service._gen.embeddings.v1 import jobs_pb2 as pb
+from service._gen.embeddings.v1 import rest_pb2
 from tests.adversarial.conftest import MAX_WEBHOOKS
 from tests.adversarial.probes import MODEL, Stack, assert_openai_error, assert_still_serving, refused
 
@@ -25,7 +26,7 @@ def test_job_metadata_over_openais_limits_is_refused(stack: Stack, metadata: dic
     status, _, answer = stack.rest("POST", "/v1/async/embeddings", stack.keys["globex"], body)
     assert_openai_error(status, answer, 400, reason, "invalid_request_error")
     assert answer["error"]["param"] == "metadata" and len(answer["error"]["message"]) < 300
-    request = pb.AsyncEmbedRequest(model=MODEL, metadata=metadata).SerializeToString()
+    request = rest_pb2.CreateEmbeddingRequest(model=MODEL, metadata=metadata).SerializeToString()
     error = refused(stack.channel, "/embeddings.v1.JobService/AsyncEmbed", request, key=stack.keys["globex"])
     assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, reason)
 
