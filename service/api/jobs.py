@@ -30,7 +30,7 @@ from service.engine.errors import EngineError
 from service.engine.quantize import FLOAT
 from service.engine.tokenize import TokenIdDecoder
 from service.jobs import webhooks
-from service.jobs.records import InvalidCursor, Job, NotFound, ResultsNotReady, ResultsRemoved, TooManyWebhooks
+from service.jobs.records import InvalidCursor, Job, NewJob, NotFound, ResultsNotReady, ResultsRemoved, TooManyWebhooks
 from service.jobs.runner import JobSettings
 from service.jobs.store import JobStore
 from service.worker_loops import now_s
@@ -151,8 +151,8 @@ class JobServicer(pb_grpc.JobServiceServicer):
         model_id, texts, options = await self._validated_inputs(caller, request)
         webhook_id = metadata.get("webhook_id") or None
         try:
-            job = await asyncio.to_thread(
-                self._store.create_job,
+            # key_id, user: its chunks are metered, and rate-limited, as this key's and this end user's.
+            new = NewJob(
                 caller.tenant,
                 model_id,
                 options,
@@ -160,10 +160,10 @@ class JobServicer(pb_grpc.JobServiceServicer):
                 webhook_id,
                 texts,
                 self._settings.chunk_size,
-                now_s(),
-                key_id=caller.key_id,  # its chunks are metered, and rate-limited, as this key's
-                user=caller.user,  # ... and as this end user's
+                key_id=caller.key_id,
+                user=caller.user,
             )
+            job = await asyncio.to_thread(self._store.create_job, new, now_s())
         except NotFound:
             raise errors.invalid_input(
                 f"No webhook with id '{webhook_id}': create one with POST /v1/webhooks.", field="metadata.webhook_id"
