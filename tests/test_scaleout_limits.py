@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from service.access.limits import LocalRateLimiter, Quota
-from service.access.records import UsageDelta
+from service.access.records import NewKey, TenantRecord, UsageDelta
 from tests.shared_stores import REDIS_URL, temp_redis_prefix, temp_schema
 
 T0 = 1_700_000_000
@@ -31,11 +31,11 @@ def test_keys_and_usage_written_by_one_replica_are_seen_by_the_other(pg_url):
 
     first, second = PostgresAccessStore(pg_url), PostgresAccessStore(pg_url)  # two replicas, one migration
     try:
-        record, token = first.create_key("acme", "ci", rpm=5, now=T0)
+        record, token = first.create_key(NewKey("acme", "ci", rpm=5), T0)
         assert token.startswith("sk-") and token not in record.secret_hash
         snapshot = second.snapshot()
         assert snapshot.active_keys == 1 and snapshot.keys[record.id] == record
-        second.set_tenant("acme", 10, None, T0)
+        second.set_tenant(TenantRecord("acme", 10, None), T0)
         assert first.list_tenants()[0].rpm == 10
         assert [k.id for k in second.list_keys("acme")] == [record.id] and second.list_keys("other") == []
         delta = UsageDelta("2026-01-01", "acme", record.id, "m", requests=1, tokens=7)

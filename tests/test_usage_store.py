@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.access.records import UsageDelta
+from service.access.records import NewKey, TenantRecord, UsageDelta
 from service.access.store import AccessStore
 from service.stores import schema
 from tests.shared_stores import temp_schema
@@ -49,14 +49,14 @@ def store(backend: Backend) -> Iterator[AccessStore]:
 
 
 def test_keys_and_tenants_keep_their_per_user_limits(store):
-    record, _ = store.create_key("acme", "ci", user_rpm=5, user_tpm=0, now=T0)
-    plain, _ = store.create_key("acme", "plain", now=T0)
+    record, _ = store.create_key(NewKey("acme", "ci", user_rpm=5, user_tpm=0), T0)
+    plain, _ = store.create_key(NewKey("acme", "plain"), T0)
     assert (record.user_rpm, record.user_tpm) == (5, 0) and (plain.user_rpm, plain.user_tpm) == (None, None)
     assert store.get_key(record.id) == record and store.snapshot().keys[record.id] == record
-    tenant = store.set_tenant("acme", None, None, T0, user_rpm=7)
+    tenant = store.set_tenant(TenantRecord("acme", None, None, user_rpm=7), T0)
     assert (tenant.user_rpm, tenant.user_tpm) == (7, None)
     assert store.snapshot().tenants["acme"] == tenant
-    assert store.set_tenant("acme", 1, 2, T0).user_rpm is None  # a tenant's limits are set as a whole
+    assert store.set_tenant(TenantRecord("acme", 1, 2), T0).user_rpm is None  # a tenant's limits are set as a whole
     assert store.list_tenants()[0].user_rpm is None
 
 
@@ -94,7 +94,7 @@ def test_a_store_of_schema_5_keeps_its_keys_and_usage(backend):
     """Usage rows and keys written before migration 6 stay: unpriced (cost 0), under no user, without per-user
     limits."""
     with_store = backend.open()
-    key, _ = with_store.create_key("acme", "old", rpm=3, now=T0)
+    key, _ = with_store.create_key(NewKey("acme", "old", rpm=3), T0)
     with_store.close()
     table = "schema_version" if backend.name == "sqlite" else "schema_migrations"
     for statement in undo_billing(backend):

@@ -10,6 +10,30 @@ DEFAULT_TENANT = "default"
 
 
 @dataclass(frozen=True)
+class NewKey:
+    """A key to create (`AccessStore.create_key`): its tenant and name, whether it is an admin's, the models it may
+    use (None: every one), its own limits and those of each of its end users (None: the tenant's, else the server's).
+    """
+
+    tenant: str
+    name: str
+    admin: bool = False
+    models: tuple[str, ...] | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    user_rpm: int | None = None
+    user_tpm: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.tenant.strip():
+            raise ValueError("a key needs a tenant")
+
+    @property
+    def role(self) -> str:
+        return "admin" if self.admin else "user"
+
+
+@dataclass(frozen=True)
 class KeyRecord:
     id: str
     tenant: str

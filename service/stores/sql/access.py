@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from dataclasses import astuple, replace
 from typing import Any
 
 from service.access import keys
-from service.access.records import KeyRecord, KeySnapshot, TenantRecord, UsageDelta, UsageRow
+from service.access.records import KeyRecord, KeySnapshot, NewKey, TenantRecord, UsageDelta, UsageRow
 from service.engine.prices import cost
+from service.fields import derive
 from service.stores.sql.database import Database, Store, dumps, retried
 from service.stores.sql.rows import KEY, TENANT
 
@@ -26,35 +27,23 @@ class AccessRows(Store):
     # --- keys
 
     @retried
-    def create_key(
-        self,
-        tenant: str,
-        name: str,
-        *,
-        admin: bool = False,
-        models: tuple[str, ...] | None = None,
-        rpm: int | None = None,
-        tpm: int | None = None,
-        now: int,
-        issued: keys.NewKey | None = None,
-        user_rpm: int | None = None,
-        user_tpm: int | None = None,
-    ) -> tuple[KeyRecord, str]:
-        if not tenant.strip():
-            raise ValueError("a key needs a tenant")
-        new = issued or keys.issue()
-        role = "admin" if admin else "user"
-        record = KeyRecord(
-            new.key_id, tenant, name, new.secret_hash, role, models, rpm, tpm, now, None, None, user_rpm, user_tpm
+    def create_key(self, new: NewKey, now: int, issued: keys.IssuedKey | None = None) -> tuple[KeyRecord, str]:
+        issued = issued or keys.issue()
+        record = derive(
+            KeyRecord,
+            new,
+            id=issued.key_id,
+            secret_hash=issued.secret_hash,
+            role=new.role,
+            created_at=now,
+            rotated_at=None,
+            revoked_at=None,
         )
+        stored = astuple(replace(record, models=dumps(list(new.models)) if new.models is not None else None))
         with self._db.write() as conn:
-            conn.execute(
-                f"INSERT INTO access_keys ({KEY.select}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (record.id, tenant, name, record.secret_hash, record.role,
-                 dumps(list(models)) if models is not None else None, rpm, tpm, now, None, None, user_rpm, user_tpm),
-            )  # fmt: skip
+            conn.execute(f"INSERT INTO access_keys ({KEY.select}) VALUES ({', '.join('?' * len(stored))})", stored)
             conn.execute(_SET_KEYS_REQUIRED, (now,))
-        return record, new.token
+        return record, issued.token
 
     def list_keys(self, tenant: str | None = None) -> list[KeyRecord]:
         with self._db.read() as conn:
@@ -92,23 +81,15 @@ class AccessRows(Store):
 
     # --- tenants
 
-    def set_tenant(
-        self,
-        name: str,
-        rpm: int | None,
-        tpm: int | None,
-        now: int,
-        user_rpm: int | None = None,
-        user_tpm: int | None = None,
-    ) -> TenantRecord:
+    def set_tenant(self, tenant: TenantRecord, now: int) -> TenantRecord:
         with self._db.write() as conn:
             conn.execute(
                 "INSERT INTO access_tenants (name, rpm, tpm, created_at, user_rpm, user_tpm) VALUES (?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET rpm = excluded.rpm, tpm = excluded.tpm,"
                 " user_rpm = excluded.user_rpm, user_tpm = excluded.user_tpm",
-                (name, rpm, tpm, now, user_rpm, user_tpm),
+                (tenant.name, tenant.rpm, tenant.tpm, now, tenant.user_rpm, tenant.user_tpm),
             )
-        return TenantRecord(name, rpm, tpm, user_rpm, user_tpm)
+        return tenant
 
     def list_tenants(self) -> list[TenantRecord]:
         with self._db.read() as conn:
