@@ -16,7 +16,7 @@ from dataclasses import asdict
 from decimal import Decimal
 
 from service.access import keys
-from service.access.records import KeyRecord, NewKey, TenantRecord, UsageRow
+from service.access.records import KeyRecord, NewKey, TenantRecord, UsageQuery, UsageRow
 from service.access.store import AccessStore
 from service.config import Settings
 from service.fields import derive
@@ -191,7 +191,7 @@ def run(args: argparse.Namespace, store: AccessStore) -> int:
         for t in store.list_tenants():
             print(t.name, _tenant_limits(t, "\t"), sep="\t")
     elif args.command == "usage":
-        rows = store.usage(args.tenant, args.since, args.until, args.by_user)
+        rows = store.usage(UsageQuery(args.tenant, args.since, args.until, args.by_user))
         _print_usage(rows, args.json, args.by_user, args.currency)
     return 0
 

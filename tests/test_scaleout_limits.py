@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from service.access.limits import LocalRateLimiter, Quota
-from service.access.records import NewKey, TenantRecord, UsageDelta
+from service.access.records import NewKey, TenantRecord, UsageDelta, UsageQuery
 from tests.shared_stores import REDIS_URL, temp_redis_prefix, temp_schema
 
 T0 = 1_700_000_000
@@ -41,9 +41,9 @@ def test_keys_and_usage_written_by_one_replica_are_seen_by_the_other(pg_url):
         delta = UsageDelta("2026-01-01", "acme", record.id, "m", requests=1, tokens=7)
         first.add_usage([delta])
         second.add_usage([delta, UsageDelta("2026-01-02", "acme", record.id, "m", job_tokens=3)])
-        rows = first.usage(tenant="acme", since="2026-01-01", until="2026-01-01")
+        rows = first.usage(UsageQuery(tenant="acme", since="2026-01-01", until="2026-01-01"))
         assert [(r.requests, r.tokens) for r in rows] == [(2, 14)]
-        assert len(first.usage()) == 2
+        assert len(first.usage(UsageQuery())) == 2
         rotated = second.rotate_key(record.id, T0 + 1)
         assert rotated is not None and first.get_key(record.id).secret_hash == rotated[0].secret_hash
         assert first.revoke_key(record.id, T0 + 2).revoked_at == T0 + 2

@@ -105,6 +105,17 @@ class UsageRow(UsageLine):
 
 
 @dataclass(frozen=True)
+class UsageQuery:
+    """Which usage a report covers (`AccessStore.usage`): one tenant's (None: all), from `since` to `until`
+    (inclusive UTC days, YYYY-MM-DD; None: no bound), with a row per end user when `group_by_user`."""
+
+    tenant: str | None = None
+    since: str | None = None
+    until: str | None = None
+    group_by_user: bool = False
+
+
+@dataclass(frozen=True)
 class KeySnapshot:
     """Everything the server needs to authenticate and limit calls, read in one go."""
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from service.access import keys
-from service.access.records import KeyRecord, KeySnapshot, NewKey, TenantRecord, UsageDelta, UsageRow
+from service.access.records import KeyRecord, KeySnapshot, NewKey, TenantRecord, UsageDelta, UsageQuery, UsageRow
 
 
 class AccessStore(Protocol):
@@ -42,13 +42,7 @@ class AccessStore(Protocol):
 
     def add_usage(self, deltas: Iterable[UsageDelta]) -> None: ...
 
-    def usage(
-        self,
-        tenant: str | None = None,
-        since: str | None = None,
-        until: str | None = None,
-        group_by_user: bool = False,
-    ) -> list[UsageRow]:
+    def usage(self, query: UsageQuery) -> list[UsageRow]:
         """Per day, tenant, key and model (and end user, when `group_by_user`), with its cost."""
         ...
 

@@ -14,7 +14,7 @@ from service import errors
 from service._gen.embeddings.v1 import admin_pb2 as pb
 from service._gen.embeddings.v1 import admin_pb2_grpc as pb_grpc
 from service.access.control import AccessControl
-from service.access.records import KeyRecord, NewKey, TenantRecord, UsageRow
+from service.access.records import KeyRecord, NewKey, TenantRecord, UsageQuery, UsageRow
 from service.api.embeddings import rpc_errors
 from service.fields import derive
 from service.jobs.runner import now_s
@@ -105,13 +105,8 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             if value and not _DAY.match(value):
                 raise errors.invalid_input(f"'{name}' must be a UTC day, YYYY-MM-DD; got {value!r}.", field=name)
         await asyncio.to_thread(self._control.meter.flush)  # include the last second's calls
-        rows = await asyncio.to_thread(
-            self._store.usage,
-            request.tenant or None,
-            request.since or None,
-            request.until or None,
-            request.group_by_user,
-        )
+        query = UsageQuery(request.tenant or None, request.since or None, request.until or None, request.group_by_user)
+        rows = await asyncio.to_thread(self._store.usage, query)
         return usage_response(rows, self._currency)
 
 

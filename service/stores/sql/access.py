@@ -7,7 +7,7 @@ from dataclasses import astuple, replace
 from typing import Any
 
 from service.access import keys
-from service.access.records import KeyRecord, KeySnapshot, NewKey, TenantRecord, UsageDelta, UsageRow
+from service.access.records import KeyRecord, KeySnapshot, NewKey, TenantRecord, UsageDelta, UsageQuery, UsageRow
 from service.engine.prices import cost
 from service.fields import derive
 from service.stores.sql.database import Database, Store, dumps, retried
@@ -125,26 +125,19 @@ class AccessRows(Store):
                 rows,
             )
 
-    def usage(
-        self,
-        tenant: str | None = None,
-        since: str | None = None,
-        until: str | None = None,
-        group_by_user: bool = False,
-    ) -> list[UsageRow]:
-        """Rows per (day, tenant, key, model), or per (day, tenant, key, model, user) when `group_by_user`; `since`
-        and `until` are inclusive UTC days (YYYY-MM-DD). Each row's cost sums its tokens (interactive and job) at
-        the prices they were recorded at."""
-        group = _GROUP + (", end_user" if group_by_user else "")
+    def usage(self, query: UsageQuery) -> list[UsageRow]:
+        """Rows per (day, tenant, key, model), or per (day, tenant, key, model, user) when `group_by_user`. Each
+        row's cost sums its tokens (interactive and job) at the prices they were recorded at."""
+        group = _GROUP + (", end_user" if query.group_by_user else "")
         sums = ", ".join(f"SUM({c})" for c in _COUNTS)
         with self._db.read() as conn:
             rows = conn.execute(
                 f"SELECT {group}, price, {sums} FROM access_usage"
                 " WHERE (? IS NULL OR tenant = ?) AND (? IS NULL OR day >= ?) AND (? IS NULL OR day <= ?)"
                 f" GROUP BY {group}, price ORDER BY {group}, price",
-                (tenant, tenant, since, since, until, until),
+                (query.tenant, query.tenant, query.since, query.since, query.until, query.until),
             ).fetchall()
-        return _priced_rows(rows, group_by_user)
+        return _priced_rows(rows, query.group_by_user)
 
 
 def _priced_rows(rows: Sequence[Sequence[Any]], group_by_user: bool) -> list[UsageRow]:
