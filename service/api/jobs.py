@@ -21,7 +21,6 @@ from service._gen.embeddings.v1 import jobs_pb2 as pb
 from service._gen.embeddings.v1 import jobs_pb2_grpc as pb_grpc
 from service.access.control import Principal
 from service.access.interceptor import acting_for, caller_of
-from service.api.optional_fields import copy_present
 from service.api.paging import page_limit
 from service.api.rest import as_rest_error, parse_request, vector_items
 from service.api.rpc_errors import rpc_errors
@@ -29,6 +28,7 @@ from service.embedding import Embedder
 from service.engine.errors import EngineError
 from service.engine.quantize import FLOAT
 from service.engine.tokenize import TokenIdDecoder
+from service.fields import derive
 from service.jobs import webhooks
 from service.jobs.records import InvalidCursor, Job, NewJob, NotFound, ResultsNotReady, ResultsRemoved, TooManyWebhooks
 from service.jobs.runner import JobSettings
@@ -73,29 +73,23 @@ def _not_found(kind: str, ident: str) -> errors.ApiError:
 
 
 def job_message(job: Job) -> pb.Job:
-    message = pb.Job(
-        id=job.id,
+    """The record's fields the message shares (absent where None), and those it words its own way."""
+    options = job.options
+    error = job.error
+    return derive(
+        pb.Job,
+        job,
         object="embedding.job",
-        status=job.status,
-        model=job.model,
-        created_at=job.created_at,
-        metadata=job.metadata,
+        completed_at=job.completed_at or job.failed_at,
         input_count=job.total_inputs,
         progress=pb.JobProgress(completed=job.completed_inputs, total=job.total_inputs),
         usage=pb.JobUsage(prompt_tokens=job.prompt_tokens, total_tokens=job.prompt_tokens),
+        error=pb.JobError(code=error.get("code", ""), message=error.get("message", "")) if error else None,
         results_url=f"/v1/async/jobs/{job.id}/results",
-        encoding_format=job.options.get("encoding_format", "float"),
-        embedding_type=job.options.get("embedding_type", FLOAT),
+        encoding_format=options.get("encoding_format", "float"),
+        dimensions=options.get("dimensions"),
+        embedding_type=options.get("embedding_type", FLOAT),
     )
-    copy_present(job, message, ("started_at", "cancelled_at", "expires_at"))
-    finished_at = job.completed_at or job.failed_at
-    if finished_at is not None:
-        message.completed_at = finished_at
-    if job.options.get("dimensions") is not None:
-        message.dimensions = job.options["dimensions"]
-    if job.error:
-        message.error.CopyFrom(pb.JobError(code=job.error.get("code", ""), message=job.error.get("message", "")))
-    return message
 
 
 def results_body(job: Job, vectors: np.ndarray, token_counts: list[int], offset: int, has_more: bool) -> bytes:
@@ -280,23 +274,17 @@ class JobServicer(pb_grpc.JobServiceServicer):
         attempts = await asyncio.to_thread(self._store.list_attempts, tenant, request.id, limit)
         if not attempts and await asyncio.to_thread(self._store.get_webhook, tenant, request.id) is None:
             raise _not_found("webhook", request.id)
-        data = []
-        for a in attempts:
-            item = pb.WebhookDelivery(
+        data = [
+            derive(
+                pb.WebhookDelivery,
+                a,
                 id=a.delivery_id,
                 object="webhook.delivery",
-                event_id=a.event_id,
-                event_type=a.event_type,
-                attempt=a.attempt,
-                attempted_at=a.attempted_at,
-                duration_ms=a.duration_ms,
+                error=a.error or None,
                 outcome="succeeded" if a.status_code is not None and 200 <= a.status_code < 300 else "failed",
             )
-            if a.status_code is not None:
-                item.status_code = a.status_code
-            if a.error:
-                item.error = a.error
-            data.append(item)
+            for a in attempts
+        ]
         return pb.ListWebhookDeliveriesResponse(object="list", data=data)
 
 
