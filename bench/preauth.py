@@ -38,6 +38,7 @@ import yaml
 from bench.common import ENGINE_ONLY, Meter, machine_facts
 from bench.report import RESULTS, write_report
 from gateway.envoy import GatewayPorts, envoy_command, render
+from service.access.records import NewKey
 from service.stores.sqlite import SqliteAccessStore
 from tests.serving import ROOT, ServerProcess, free_port
 from tests.stsb import load_pairs
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
         store = SqliteAccessStore.in_data_dir(data_dir)
-        _, key = store.create_key("bench", "bench", rpm=0, tpm=0, now=int(time.time()))
+        _, key = store.create_key(NewKey("bench", "bench", rpm=0, tpm=0), int(time.time()))
         store.close()
         envoys = []
         with ServerProcess(

@@ -16,9 +16,10 @@ from dataclasses import asdict
 from decimal import Decimal
 
 from service.access import keys
-from service.access.records import KeyRecord, TenantRecord, UsageRow
+from service.access.records import KeyRecord, NewKey, TenantRecord, UsageQuery, UsageRow
 from service.access.store import AccessStore
 from service.config import Settings
+from service.fields import derive
 from service.stores import open_access_store
 
 COUNT_COLUMNS = ("requests", "tokens", "job_requests", "job_tokens")
@@ -166,17 +167,7 @@ def run(args: argparse.Namespace, store: AccessStore) -> int:
     now = int(time.time())
     if args.command == "keys" and args.action == "create":
         models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else None
-        key, token = store.create_key(
-            args.tenant,
-            args.name,
-            admin=args.admin,
-            models=models,
-            rpm=args.rpm,
-            tpm=args.tpm,
-            now=now,
-            user_rpm=args.user_rpm,
-            user_tpm=args.user_tpm,
-        )
+        key, token = store.create_key(derive(NewKey, args, models=models), now)
         _announce_token(key, token, "created", args.json)
     elif args.command == "keys" and args.action == "list":
         records = store.list_keys(args.tenant)
@@ -194,13 +185,13 @@ def run(args: argparse.Namespace, store: AccessStore) -> int:
             return 1
         _announce_token(*rotated, "rotated", args.json)
     elif args.command == "tenants" and args.action == "set":
-        tenant = store.set_tenant(args.name, args.rpm, args.tpm, now, args.user_rpm, args.user_tpm)
+        tenant = store.set_tenant(derive(TenantRecord, args), now)
         print(f"tenant {tenant.name}: {_tenant_limits(tenant, ', ')}", file=sys.stderr)
     elif args.command == "tenants":
         for t in store.list_tenants():
             print(t.name, _tenant_limits(t, "\t"), sep="\t")
     elif args.command == "usage":
-        rows = store.usage(args.tenant, args.since, args.until, args.by_user)
+        rows = store.usage(UsageQuery(args.tenant, args.since, args.until, args.by_user))
         _print_usage(rows, args.json, args.by_user, args.currency)
     return 0
 

@@ -17,6 +17,7 @@ from types import MappingProxyType, ModuleType
 from google.protobuf import descriptor_pb2
 
 from service._gen.embeddings.v1 import admin_pb2, batches_pb2, embeddings_pb2, jobs_pb2, ops_pb2, policy_pb2, rest_pb2
+from service.fields import derive
 
 # The contract's files, in the order their services are listed wherever order shows (the gateway's retry routes).
 CONTRACT_MODULES: tuple[ModuleType, ...] = (embeddings_pb2, rest_pb2, jobs_pb2, batches_pb2, admin_pb2, ops_pb2)
@@ -38,7 +39,8 @@ class MissingPolicy(ValueError):
 
 @dataclass(frozen=True)
 class MethodPolicy:
-    """The policy of one RPC, as declared in the contract."""
+    """The policy of one RPC, as declared in the contract: its name, and the fields of its `option (policy)` (each
+    field here named after one of policy.proto's `MethodPolicy` message)."""
 
     service: str  # embeddings.v1.RestService
     method: str  # CreateEmbedding
@@ -97,16 +99,7 @@ def policy_of(service: str, method: descriptor_pb2.MethodDescriptorProto) -> Met
     declared = method.options.Extensions[policy_pb2.policy]
     if declared.access == policy_pb2.ACCESS_UNSPECIFIED or declared.metering == policy_pb2.METERING_UNSPECIFIED:
         return None
-    return MethodPolicy(
-        service=service,
-        method=method.name,
-        access=declared.access,
-        metering=declared.metering,
-        retry_safe=declared.retry_safe,
-        max_request_bytes=declared.max_request_bytes,
-        streamed_body=declared.streamed_body,
-        max_message_bytes=declared.max_message_bytes,
-    )
+    return derive(MethodPolicy, declared, service=service, method=method.name)
 
 
 def policies_in(files: Iterable[descriptor_pb2.FileDescriptorProto]) -> dict[str, MethodPolicy]:

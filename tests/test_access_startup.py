@@ -18,7 +18,7 @@ from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from service.access.control import OpenMode
 from service.access.limits import format_duration
-from service.access.records import KeySnapshot
+from service.access.records import KeySnapshot, NewKey
 from service.stores.sqlite import SqliteAccessStore, SqliteJobStore
 from tests.serving import ROOT, ServerProcess, free_port, http
 
@@ -95,7 +95,7 @@ def test_open_mode_is_a_deliberate_choice():
 def test_a_store_that_held_a_key_remembers_it(tmp_path):
     store = SqliteAccessStore.in_data_dir(tmp_path)
     assert not store.snapshot().keys_required
-    record, _ = store.create_key("acme", "ci", now=1)
+    record, _ = store.create_key(NewKey("acme", "ci"), 1)
     store.revoke_key(record.id, now=2)
     store.close()
     reopened = SqliteAccessStore.in_data_dir(tmp_path)
@@ -106,7 +106,7 @@ def test_a_store_that_held_a_key_remembers_it(tmp_path):
 
 def test_a_store_from_before_the_flag_that_holds_keys_requires_them(tmp_path):
     store = SqliteAccessStore.in_data_dir(tmp_path)
-    store.create_key("acme", "ci", now=1)
+    store.create_key(NewKey("acme", "ci"), 1)
     store.close()
     with sqlite3.connect(tmp_path / "jobs.sqlite3") as conn:
         conn.execute("DROP TABLE access_flags")  # as a store written by the previous version
@@ -173,7 +173,7 @@ def test_the_loopback_server_without_keys_says_it_runs_open(server: ServerProces
 
 def test_keys_are_stored_hashed(tmp_path):
     store = SqliteAccessStore.in_data_dir(tmp_path)
-    record, token = store.create_key("acme", "ci", now=0)
+    record, token = store.create_key(NewKey("acme", "ci"), 0)
     store.close()
     secret = token.split("-", 2)[2]
     with sqlite3.connect(tmp_path / "jobs.sqlite3") as conn:
@@ -197,7 +197,7 @@ def test_the_store_files_are_private(tmp_path):
     data_dir = tmp_path / "new" / "data"
     access = SqliteAccessStore.in_data_dir(data_dir)
     jobs = SqliteJobStore(data_dir / "jobs.sqlite3")
-    access.create_key("acme", "ci", now=1)
+    access.create_key(NewKey("acme", "ci"), 1)
     jobs.create_webhook("acme", "https://example.com/hook", "", "whsec_c2VjcmV0", now=1)
     modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in data_dir.iterdir()}
     access.close()

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service.batches.records import NewBatch, OutputFiles, Tally, ValidatedBatch
 from service.batches.store import BatchStore
-from service.jobs.records import InvalidCursor, NotFound
+from service.jobs.records import ChunkVectors, InvalidCursor, NewJob, NotFound
 from service.stores.sqlite import SqliteStore
 from tests.shared_stores import temp_schema
 
@@ -66,26 +67,28 @@ def test_batch_lifecycle_with_leases_progress_and_event(store):
     store.batch_announce = lambda batch, now: events.append(batch.status) or ("batch." + batch.status, "{}")
     file_id = add_file(store)
     with pytest.raises(NotFound):
-        store.create_batch("globex", None, None, file_id, "/v1/embeddings", "24h", {}, None, DAY, T0, DAY)
-    batch = store.create_batch("acme", "k1", ["m"], file_id, "/v1/embeddings", "24h", {"x": "y"}, None, DAY, T0, DAY)
+        store.create_batch(NewBatch("globex", None, None, file_id, "/v1/embeddings", "24h", {}, None, DAY, DAY), T0)
+    batch = store.create_batch(
+        NewBatch("acme", "k1", ["m"], file_id, "/v1/embeddings", "24h", {"x": "y"}, None, DAY, DAY), T0
+    )
     assert (batch.status, batch.models, batch.expires_at) == ("validating", ("m",), T0 + DAY)
     claimed = store.claim_batch("w1", T0, 60)
     assert claimed.id == batch.id and store.claim_batch("w2", T0, 60) is None  # leased
-    job = store.create_job("acme", "m", {}, {}, None, ["a", "b", "c"], 2, T0, job_id="job_b_0")
+    job = store.create_job(NewJob("acme", "m", {}, {}, None, ["a", "b", "c"], 2, job_id="job_b_0"), T0)
     store.add_batch_job(batch.id, 0, job.id)
     store.add_batch_job(batch.id, 0, job.id)  # a retried step: once
     rows = [(1, "one", 0, 0, 2, 0, 0, "float", None), (2, "two", 0, 2, 1, 1, 1, "base64", None),
             (3, "bad", None, None, None, None, None, None, '{"status_code": 400}')]  # fmt: skip
-    assert store.start_batch(batch.id, "w2", "m", rows, 3, 1, T0) is None  # not the lease holder
-    started = store.start_batch(batch.id, "w1", "m", rows, 3, 1, T0 + 1)
+    assert store.start_batch(batch.id, "w2", ValidatedBatch("m", rows, 3, 1), T0) is None  # not the lease holder
+    started = store.start_batch(batch.id, "w1", ValidatedBatch("m", rows, 3, 1), T0 + 1)
     assert (started.status, started.total, started.failed, started.in_progress_at) == ("in_progress", 3, 1, T0 + 1)
     assert store.claim_batch("w1", T0 + 2, 60) is None  # its job is still running
     assert store.completed_requests(batch.id) == 0
     chunk = store.claim_chunk("w", T0, 60)
-    store.complete_chunk(job.id, chunk.idx, "w", np.zeros((2, 4), "<f4").tobytes(), 4, [1, 1], T0)
+    store.complete_chunk(job.id, chunk.idx, "w", ChunkVectors(np.zeros((2, 4), "<f4").tobytes(), 4, [1, 1]), T0)
     assert store.completed_requests(batch.id) == 1
     chunk = store.claim_chunk("w", T0, 60)
-    store.complete_chunk(job.id, chunk.idx, "w", np.zeros((1, 4), "<f4").tobytes(), 4, [1], T0)
+    store.complete_chunk(job.id, chunk.idx, "w", ChunkVectors(np.zeros((1, 4), "<f4").tobytes(), 4, [1]), T0)
     assert [r.custom_id for r in store.accepted_requests(batch.id, None, 10)] == ["one", "two"]
     assert [r.custom_id for r in store.accepted_requests(batch.id, (0, 0), 10)] == ["two"]
     assert [r.custom_id for r in store.refused_requests(batch.id, 0, 10)] == ["bad"]
@@ -96,10 +99,10 @@ def test_batch_lifecycle_with_leases_progress_and_event(store):
     store.append_file_part(output, 0, b"{}\n")
     store.finish_file(output, 3, 1, T0 + DAY, publish=False)
     assert store.get_file("acme", output) is None  # visible with the batch's end only
-    done = store.finish_batch(batch.id, "w1", "completed", output, None, 2, 1, 3, T0 + 4)
+    done = store.finish_batch(batch.id, "w1", "completed", OutputFiles(output, None, Tally(2, 1, 3)), T0 + 4)
     assert (done.status, done.completed_at, done.output_file_id, done.completed) == ("completed", T0 + 4, output, 2)
     assert store.get_file("acme", output).bytes == 3 and events == ["completed"]
-    assert store.finish_batch(batch.id, "w1", "completed", None, None, 0, 0, 0, T0 + 5) is None
+    assert store.finish_batch(batch.id, "w1", "completed", OutputFiles(None, None), T0 + 5) is None
     assert store.cancel_batch("acme", batch.id, T0 + 6).status == "completed"  # finished: unchanged
     assert store.get_batch("globex", batch.id) is None and store.cancel_batch("globex", batch.id, T0) is None
 
@@ -107,8 +110,8 @@ def test_batch_lifecycle_with_leases_progress_and_event(store):
 def test_cancelling_takes_the_lease_and_failing_records_errors(store):
     store.batch_announce = lambda batch, now: ("batch." + batch.status, "{}")
     file_id = add_file(store)
-    first = store.create_batch("acme", None, None, file_id, "/v1/embeddings", "24h", {}, None, DAY, T0, DAY)
-    second = store.create_batch("acme", None, None, file_id, "/v1/embeddings", "24h", {}, None, DAY, T0, DAY)
+    first = store.create_batch(NewBatch("acme", None, None, file_id, "/v1/embeddings", "24h", {}, None, DAY, DAY), T0)
+    second = store.create_batch(NewBatch("acme", None, None, file_id, "/v1/embeddings", "24h", {}, None, DAY, DAY), T0)
     assert store.claim_batch("w1", T0, 60).id == first.id
     assert store.cancel_batch("acme", first.id, T0 + 1).status == "cancelling"
     assert store.renew_batch_lease(first.id, "w1", T0 + 1, 60) is None  # the validator stops

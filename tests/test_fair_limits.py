@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from service._gen.embeddings.v1 import jobs_pb2, jobs_pb2_grpc
+from service.access.records import NewKey
 from tests.serving import EnvoyProcess, ServerProcess
 from tests.shared_stores import temp_schema
 from tests.test_access import create_key, metadata, rest, wait_for
@@ -152,7 +153,7 @@ def stalled_server(model_repo) -> Iterator[tuple[ServerProcess, str]]:
     hole = BlackHole()
     with temp_schema() as url:
         store = PostgresAccessStore(url)
-        _, token = store.create_key("t", "k", now=int(time.time()))
+        _, token = store.create_key(NewKey("t", "k"), int(time.time()))
         store.close()
         args = ("--store-url", url, "--redis-url", f"redis://127.0.0.1:{hole.port}/0", "--models", FP32)
         with ServerProcess(model_repo, *args, "--rate-limit-redis-timeout-s", "120") as server:

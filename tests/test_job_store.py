@@ -24,7 +24,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.jobs.records import Chunk, InvalidCursor, Job, NotFound, ResultsNotReady, ResultsRemoved, TooManyWebhooks
+from service.jobs.records import (
+    Chunk,
+    ChunkVectors,
+    InvalidCursor,
+    Job,
+    NewAttempt,
+    NewJob,
+    NotFound,
+    ResultsNotReady,
+    ResultsRemoved,
+    TooManyWebhooks,
+)
 from service.jobs.store import JobStore
 from service.stores import schema
 from service.stores.schema import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
@@ -102,10 +113,10 @@ def texts(n: int, tag: str = "t") -> list[str]:
 
 
 def make_job(store: SqliteJobStore, n: int = 10, chunk_size: int = 3, tenant: str = "default", **kwargs) -> Job:
-    kwargs.setdefault("now", T0)
+    now = kwargs.pop("now", T0)
     kwargs.setdefault("webhook_id", None)
     return store.create_job(
-        tenant, "mini", {"normalize": True}, {"k": "v"}, inputs=texts(n), chunk_size=chunk_size, **kwargs
+        NewJob(tenant, "mini", {"normalize": True}, {"k": "v"}, inputs=texts(n), chunk_size=chunk_size, **kwargs), now
     )
 
 
@@ -118,7 +129,7 @@ def vectors_for(chunk: Chunk, dims: int = DIMS) -> np.ndarray:
 def complete(store: SqliteJobStore, chunk: Chunk, owner: str = "w1", now: int = T0) -> Job:
     vectors = vectors_for(chunk)
     tokens = [chunk.start + i + 1 for i in range(chunk.count)]
-    return store.complete_chunk(chunk.job_id, chunk.idx, owner, vectors.tobytes(), DIMS, tokens, now)
+    return store.complete_chunk(chunk.job_id, chunk.idx, owner, ChunkVectors(vectors.tobytes(), DIMS, tokens), now)
 
 
 def run_all(store: SqliteJobStore, now: int = T0) -> Job:
@@ -164,7 +175,7 @@ def test_create_and_get(store):
     assert store.get_job("other", job.id) is None
     assert store.get_job("default", "job_missing") is None
     with pytest.raises(ValueError):
-        store.create_job("default", "mini", {}, {}, None, [], 3, T0)
+        store.create_job(NewJob("default", "mini", {}, {}, None, [], 3), T0)
 
 
 def test_list_is_newest_first_with_a_cursor_and_per_tenant(store):
@@ -185,7 +196,7 @@ def test_list_is_newest_first_with_a_cursor_and_per_tenant(store):
 def test_create_100k_inputs_in_one_transaction(store):
     inputs = [f"input number {i}, a short sentence to embed" for i in range(100_000)]
     started = time.perf_counter()
-    job = store.create_job("default", "mini", {}, {}, None, inputs, 256, T0)
+    job = store.create_job(NewJob("default", "mini", {}, {}, None, inputs, 256), T0)
     elapsed = time.perf_counter() - started
     print(f"\ncreate_job: 100,000 inputs in {elapsed * 1000:.0f} ms ({job.chunk_count} chunks)")
     assert elapsed < 20
@@ -321,9 +332,11 @@ def test_the_submitting_key_is_a_column_and_jobs_from_before_keep_theirs(backend
     with backend.open() as store:
         new = make_job(store, n=2, chunk_size=1, key_id="key_new")
         assert (new.key_id, new.options) == ("key_new", {"normalize": True})
-        old = store.create_job("default", "mini", {"normalize": True, "key_id": "key_old"}, {}, None, ["a"], 1, T0)
+        old = store.create_job(
+            NewJob("default", "mini", {"normalize": True, "key_id": "key_old"}, {}, None, ["a"], 1), T0
+        )
         assert (old.key_id, old.options) == ("key_old", {"normalize": True})  # written the old way, read the new
-        opened = store.create_job("default", "mini", {}, {}, None, ["a"], 1, T0)
+        opened = store.create_job(NewJob("default", "mini", {}, {}, None, ["a"], 1), T0)
         assert opened.key_id is None  # submitted while the server ran open
     table = "schema_version" if backend.name == "sqlite" else "schema_migrations"
     for statement in undo_billing(backend):  # back to schema 5
@@ -431,7 +444,7 @@ def test_concurrent_senders_never_lease_the_same_delivery(backend):
         while due := store.due_deliveries(T0, 3, owner, 30):
             leased.extend(d.id for d in due)
             for delivery in due:
-                assert store.record_attempt(delivery.id, owner, 200, None, 1, T0, final_state="succeeded")
+                assert store.record_attempt(delivery.id, owner, NewAttempt(200, None, 1, final_state="succeeded"), T0)
 
     threads = [threading.Thread(target=sender, args=(stores[i % 2], f"s{i}")) for i in range(4)]
     for thread in threads:
@@ -494,9 +507,9 @@ def test_complete_counts_once_and_finishes_the_job(store, backend):
     assert complete(store, chunks[0], now=T0 + 11).completed_inputs == 3  # again: no double count
     assert complete(store, chunks[1], owner="intruder").completed_inputs == 3  # not the owner: ignored
     with pytest.raises(ValueError):
-        store.complete_chunk(job.id, 1, "w1", b"\0" * 8, DIMS, [1, 1, 1], T0)
+        store.complete_chunk(job.id, 1, "w1", ChunkVectors(b"\0" * 8, DIMS, [1, 1, 1]), T0)
     with pytest.raises(NotFound):
-        store.complete_chunk("job_missing", 0, "w1", b"", DIMS, [], T0)
+        store.complete_chunk("job_missing", 0, "w1", ChunkVectors(b"", DIMS, []), T0)
     for chunk in chunks[1:3]:
         assert complete(store, chunk, now=T0 + 20).status == "in_progress"
     done = complete(store, chunks[3], now=T0 + 30)
@@ -580,14 +593,17 @@ def test_compact_vectors_are_stored_as_their_bytes(store, backend, dtype):
     first, second = store.claim_chunk("w1", T0, LEASE_S), store.claim_chunk("w1", T0, LEASE_S)
     rng = np.random.default_rng(7)
     stored = rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max + 1, size=(5, 48), dtype=dtype)
-    store.complete_chunk(job.id, 0, "w1", stored[:3].tobytes(), 48, [1, 2, 3], T0, dtype)
+    store.complete_chunk(job.id, 0, "w1", ChunkVectors(stored[:3].tobytes(), 48, [1, 2, 3], dtype), T0)
     with pytest.raises(ValueError, match="float32"):  # the other chunk as float32: not this job's type
-        store.complete_chunk(job.id, 1, "w1", stored[3:].astype("<f4").tobytes(), 48, [4, 5], T0)
+        store.complete_chunk(job.id, 1, "w1", ChunkVectors(stored[3:].astype("<f4").tobytes(), 48, [4, 5]), T0)
     with pytest.raises(ValueError):  # bytes that are not count x dims values of the type
-        store.complete_chunk(job.id, 1, "w1", stored[3:].tobytes()[:-1], 48, [4, 5], T0, dtype)
+        store.complete_chunk(job.id, 1, "w1", ChunkVectors(stored[3:].tobytes()[:-1], 48, [4, 5], dtype), T0)
     with pytest.raises(ValueError, match="float16"):
-        store.complete_chunk(job.id, 1, "w1", stored[3:].tobytes(), 24, [4, 5], T0, "float16")
-    assert store.complete_chunk(job.id, 1, "w1", stored[3:].tobytes(), 48, [4, 5], T0, dtype).status == "completed"
+        store.complete_chunk(job.id, 1, "w1", ChunkVectors(stored[3:].tobytes(), 24, [4, 5], "float16"), T0)
+    assert (
+        store.complete_chunk(job.id, 1, "w1", ChunkVectors(stored[3:].tobytes(), 48, [4, 5], dtype), T0).status
+        == "completed"
+    )
     page = store.results("default", job.id, 1, 4)
     assert page.vectors.dtype == np.dtype(dtype) and np.array_equal(page.vectors, stored[1:5])
     assert page.token_counts == [2, 3, 4, 5]
@@ -597,12 +613,14 @@ def test_compact_vectors_are_stored_as_their_bytes(store, backend, dtype):
 
 
 def test_a_page_of_1000_reads_only_its_chunks(store):
-    job = store.create_job("default", "mini", {}, {}, None, texts(20_000), 256, T0)
+    job = store.create_job(NewJob("default", "mini", {}, {}, None, texts(20_000), 256), T0)
     rng = np.random.default_rng(0)
     stored = {}
     while (chunk := store.claim_chunk("w1", T0, LEASE_S)) is not None:
         stored[chunk.idx] = rng.standard_normal((chunk.count, 384), dtype=np.float32)
-        store.complete_chunk(job.id, chunk.idx, "w1", stored[chunk.idx].tobytes(), 384, [1] * chunk.count, T0)
+        store.complete_chunk(
+            job.id, chunk.idx, "w1", ChunkVectors(stored[chunk.idx].tobytes(), 384, [1] * chunk.count), T0
+        )
     expected = np.concatenate([stored[idx] for idx in sorted(stored)])
     started = time.perf_counter()
     page = store.results("default", job.id, 10_100, 1000)
@@ -652,13 +670,14 @@ def test_sigkill_mid_job_loses_no_committed_work(db):
     script = textwrap.dedent(
         f"""
         import os, signal, numpy as np
+        from service.jobs.records import ChunkVectors, NewJob
         from service.stores.sqlite import SqliteJobStore
         store = SqliteJobStore({str(db)!r})
-        job = store.create_job("default", "mini", {{}}, {{}}, None, [f"t {{i}}" for i in range(10)], 3, {T0})
+        job = store.create_job(NewJob("default", "mini", {{}}, {{}}, None, [f"t {{i}}" for i in range(10)], 3), {T0})
         for _ in range(2):
             chunk = store.claim_chunk("doomed", {T0}, {LEASE_S})
             vectors = np.full((chunk.count, {DIMS}), chunk.idx + 1, dtype=np.float32)
-            store.complete_chunk(job.id, chunk.idx, "doomed", vectors.tobytes(), {DIMS}, [7] * chunk.count, {T0})
+            store.complete_chunk(job.id, chunk.idx, "doomed", ChunkVectors.of(vectors, [7] * chunk.count), {T0})
         store.claim_chunk("doomed", {T0}, {LEASE_S})
         print(job.id, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -776,17 +795,21 @@ def test_deliveries_are_leased_retried_and_recorded(store):
     store.add_event(job, "batch.completed", "{}", T0)
     (delivery,) = store.due_deliveries(T0, 10, "s1", 30)
     assert store.due_deliveries(T0 + 29, 10, "s2", 30) == []  # leased: s2 never sends the same attempt
-    assert store.record_attempt(delivery.id, "s1", 500, "HTTP 500", 12, T0 + 1, next_attempt_at=T0 + 100)
+    assert store.record_attempt(delivery.id, "s1", NewAttempt(500, "HTTP 500", 12, next_attempt_at=T0 + 100), T0 + 1)
     assert store.due_deliveries(T0 + 99, 10, "s2", 30) == []  # not due yet
     (retry,) = store.due_deliveries(T0 + 100, 10, "s2", 30)
     assert (retry.id, retry.attempts, retry.lease_owner) == (delivery.id, 1, "s2")
     # The lease runs out; s3 takes over; s2's late outcome is recorded but does not move the delivery.
     (taken,) = store.due_deliveries(T0 + 130, 10, "s3", 30)
-    assert not store.record_attempt(delivery.id, "s2", None, "timeout", 10_000, T0 + 131, final_state="failed")
-    assert store.record_attempt(delivery.id, "s3", 204, None, 8, T0 + 132, final_state="succeeded")
+    assert not store.record_attempt(
+        delivery.id, "s2", NewAttempt(None, "timeout", 10_000, final_state="failed"), T0 + 131
+    )
+    assert store.record_attempt(delivery.id, "s3", NewAttempt(204, None, 8, final_state="succeeded"), T0 + 132)
     assert store.due_deliveries(T0 + 10_000, 10, "s4", 30) == []
     with pytest.raises(ValueError):
-        store.record_attempt(delivery.id, "s3", 200, None, 1, T0, next_attempt_at=T0, final_state="succeeded")
+        store.record_attempt(
+            delivery.id, "s3", NewAttempt(200, None, 1, next_attempt_at=T0, final_state="succeeded"), T0
+        )
     attempts = store.list_attempts("default", hook.id)
     assert [(a.attempt, a.status_code, a.error, a.duration_ms, a.attempted_at) for a in attempts] == [
         (3, 204, None, 8, T0 + 132),

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from service._gen.embeddings.v1 import admin_pb2, admin_pb2_grpc, embeddings_pb2, embeddings_pb2_grpc
+from service.access.records import NewKey
 from tests.serving import EnvoyProcess, ServerProcess, free_port, http
 from tests.shared_stores import temp_redis_prefix, temp_schema
 from tests.stsb import load_pairs
@@ -103,7 +104,7 @@ def cluster(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
     with temp_schema() as url, temp_redis_prefix() as prefix:
         bootstrap = PostgresAccessStore(url)  # the admin key, as `python -m service.admin keys create` makes it
-        _, admin_token = bootstrap.create_key("ops", "bootstrap", admin=True, now=int(time.time()))
+        _, admin_token = bootstrap.create_key(NewKey("ops", "bootstrap", admin=True), int(time.time()))
         bootstrap.close()
         running = Cluster(model_repo, tmp_path_factory.mktemp("scaleout"), url, prefix)
         running.admin_token = admin_token  # type: ignore[attr-defined]

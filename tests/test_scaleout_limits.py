@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from service.access.limits import LocalRateLimiter, Quota
-from service.access.records import UsageDelta
+from service.access.records import NewKey, TenantRecord, UsageDelta, UsageQuery
 from tests.shared_stores import REDIS_URL, temp_redis_prefix, temp_schema
 
 T0 = 1_700_000_000
@@ -31,19 +31,19 @@ def test_keys_and_usage_written_by_one_replica_are_seen_by_the_other(pg_url):
 
     first, second = PostgresAccessStore(pg_url), PostgresAccessStore(pg_url)  # two replicas, one migration
     try:
-        record, token = first.create_key("acme", "ci", rpm=5, now=T0)
+        record, token = first.create_key(NewKey("acme", "ci", rpm=5), T0)
         assert token.startswith("sk-") and token not in record.secret_hash
         snapshot = second.snapshot()
         assert snapshot.active_keys == 1 and snapshot.keys[record.id] == record
-        second.set_tenant("acme", 10, None, T0)
+        second.set_tenant(TenantRecord("acme", 10, None), T0)
         assert first.list_tenants()[0].rpm == 10
         assert [k.id for k in second.list_keys("acme")] == [record.id] and second.list_keys("other") == []
         delta = UsageDelta("2026-01-01", "acme", record.id, "m", requests=1, tokens=7)
         first.add_usage([delta])
         second.add_usage([delta, UsageDelta("2026-01-02", "acme", record.id, "m", job_tokens=3)])
-        rows = first.usage(tenant="acme", since="2026-01-01", until="2026-01-01")
+        rows = first.usage(UsageQuery(tenant="acme", since="2026-01-01", until="2026-01-01"))
         assert [(r.requests, r.tokens) for r in rows] == [(2, 14)]
-        assert len(first.usage()) == 2
+        assert len(first.usage(UsageQuery())) == 2
         rotated = second.rotate_key(record.id, T0 + 1)
         assert rotated is not None and first.get_key(record.id).secret_hash == rotated[0].secret_hash
         assert first.revoke_key(record.id, T0 + 2).revoked_at == T0 + 2

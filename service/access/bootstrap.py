@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.access import keys
+from service.access.records import NewKey
 from service.access.store import AccessStore
 from service.config import Settings
 from service.stores import open_access_store
@@ -59,7 +60,7 @@ def ensure_admin_key(store: AccessStore, token: str, source: str) -> Outcome:
     existing = store.get_key(issued.key_id)
     if existing is None:
         try:
-            store.create_key(TENANT, NAME, admin=True, now=int(time.time()), issued=issued)
+            store.create_key(NewKey(TENANT, NAME, admin=True), int(time.time()), issued)
         except Exception:  # another replica created it first: fine if it is there now
             existing = store.get_key(issued.key_id)
             if existing is None:

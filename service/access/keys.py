@@ -22,7 +22,7 @@ _DUMMY_HASH = hashlib.sha256(b"no such key").hexdigest()
 
 
 @dataclass(frozen=True)
-class NewKey:
+class IssuedKey:
     """A key as created: `token` is shown once and never stored; `secret_hash` is what the store keeps."""
 
     key_id: str
@@ -38,14 +38,14 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def issue(key_id: str | None = None) -> NewKey:
+def issue(key_id: str | None = None) -> IssuedKey:
     """A fresh key (a new secret for `key_id` when rotating)."""
     key_id = key_id or new_key_id()
     secret = "".join(secrets.choice(SECRET_ALPHABET) for _ in range(SECRET_LENGTH))
-    return NewKey(key_id, f"{KEY_PREFIX}{key_id}-{secret}", hash_secret(secret))
+    return IssuedKey(key_id, f"{KEY_PREFIX}{key_id}-{secret}", hash_secret(secret))
 
 
-def from_token(token: str) -> NewKey | None:
+def from_token(token: str) -> IssuedKey | None:
     """A key made outside the server (an operator's bootstrap key) in the form `issue` makes, with at least as much
     secret; None if it is not one."""
     parts = split(token)
@@ -55,7 +55,7 @@ def from_token(token: str) -> NewKey | None:
     well_formed = all(c in string.hexdigits.lower() for c in key_id) and len(secret) >= SECRET_LENGTH
     if not well_formed or any(c not in SECRET_ALPHABET for c in secret):
         return None
-    return NewKey(key_id, token, hash_secret(secret))
+    return IssuedKey(key_id, token, hash_secret(secret))
 
 
 def split(token: str) -> tuple[str, str] | None:

@@ -10,6 +10,30 @@ DEFAULT_TENANT = "default"
 
 
 @dataclass(frozen=True)
+class NewKey:
+    """A key to create (`AccessStore.create_key`): its tenant and name, whether it is an admin's, the models it may
+    use (None: every one), its own limits and those of each of its end users (None: the tenant's, else the server's).
+    """
+
+    tenant: str
+    name: str
+    admin: bool = False
+    models: tuple[str, ...] | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    user_rpm: int | None = None
+    user_tpm: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.tenant.strip():
+            raise ValueError("a key needs a tenant")
+
+    @property
+    def role(self) -> str:
+        return "admin" if self.admin else "user"
+
+
+@dataclass(frozen=True)
 class KeyRecord:
     id: str
     tenant: str
@@ -78,6 +102,17 @@ class UsageRow(UsageLine):
     """A line of a usage report, and what it cost at the prices in effect when it was used."""
 
     cost: Decimal = field(default=Decimal(0))
+
+
+@dataclass(frozen=True)
+class UsageQuery:
+    """Which usage a report covers (`AccessStore.usage`): one tenant's (None: all), from `since` to `until`
+    (inclusive UTC days, YYYY-MM-DD; None: no bound), with a row per end user when `group_by_user`."""
+
+    tenant: str | None = None
+    since: str | None = None
+    until: str | None = None
+    group_by_user: bool = False
 
 
 @dataclass(frozen=True)

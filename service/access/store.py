@@ -11,27 +11,13 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from service.access import keys
-from service.access.records import KeyRecord, KeySnapshot, TenantRecord, UsageDelta, UsageRow
+from service.access.records import KeyRecord, KeySnapshot, NewKey, TenantRecord, UsageDelta, UsageQuery, UsageRow
 
 
 class AccessStore(Protocol):
-    def create_key(
-        self,
-        tenant: str,
-        name: str,
-        *,
-        admin: bool = False,
-        models: tuple[str, ...] | None = None,
-        rpm: int | None = None,
-        tpm: int | None = None,
-        now: int,
-        issued: keys.NewKey | None = None,
-        user_rpm: int | None = None,
-        user_tpm: int | None = None,
-    ) -> tuple[KeyRecord, str]:
+    def create_key(self, new: NewKey, now: int, issued: keys.IssuedKey | None = None) -> tuple[KeyRecord, str]:
         """The new key and its token (`sk-...`): the only time the token exists outside the caller. `issued`: a key
-        made elsewhere (an operator's bootstrap key, service/access/bootstrap.py) instead of a fresh one.
-        `user_rpm`/`user_tpm`: limits of each end user of the key (None: the tenant's, else the server's)."""
+        made elsewhere (an operator's bootstrap key, service/access/bootstrap.py) instead of a fresh one."""
         ...
 
     def list_keys(self, tenant: str | None = None) -> list[KeyRecord]: ...
@@ -44,16 +30,8 @@ class AccessStore(Protocol):
         """A new secret for an active key (same id, tenant and limits); the old one stops working."""
         ...
 
-    def set_tenant(
-        self,
-        name: str,
-        rpm: int | None,
-        tpm: int | None,
-        now: int,
-        user_rpm: int | None = None,
-        user_tpm: int | None = None,
-    ) -> TenantRecord:
-        """A tenant's own limits (None: the server's default), and its keys' per-user defaults."""
+    def set_tenant(self, tenant: TenantRecord, now: int) -> TenantRecord:
+        """A tenant's own limits (None: the server's default), and its keys' per-user defaults, set as a whole."""
         ...
 
     def list_tenants(self) -> list[TenantRecord]: ...
@@ -64,13 +42,7 @@ class AccessStore(Protocol):
 
     def add_usage(self, deltas: Iterable[UsageDelta]) -> None: ...
 
-    def usage(
-        self,
-        tenant: str | None = None,
-        since: str | None = None,
-        until: str | None = None,
-        group_by_user: bool = False,
-    ) -> list[UsageRow]:
+    def usage(self, query: UsageQuery) -> list[UsageRow]:
         """Per day, tenant, key and model (and end user, when `group_by_user`), with its cost."""
         ...
 

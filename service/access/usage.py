@@ -14,8 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
-from dataclasses import dataclass
+from collections import Counter, defaultdict
 
 from service.access.records import UsageDelta
 from service.access.store import AccessStore
@@ -29,20 +28,13 @@ def utc_day(now: float) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(now))
 
 
-@dataclass
-class _Counts:
-    requests: int = 0
-    tokens: int = 0
-    job_requests: int = 0
-    job_tokens: int = 0
-
-
 class UsageMeter:
     """Aggregates usage in memory; `flush` writes it through the store. Thread-safe."""
 
     def __init__(self, store: AccessStore) -> None:
         self._store = store
-        self._pending: defaultdict[tuple[str, ...], _Counts] = defaultdict(_Counts)
+        # The counts (UsageLine's count fields, by name) added up per row key since the last flush.
+        self._pending: defaultdict[tuple[str, ...], Counter[str]] = defaultdict(Counter)
         self._lock = threading.Lock()
 
     def record(
@@ -61,20 +53,18 @@ class UsageMeter:
     ) -> None:
         key = (utc_day(time.time() if now is None else now), tenant, key_id or OPEN_KEY_ID, model, user, price)
         with self._lock:
-            counts = self._pending[key]
-            counts.requests += requests
-            counts.tokens += tokens
-            counts.job_requests += job_requests
-            counts.job_tokens += job_tokens
+            self._pending[key].update(
+                requests=requests, tokens=tokens, job_requests=job_requests, job_tokens=job_tokens
+            )
 
     def flush(self) -> None:
         """Write what was recorded since the last flush; on failure it is kept for the next one."""
         with self._lock:
-            pending, self._pending = self._pending, defaultdict(_Counts)
+            pending, self._pending = self._pending, defaultdict(Counter)
         if not pending:
             return
         deltas = [
-            UsageDelta(day, tenant, key_id, model, user=user, price=price, **vars(counts))
+            UsageDelta(day, tenant, key_id, model, user=user, price=price, **counts)
             for (day, tenant, key_id, model, user, price), counts in pending.items()
         ]
         try:
@@ -83,8 +73,4 @@ class UsageMeter:
             log.exception("writing usage failed; keeping it for the next flush")
             with self._lock:
                 for key, counts in pending.items():
-                    again = self._pending[key]
-                    again.requests += counts.requests
-                    again.tokens += counts.tokens
-                    again.job_requests += counts.job_requests
-                    again.job_tokens += counts.job_tokens
+                    self._pending[key].update(counts)

@@ -14,28 +14,17 @@ from service import errors
 from service._gen.embeddings.v1 import admin_pb2 as pb
 from service._gen.embeddings.v1 import admin_pb2_grpc as pb_grpc
 from service.access.control import AccessControl
-from service.access.records import KeyRecord, UsageRow
+from service.access.records import KeyRecord, NewKey, TenantRecord, UsageQuery, UsageRow
 from service.api.embeddings import rpc_errors
-from service.api.optional_fields import copy_present
+from service.fields import derive
 from service.jobs.runner import now_s
 
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_TENANT_LIMITS = ("rpm", "tpm", "user_rpm", "user_tpm")
 T = TypeVar("T")
 
 
 def key_message(key: KeyRecord) -> pb.ApiKey:
-    message = pb.ApiKey(
-        id=key.id,
-        object="api_key",
-        tenant=key.tenant,
-        name=key.name,
-        role=key.role,
-        models=list(key.models or ()),
-        created_at=key.created_at,
-    )
-    copy_present(key, message, ("rpm", "tpm", "rotated_at", "revoked_at", "user_rpm", "user_tpm"))
-    return message
+    return derive(pb.ApiKey, key, object="api_key")
 
 
 def usage_response(rows: list[UsageRow], currency: str) -> pb.GetUsageResponse:
@@ -58,10 +47,6 @@ def _key_not_found(key_id: str) -> errors.ApiError:
     )
 
 
-def _optional(message, name: str) -> int | None:
-    return getattr(message, name) if message.HasField(name) else None
-
-
 class AdminServicer(pb_grpc.AdminServiceServicer):
     def __init__(self, control: AccessControl, currency: str = "USD") -> None:
         self._control = control
@@ -76,19 +61,8 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     async def CreateKey(self, request: pb.CreateKeyRequest, context) -> pb.CreateKeyResponse:
         if not request.tenant.strip():
             raise errors.invalid_input("'tenant' is required.", field="tenant")
-        record, token = await asyncio.to_thread(
-            lambda: self._store.create_key(
-                request.tenant.strip(),
-                request.name,
-                admin=request.admin,
-                models=tuple(request.models) or None,
-                rpm=_optional(request, "rpm"),
-                tpm=_optional(request, "tpm"),
-                now=now_s(),
-                user_rpm=_optional(request, "user_rpm"),
-                user_tpm=_optional(request, "user_tpm"),
-            )
-        )
+        new = derive(NewKey, request, tenant=request.tenant.strip(), models=tuple(request.models) or None)
+        record, token = await asyncio.to_thread(self._store.create_key, new, now_s())
         await self._refresh()
         return pb.CreateKeyResponse(key=key_message(record), token=token)
 
@@ -119,14 +93,10 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     async def SetTenantLimits(self, request: pb.SetTenantLimitsRequest, context) -> pb.SetTenantLimitsResponse:
         if not request.name.strip():
             raise errors.invalid_input("'name' is required.", field="name")
-        limits = {name: _optional(request, name) for name in _TENANT_LIMITS}
-        tenant = await asyncio.to_thread(
-            lambda: self._store.set_tenant(request.name.strip(), now=now_s(), **limits)  # type: ignore[arg-type]
-        )
+        limits = derive(TenantRecord, request, name=request.name.strip())
+        tenant = await asyncio.to_thread(self._store.set_tenant, limits, now_s())
         await self._refresh()
-        response = pb.SetTenantLimitsResponse(name=tenant.name)
-        copy_present(tenant, response, _TENANT_LIMITS)
-        return response
+        return derive(pb.SetTenantLimitsResponse, tenant)
 
     @rpc_errors
     async def GetUsage(self, request: pb.GetUsageRequest, context) -> pb.GetUsageResponse:
@@ -135,13 +105,8 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             if value and not _DAY.match(value):
                 raise errors.invalid_input(f"'{name}' must be a UTC day, YYYY-MM-DD; got {value!r}.", field=name)
         await asyncio.to_thread(self._control.meter.flush)  # include the last second's calls
-        rows = await asyncio.to_thread(
-            self._store.usage,
-            request.tenant or None,
-            request.since or None,
-            request.until or None,
-            request.group_by_user,
-        )
+        query = UsageQuery(request.tenant or None, request.since or None, request.until or None, request.group_by_user)
+        rows = await asyncio.to_thread(self._store.usage, query)
         return usage_response(rows, self._currency)
 
 

@@ -24,6 +24,7 @@ from service.api.paging import page_limit
 from service.api.rpc_errors import rpc_errors, rpc_stream_errors
 from service.batches import objects
 from service.batches.files import UploadLimits, UploadReceiver, expiry_seconds, stream_parts
+from service.batches.records import NewBatch
 from service.batches.settings import ENDPOINT, BatchSettings
 from service.batches.store import BatchStore
 from service.jobs.records import InvalidCursor, NotFound
@@ -178,8 +179,7 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
                 reason="invalid_value",
             )
         try:
-            batch = await asyncio.to_thread(
-                self._store.create_batch,
+            new = NewBatch(
                 tenant,
                 caller.key_id,
                 caller.models,
@@ -189,9 +189,9 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
                 metadata,
                 webhook_id,
                 output_expires_after,
-                now_s(),
                 self._settings.window_s,
             )
+            batch = await asyncio.to_thread(self._store.create_batch, new, now_s())
         except NotFound as exc:
             if webhook_id is not None and "webhook" in str(exc):
                 raise errors.invalid_input(

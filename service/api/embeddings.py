@@ -16,6 +16,7 @@ from service.api.rpc_errors import rpc_errors
 from service.api.wire import embed_response_bytes
 from service.embedding import Embedder
 from service.engine.model import EmbedOptions, EmbedResult, ServedModel
+from service.fields import derive
 from service.observability.context import note_model, timing_headers
 from service.pricing import PriceList
 
@@ -43,19 +44,14 @@ def _as_text(value: object) -> str:
 
 
 def model_message(model: ServedModel, aliases: list[str], prices: PriceList | None = None) -> pb.Model:
+    """The manifest's fields the message shares, and what the server adds: aliases, limits, types, price."""
     manifest = model.manifest
     price = prices.of(model) if prices is not None else None
-    message = pb.Model(
-        id=manifest.id,
+    return derive(
+        pb.Model,
+        manifest,
         object="model",
-        created=manifest.created,
-        owned_by=manifest.owned_by,
         aliases=aliases,
-        dimensions=manifest.dimensions,
-        max_input_tokens=manifest.max_input_tokens,
-        pooling=manifest.pooling,
-        normalize=manifest.normalize,
-        shortened_dimensions=manifest.shortened_dimensions,
         query_prefix=manifest.query_prefix,
         document_prefix=manifest.document_prefix,
         modality="embedding",
@@ -63,10 +59,8 @@ def model_message(model: ServedModel, aliases: list[str], prices: PriceList | No
         max_inputs_per_request=model.max_inputs,
         embedding_types=model.embedding_types,
         currency=prices.currency if prices is not None else "",
+        price_per_million_tokens=float(price.per_million_tokens) if price is not None else None,
     )
-    if price is not None:
-        message.price_per_million_tokens = float(price.per_million_tokens)
-    return message
 
 
 def provenance_struct(provenance: dict) -> struct_pb2.Struct:

@@ -22,7 +22,6 @@ from service._gen.embeddings.v1 import jobs_pb2_grpc as pb_grpc
 from service._gen.embeddings.v1 import rest_pb2
 from service.access.control import Principal
 from service.access.interceptor import acting_for, caller_of
-from service.api.optional_fields import copy_present
 from service.api.paging import page_limit
 from service.api.rest import as_rest_error, parse_request, vector_items
 from service.api.rpc_errors import rpc_errors
@@ -30,8 +29,9 @@ from service.embedding import Embedder
 from service.engine.errors import EngineError
 from service.engine.quantize import FLOAT
 from service.engine.tokenize import TokenIdDecoder
+from service.fields import derive
 from service.jobs import webhooks
-from service.jobs.records import InvalidCursor, Job, NotFound, ResultsNotReady, ResultsRemoved, TooManyWebhooks
+from service.jobs.records import InvalidCursor, Job, NewJob, NotFound, ResultsNotReady, ResultsRemoved, TooManyWebhooks
 from service.jobs.runner import JobSettings
 from service.jobs.store import JobStore
 from service.worker_loops import now_s
@@ -74,29 +74,23 @@ def _not_found(kind: str, ident: str) -> errors.ApiError:
 
 
 def job_message(job: Job) -> pb.Job:
-    message = pb.Job(
-        id=job.id,
+    """The record's fields the message shares (absent where None), and those it words its own way."""
+    options = job.options
+    error = job.error
+    return derive(
+        pb.Job,
+        job,
         object="embedding.job",
-        status=job.status,
-        model=job.model,
-        created_at=job.created_at,
-        metadata=job.metadata,
+        completed_at=job.completed_at or job.failed_at,
         input_count=job.total_inputs,
         progress=pb.JobProgress(completed=job.completed_inputs, total=job.total_inputs),
         usage=pb.JobUsage(prompt_tokens=job.prompt_tokens, total_tokens=job.prompt_tokens),
+        error=pb.JobError(code=error.get("code", ""), message=error.get("message", "")) if error else None,
         results_url=f"/v1/async/jobs/{job.id}/results",
-        encoding_format=job.options.get("encoding_format", "float"),
-        embedding_type=job.options.get("embedding_type", FLOAT),
+        encoding_format=options.get("encoding_format", "float"),
+        dimensions=options.get("dimensions"),
+        embedding_type=options.get("embedding_type", FLOAT),
     )
-    copy_present(job, message, ("started_at", "cancelled_at", "expires_at"))
-    finished_at = job.completed_at or job.failed_at
-    if finished_at is not None:
-        message.completed_at = finished_at
-    if job.options.get("dimensions") is not None:
-        message.dimensions = job.options["dimensions"]
-    if job.error:
-        message.error.CopyFrom(pb.JobError(code=job.error.get("code", ""), message=job.error.get("message", "")))
-    return message
 
 
 def results_body(job: Job, vectors: np.ndarray, token_counts: list[int], offset: int, has_more: bool) -> bytes:
@@ -154,8 +148,8 @@ class JobServicer(pb_grpc.JobServiceServicer):
         model_id, texts, options = await self._validated_inputs(caller, request)
         webhook_id = metadata.get("webhook_id") or None
         try:
-            job = await asyncio.to_thread(
-                self._store.create_job,
+            # key_id, user: its chunks are metered, and rate-limited, as this key's and this end user's.
+            new = NewJob(
                 caller.tenant,
                 model_id,
                 options,
@@ -163,10 +157,10 @@ class JobServicer(pb_grpc.JobServiceServicer):
                 webhook_id,
                 texts,
                 self._settings.chunk_size,
-                now_s(),
-                key_id=caller.key_id,  # its chunks are metered, and rate-limited, as this key's
-                user=caller.user,  # ... and as this end user's
+                key_id=caller.key_id,
+                user=caller.user,
             )
+            job = await asyncio.to_thread(self._store.create_job, new, now_s())
         except NotFound:
             raise errors.invalid_input(
                 f"No webhook with id '{webhook_id}': create one with POST /v1/webhooks.", field="metadata.webhook_id"
@@ -283,23 +277,17 @@ class JobServicer(pb_grpc.JobServiceServicer):
         attempts = await asyncio.to_thread(self._store.list_attempts, tenant, request.id, limit)
         if not attempts and await asyncio.to_thread(self._store.get_webhook, tenant, request.id) is None:
             raise _not_found("webhook", request.id)
-        data = []
-        for a in attempts:
-            item = pb.WebhookDelivery(
+        data = [
+            derive(
+                pb.WebhookDelivery,
+                a,
                 id=a.delivery_id,
                 object="webhook.delivery",
-                event_id=a.event_id,
-                event_type=a.event_type,
-                attempt=a.attempt,
-                attempted_at=a.attempted_at,
-                duration_ms=a.duration_ms,
+                error=a.error or None,
                 outcome="succeeded" if a.status_code is not None and 200 <= a.status_code < 300 else "failed",
             )
-            if a.status_code is not None:
-                item.status_code = a.status_code
-            if a.error:
-                item.error = a.error
-            data.append(item)
+            for a in attempts
+        ]
         return pb.ListWebhookDeliveriesResponse(object="list", data=data)
 
 

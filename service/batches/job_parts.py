@@ -32,6 +32,7 @@ from service.batches.settings import BatchSettings
 from service.batches.store import BatchStore
 from service.engine.errors import ContextLengthExceeded
 from service.engine.tokenize import TokenIdDecoder
+from service.jobs.records import NewJob
 from service.worker_loops import now_s
 
 # Lines validated per tokenizer call (token limits are checked for a block at once).
@@ -151,8 +152,7 @@ class JobParts:
         job_id = batch_job_id(batch.id, part.number)
         job = await asyncio.to_thread(self._store.get_job, batch.tenant, job_id)
         if job is None:
-            job = await asyncio.to_thread(
-                self._store.create_job,
+            new = NewJob(
                 batch.tenant,
                 model_id,
                 part.options,
@@ -160,10 +160,10 @@ class JobParts:
                 None,
                 part.texts,
                 self._settings.chunk_size,
-                now_s(),
                 job_id,
                 batch.key_id,
             )
+            job = await asyncio.to_thread(self._store.create_job, new, now_s())
         elif job.total_inputs != len(part.texts):
             raise RuntimeError(f"batch {batch.id}: job {job_id} holds {job.total_inputs} inputs, not {len(part.texts)}")
         await asyncio.to_thread(self._store.add_batch_job, batch.id, part.number, job_id)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,7 +18,7 @@ from service.api.rest import openai_body
 from service.batches import objects
 from service.batches.files import PartWriter
 from service.batches.lease import BatchLease
-from service.batches.records import Batch, BatchRequest
+from service.batches.records import Batch, BatchRequest, OutputFiles, Tally
 from service.batches.store import BatchStore
 from service.engine.model import EmbedResult
 from service.jobs.records import Job, ResultsNotReady, ResultsRemoved
@@ -36,22 +35,6 @@ NOT_RUN = {
 def output_file_ids(batch_id: str) -> tuple[str, str]:
     suffix = batch_id.removeprefix("batch_")
     return f"file-{suffix}-out", f"file-{suffix}-err"
-
-
-@dataclass
-class Tally:
-    completed: int = 0
-    failed: int = 0
-    tokens: int = 0
-
-
-@dataclass(frozen=True)
-class OutputFiles:
-    """What finalization wrote: the files kept (None where nothing was written) and the request counts."""
-
-    output_id: str | None
-    error_id: str | None
-    tally: Tally
 
 
 async def write_output_files(store: BatchStore, batch: Batch, status: str, lease: BatchLease) -> OutputFiles:

@@ -6,8 +6,8 @@ Conventions are the job store's (`service.jobs.records`): ids are a prefix and r
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from service.jobs.records import new_id
@@ -38,6 +38,22 @@ class FileRecord:
     lines: int
     created_at: int
     expires_at: int | None
+
+
+@dataclass(frozen=True)
+class NewBatch:
+    """A batch to create (`BatchStore.create_batch`), `validating`; it expires `window_s` after its creation."""
+
+    tenant: str
+    key_id: str | None
+    models: Sequence[str] | None
+    input_file_id: str
+    endpoint: str
+    completion_window: str
+    metadata: dict[str, str]
+    webhook_id: str | None
+    output_expires_after: int
+    window_s: int
 
 
 @dataclass(frozen=True)
@@ -99,6 +115,35 @@ class BatchRequest:
     encoding_format: str | None
     # JSON {"status_code", "body"} of a refused line.
     error: str | None
+
+
+@dataclass(frozen=True)
+class ValidatedBatch:
+    """A validated batch's requests (`BatchStore.start_batch`): rows of `BatchRequest`'s fields in its column order,
+    `total` of them of which `refused` were refused at validation, and the one model they all name (or None)."""
+
+    model: str | None
+    requests: Iterable[Sequence[Any]]
+    total: int
+    refused: int
+
+
+@dataclass
+class Tally:
+    """The requests a batch's output files answer: completed, failed, and the tokens of the completed ones."""
+
+    completed: int = 0
+    failed: int = 0
+    tokens: int = 0
+
+
+@dataclass(frozen=True)
+class OutputFiles:
+    """What finalization wrote: the files kept (None where nothing was written) and the request counts."""
+
+    output_id: str | None
+    error_id: str | None
+    tally: Tally = field(default_factory=Tally)
 
 
 # Builds the event recorded when a batch finishes: (type, data JSON), or None.

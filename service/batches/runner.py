@@ -30,7 +30,7 @@ from service.batches.input_checks import KeyModels, check_structure
 from service.batches.job_parts import JobParts
 from service.batches.lease import BatchLease, LeaseLost
 from service.batches.output_files import write_output_files
-from service.batches.records import Batch
+from service.batches.records import Batch, ValidatedBatch
 from service.batches.settings import BatchSettings
 from service.batches.store import BatchStore
 from service.embedding import Embedder
@@ -139,9 +139,8 @@ class BatchWorkers(WorkerLoops):
             )
             return
         rows, refused = await self._parts.build(batch, models, structure.model, lease)
-        started = await asyncio.to_thread(
-            self._store.start_batch, batch.id, self._owner, structure.model, rows, structure.requests, refused, now_s()
-        )
+        validated = ValidatedBatch(structure.model, rows, structure.requests, refused)
+        started = await asyncio.to_thread(self._store.start_batch, batch.id, self._owner, validated, now_s())
         if started is None:
             raise LeaseLost(batch.id)
         log.info("batch %s: %d requests (%d refused) running as jobs", batch.id, structure.requests, refused)
@@ -149,19 +148,8 @@ class BatchWorkers(WorkerLoops):
 
     async def _finalize(self, batch: Batch, status: str) -> None:
         files = await write_output_files(self._store, batch, status, self._lease(batch))
-        tally = files.tally
-        finished = await asyncio.to_thread(
-            self._store.finish_batch,
-            batch.id,
-            self._owner,
-            status,
-            files.output_id,
-            files.error_id,
-            tally.completed,
-            tally.failed,
-            tally.tokens,
-            now_s(),
-        )
+        finished = await asyncio.to_thread(self._store.finish_batch, batch.id, self._owner, status, files, now_s())
         if finished is None:
             raise LeaseLost(batch.id)
+        tally = files.tally
         log.info("batch %s %s: %d completed, %d failed", batch.id, status, tally.completed, tally.failed)

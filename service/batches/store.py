@@ -12,10 +12,17 @@ in the transaction that finishes the batch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from service.batches.records import Batch, BatchAnnounce, BatchRequest, FileRecord
+from service.batches.records import (
+    Batch,
+    BatchAnnounce,
+    BatchRequest,
+    FileRecord,
+    NewBatch,
+    OutputFiles,
+    ValidatedBatch,
+)
 from service.jobs.records import Page
 from service.jobs.store import JobStore
 
@@ -67,20 +74,7 @@ class BatchStore(JobStore, Protocol):
 
     # --- batches
 
-    def create_batch(
-        self,
-        tenant: str,
-        key_id: str | None,
-        models: Sequence[str] | None,
-        input_file_id: str,
-        endpoint: str,
-        completion_window: str,
-        metadata: dict[str, str],
-        webhook_id: str | None,
-        output_expires_after: int,
-        now: int,
-        window_s: int,
-    ) -> Batch:
+    def create_batch(self, new: NewBatch, now: int) -> Batch:
         """A `validating` batch. NotFound if the webhook or the input file (purpose batch) is not this tenant's."""
         ...
 
@@ -114,19 +108,9 @@ class BatchStore(JobStore, Protocol):
         """{part: job id} of the jobs a batch runs as."""
         ...
 
-    def start_batch(
-        self,
-        batch_id: str,
-        owner: str,
-        model: str | None,
-        requests: Iterable[Sequence[Any]],
-        total: int,
-        refused: int,
-        now: int,
-    ) -> Batch | None:
-        """Record a validated batch's requests (rows of `BatchRequest`'s fields) and turn it `in_progress`; a batch
-        cancelled meanwhile keeps its requests (its output holds what was done) and its status. None if `owner`
-        lost the lease."""
+    def start_batch(self, batch_id: str, owner: str, validated: ValidatedBatch, now: int) -> Batch | None:
+        """Record a validated batch's requests and turn it `in_progress`; a batch cancelled meanwhile keeps its
+        requests (its output holds what was done) and its status. None if `owner` lost the lease."""
         ...
 
     def fail_batch(
@@ -140,20 +124,10 @@ class BatchStore(JobStore, Protocol):
         """In progress -> finalizing (its jobs ended); a cancelling or finalizing batch comes back as it is."""
         ...
 
-    def finish_batch(
-        self,
-        batch_id: str,
-        owner: str,
-        status: str,
-        output_file_id: str | None,
-        error_file_id: str | None,
-        completed: int,
-        failed: int,
-        prompt_tokens: int,
-        now: int,
-    ) -> Batch | None:
+    def finish_batch(self, batch_id: str, owner: str, status: str, files: OutputFiles, now: int) -> Batch | None:
         """The last step: its written files become visible, the batch ends as `status` (completed, cancelled or
-        expired), and its event is recorded, all in one transaction. None if `owner` lost the lease."""
+        expired) with their counts, and its event is recorded, all in one transaction. None if `owner` lost the
+        lease."""
         ...
 
     def accepted_requests(self, batch_id: str, after: tuple[int, int] | None, limit: int) -> list[BatchRequest]:

@@ -123,9 +123,8 @@ class _Lane:
 
 @dataclass
 class BatcherStats:
-    batches: int = 0
-    inputs: int = 0
-    padded_tokens: int = 0
+    """Counts only the batcher keeps; each batch's inputs, padded tokens and time go to `on_batch` (the metrics)."""
+
     dropped_inputs: int = 0
     # Background batches that ran ahead of waiting interactive inputs, on the credit of the guaranteed share.
     background_turns: int = 0
@@ -405,12 +404,8 @@ class Batcher:
         return chosen
 
     def _record(self, batch: list[_Item], seconds: float) -> None:
-        stats = self.stats
-        padded = max(item.tokens.length for item in batch) * len(batch)
-        stats.batches += 1
-        stats.inputs += len(batch)
-        stats.padded_tokens += padded
         if self.on_batch is not None:
+            padded = max(item.tokens.length for item in batch) * len(batch)
             self.on_batch(len(batch), padded, seconds)
 
     @staticmethod

@@ -14,7 +14,7 @@ backends):
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -116,6 +116,29 @@ class Job:
 
 
 @dataclass(frozen=True)
+class NewJob:
+    """A job to create (`JobStore.create_job`): its inputs are cut into chunks of `chunk_size`. `job_id`: the id to
+    give it (default: a new one); `key_id`: the submitting API key; `user`: the end user it was submitted for."""
+
+    tenant: str
+    model: str
+    options: Mapping[str, Any]
+    metadata: Mapping[str, str]
+    webhook_id: str | None
+    inputs: Sequence[str]
+    chunk_size: int
+    job_id: str | None = None
+    key_id: str | None = None
+    user: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise ValueError("a job needs at least one input")
+        if self.chunk_size < 1:
+            raise ValueError("chunk_size must be positive")
+
+
+@dataclass(frozen=True)
 class Chunk:
     """A leased slice of a job's inputs: everything a worker needs to embed it, model and options included."""
 
@@ -141,6 +164,22 @@ class Chunk:
     key_id: str | None = None
     # The job's end user (see `Job.user`).
     user: str = ""
+
+
+@dataclass(frozen=True)
+class ChunkVectors:
+    """A chunk's embedded inputs (`JobStore.complete_chunk`): count x dims values of `dtype` (one of
+    `STORED_DTYPES`; every chunk of a job alike) as bytes, and each input's token count."""
+
+    vectors: bytes
+    dims: int
+    token_counts: Sequence[int]
+    dtype: str = FLOAT32
+
+    @classmethod
+    def of(cls, vectors: np.ndarray, token_counts: Sequence[int]) -> ChunkVectors:
+        """A [count, dims] array as it is stored: float32, or a compact type's bytes."""
+        return cls(vectors.tobytes(), vectors.shape[1], token_counts, vectors.dtype.name)
 
 
 @dataclass(frozen=True)
@@ -217,6 +256,25 @@ class DeliveryAttempt:
     delivery_state: str
     # 1 for the delivery's first attempt, counted over all of its attempts (not only those listed).
     attempt: int
+
+
+@dataclass(frozen=True)
+class NewAttempt:
+    """One POST of a delivery to record (`JobStore.record_attempt`), and what follows it: a retry at
+    `next_attempt_at`, or the end in `final_state` (exactly one of the two). `status_code` is None when no response
+    came (timeout, connection error)."""
+
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+    next_attempt_at: int | None = None
+    final_state: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.next_attempt_at is None) == (self.final_state is None):
+            raise ValueError("give exactly one of next_attempt_at (retry later) and final_state (done)")
+        if self.final_state is not None and self.final_state not in FINAL_DELIVERY_STATES:
+            raise ValueError(f"final_state must be one of {FINAL_DELIVERY_STATES}")
 
 
 @dataclass(frozen=True)

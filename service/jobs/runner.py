@@ -28,7 +28,7 @@ from service.engine import errors as engine
 from service.engine.model import EmbedOptions, EmbedResult
 from service.engine.quantize import FLOAT
 from service.jobs import webhooks
-from service.jobs.records import Chunk, Delivery, Job
+from service.jobs.records import Chunk, ChunkVectors, Delivery, Job, NewAttempt
 from service.jobs.store import JobStore
 from service.observability.metrics import Metrics
 from service.worker_loops import WorkerLoops, now_s, sweep_forever
@@ -237,18 +237,8 @@ class JobWorkers(WorkerLoops):
         """Store a chunk's vectors (waiting for rate-limit room before embedding, the heartbeat kept the lease): as
         the engine gave them, float32 or a compact type's bytes (1/4 or 1/32 of the space), so reading them back
         needs neither the model nor its calibrated ranges."""
-        vectors = stored_vectors(result)
-        await asyncio.to_thread(
-            self._store.complete_chunk,
-            chunk.job_id,
-            chunk.idx,
-            self._owner,
-            vectors.tobytes(),
-            vectors.shape[1],
-            result.token_counts,
-            now_s(),
-            vectors.dtype.name,
-        )
+        vectors = ChunkVectors.of(stored_vectors(result), result.token_counts)
+        await asyncio.to_thread(self._store.complete_chunk, chunk.job_id, chunk.idx, self._owner, vectors, now_s())
 
     # --- webhooks ---------------------------------------------------------------------------------------------
 
@@ -287,17 +277,8 @@ class JobWorkers(WorkerLoops):
             else:
                 next_at = now + max(1, round(delay))
         self._metrics.record_delivery(final or "retry")
-        await asyncio.to_thread(
-            self._store.record_attempt,
-            delivery.id,
-            self._owner,
-            attempt.status_code,
-            attempt.error,
-            attempt.duration_ms,
-            now,
-            next_at,
-            final,
-        )
+        recorded = NewAttempt(attempt.status_code, attempt.error, attempt.duration_ms, next_at, final)
+        await asyncio.to_thread(self._store.record_attempt, delivery.id, self._owner, recorded, now)
 
     # --- retention --------------------------------------------------------------------------------------------
 

@@ -7,32 +7,30 @@ nothing of a job in memory that it cannot rebuild from the store. The server cod
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Protocol
 
-from service.jobs.records import Chunk, Delivery, DeliveryAttempt, Job, JobEvent, Page, Results, Webhook
+from service.jobs.records import (
+    Chunk,
+    ChunkVectors,
+    Delivery,
+    DeliveryAttempt,
+    Job,
+    JobEvent,
+    NewAttempt,
+    NewJob,
+    Page,
+    Results,
+    Webhook,
+)
 
 
 class JobStore(Protocol):
     """Jobs, chunks, results, webhooks and deliveries. Methods block: call them off the event loop."""
 
-    def create_job(
-        self,
-        tenant: str,
-        model: str,
-        options: Mapping[str, Any],
-        metadata: Mapping[str, str],
-        webhook_id: str | None,
-        inputs: Sequence[str],
-        chunk_size: int,
-        now: int,
-        job_id: str | None = None,
-        key_id: str | None = None,
-        user: str = "",
-    ) -> Job:
-        """The job and all its chunks, in one transaction. NotFound if the webhook is not this tenant's. `job_id`:
-        the id to give it (default: a new one); a duplicate fails the insert. `key_id`: the submitting API key;
-        `user`: the end user it was submitted for."""
+    def create_job(self, new: NewJob, now: int) -> Job:
+        """The job and all its chunks, in one transaction. NotFound if the webhook is not this tenant's; a duplicate
+        `job_id` fails the insert."""
         ...
 
     def get_job(self, tenant: str, job_id: str) -> Job | None: ...
@@ -62,20 +60,9 @@ class JobStore(Protocol):
         after that, or None when `owner` no longer held it."""
         ...
 
-    def complete_chunk(
-        self,
-        job_id: str,
-        idx: int,
-        owner: str,
-        vectors: bytes,
-        dims: int,
-        token_counts: Sequence[int],
-        now: int,
-        dtype: str = "float32",
-    ) -> Job:
-        """Store a chunk's vectors (count x dims values of `dtype`, one of `records.STORED_DTYPES`; every chunk of a
-        job alike) if `owner` still holds it and the job is unfinished; otherwise change nothing. Either way returns
-        the job; the last chunk completes it. Idempotent."""
+    def complete_chunk(self, job_id: str, idx: int, owner: str, result: ChunkVectors, now: int) -> Job:
+        """Store a chunk's vectors if `owner` still holds it and the job is unfinished; otherwise change nothing.
+        Either way returns the job; the last chunk completes it. Idempotent."""
         ...
 
     def results(self, tenant: str, job_id: str, offset: int, limit: int) -> Results:
@@ -108,18 +95,8 @@ class JobStore(Protocol):
         """Lease up to `limit` deliveries due by `now`: no other owner gets them until the lease expires."""
         ...
 
-    def record_attempt(
-        self,
-        delivery_id: str,
-        owner: str,
-        status_code: int | None,
-        error: str | None,
-        duration_ms: int,
-        now: int,
-        next_attempt_at: int | None = None,
-        final_state: str | None = None,
-    ) -> bool:
-        """Append an attempt; retry at `next_attempt_at` or end in `final_state`. False if `owner` lost the lease."""
+    def record_attempt(self, delivery_id: str, owner: str, attempt: NewAttempt, now: int) -> bool:
+        """Append an attempt; the delivery retries or ends as it says. False if `owner` lost the lease."""
         ...
 
     def list_attempts(self, tenant: str, webhook_id: str, limit: int = 50) -> list[DeliveryAttempt]: ...

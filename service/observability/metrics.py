@@ -15,7 +15,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -63,19 +63,19 @@ Labels = tuple[str, ...]
 
 
 @dataclass
-class CounterSeries:
+class _ValueSeries:
+    """One value per label set: stored (`values`), or read at scrape time (`functions`: counts kept elsewhere, a
+    backend's), exposed as a `metric_family`."""
+
     name: str
     doc: str
     labels: Labels
     values: dict[Labels, float] = field(default_factory=dict)
-    # Read at scrape time: counts kept elsewhere (a backend's).
     functions: dict[Labels, Callable[[], float]] = field(default_factory=dict)
-
-    def inc(self, key: Labels, amount: float = 1.0) -> None:
-        self.values[key] = self.values.get(key, 0.0) + amount
+    metric_family: ClassVar[type[CounterMetricFamily | GaugeMetricFamily]]
 
     def family(self) -> Metric:
-        family = CounterMetricFamily(self.name, self.doc, labels=self.labels)
+        family = self.metric_family(self.name, self.doc, labels=self.labels)
         for key, value in self.values.items():
             family.add_metric(key, value)
         for key, read in self.functions.items():
@@ -84,21 +84,16 @@ class CounterSeries:
 
 
 @dataclass
-class GaugeSeries:
-    name: str
-    doc: str
-    labels: Labels
-    values: dict[Labels, float] = field(default_factory=dict)
-    # Read at scrape time instead of a stored value.
-    functions: dict[Labels, Callable[[], float]] = field(default_factory=dict)
+class CounterSeries(_ValueSeries):
+    metric_family: ClassVar[type[CounterMetricFamily]] = CounterMetricFamily
 
-    def family(self) -> Metric:
-        family = GaugeMetricFamily(self.name, self.doc, labels=self.labels)
-        for key, value in self.values.items():
-            family.add_metric(key, value)
-        for key, read in self.functions.items():
-            family.add_metric(key, float(read()))
-        return family
+    def inc(self, key: Labels, amount: float = 1.0) -> None:
+        self.values[key] = self.values.get(key, 0.0) + amount
+
+
+@dataclass
+class GaugeSeries(_ValueSeries):
+    metric_family: ClassVar[type[GaugeMetricFamily]] = GaugeMetricFamily
 
 
 @dataclass(slots=True)
@@ -204,7 +199,7 @@ class Metrics(Collector):
 
     def collect(self) -> Iterator[Metric]:
         for series in vars(self).values():
-            if isinstance(series, CounterSeries | GaugeSeries | HistogramSeries):
+            if isinstance(series, _ValueSeries | HistogramSeries):
                 yield series.family()
         yield from self._cache_families()
 

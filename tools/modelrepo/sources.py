@@ -14,8 +14,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from service.engine.manifest import TOKENIZER_FILE
+from service.engine.manifest import TOKENIZER_FILE, ModelManifest
 from service.engine.pooling import ACTIVATIONS, POOLING_MODES, POOLING_SEPARATOR
+from service.fields import derive
 from tools.modelrepo.common import BuildError, load_json, optional_json, sha256_file
 
 UNLIMITED_TOKENS = 1_000_000  # tokenizer configs say 1e30 for "no limit"; treat anything this big as unset
@@ -77,6 +78,11 @@ class Source:
         if self.dense:
             return self.dense[-1].out_features
         return self.hidden_size * len(self.pooling.split(POOLING_SEPARATOR))
+
+    def manifest(self, **given: Any) -> ModelManifest:
+        """The manifest as the source declares it (the fields the two share, and its dimensions) with `given` (id,
+        owner, provenance ...); the build writes its dense layers."""
+        return derive(ModelManifest, self, dimensions=self.dimensions, dense=(), **given)
 
     @property
     def weight_hashes(self) -> dict[str, str]:

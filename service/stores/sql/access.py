@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from dataclasses import astuple, replace
 from typing import Any
 
 from service.access import keys
-from service.access.records import KeyRecord, KeySnapshot, TenantRecord, UsageDelta, UsageRow
+from service.access.records import KeyRecord, KeySnapshot, NewKey, TenantRecord, UsageDelta, UsageQuery, UsageRow
 from service.engine.prices import cost
+from service.fields import derive
 from service.stores.sql.database import Database, Store, dumps, retried
 from service.stores.sql.rows import KEY, TENANT
 
@@ -26,35 +27,23 @@ class AccessRows(Store):
     # --- keys
 
     @retried
-    def create_key(
-        self,
-        tenant: str,
-        name: str,
-        *,
-        admin: bool = False,
-        models: tuple[str, ...] | None = None,
-        rpm: int | None = None,
-        tpm: int | None = None,
-        now: int,
-        issued: keys.NewKey | None = None,
-        user_rpm: int | None = None,
-        user_tpm: int | None = None,
-    ) -> tuple[KeyRecord, str]:
-        if not tenant.strip():
-            raise ValueError("a key needs a tenant")
-        new = issued or keys.issue()
-        role = "admin" if admin else "user"
-        record = KeyRecord(
-            new.key_id, tenant, name, new.secret_hash, role, models, rpm, tpm, now, None, None, user_rpm, user_tpm
+    def create_key(self, new: NewKey, now: int, issued: keys.IssuedKey | None = None) -> tuple[KeyRecord, str]:
+        issued = issued or keys.issue()
+        record = derive(
+            KeyRecord,
+            new,
+            id=issued.key_id,
+            secret_hash=issued.secret_hash,
+            role=new.role,
+            created_at=now,
+            rotated_at=None,
+            revoked_at=None,
         )
+        stored = astuple(replace(record, models=dumps(list(new.models)) if new.models is not None else None))
         with self._db.write() as conn:
-            conn.execute(
-                f"INSERT INTO access_keys ({KEY.select}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (record.id, tenant, name, record.secret_hash, record.role,
-                 dumps(list(models)) if models is not None else None, rpm, tpm, now, None, None, user_rpm, user_tpm),
-            )  # fmt: skip
+            conn.execute(f"INSERT INTO access_keys ({KEY.select}) VALUES ({', '.join('?' * len(stored))})", stored)
             conn.execute(_SET_KEYS_REQUIRED, (now,))
-        return record, new.token
+        return record, issued.token
 
     def list_keys(self, tenant: str | None = None) -> list[KeyRecord]:
         with self._db.read() as conn:
@@ -92,23 +81,15 @@ class AccessRows(Store):
 
     # --- tenants
 
-    def set_tenant(
-        self,
-        name: str,
-        rpm: int | None,
-        tpm: int | None,
-        now: int,
-        user_rpm: int | None = None,
-        user_tpm: int | None = None,
-    ) -> TenantRecord:
+    def set_tenant(self, tenant: TenantRecord, now: int) -> TenantRecord:
         with self._db.write() as conn:
             conn.execute(
                 "INSERT INTO access_tenants (name, rpm, tpm, created_at, user_rpm, user_tpm) VALUES (?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET rpm = excluded.rpm, tpm = excluded.tpm,"
                 " user_rpm = excluded.user_rpm, user_tpm = excluded.user_tpm",
-                (name, rpm, tpm, now, user_rpm, user_tpm),
+                (tenant.name, tenant.rpm, tenant.tpm, now, tenant.user_rpm, tenant.user_tpm),
             )
-        return TenantRecord(name, rpm, tpm, user_rpm, user_tpm)
+        return tenant
 
     def list_tenants(self) -> list[TenantRecord]:
         with self._db.read() as conn:
@@ -144,26 +125,19 @@ class AccessRows(Store):
                 rows,
             )
 
-    def usage(
-        self,
-        tenant: str | None = None,
-        since: str | None = None,
-        until: str | None = None,
-        group_by_user: bool = False,
-    ) -> list[UsageRow]:
-        """Rows per (day, tenant, key, model), or per (day, tenant, key, model, user) when `group_by_user`; `since`
-        and `until` are inclusive UTC days (YYYY-MM-DD). Each row's cost sums its tokens (interactive and job) at
-        the prices they were recorded at."""
-        group = _GROUP + (", end_user" if group_by_user else "")
+    def usage(self, query: UsageQuery) -> list[UsageRow]:
+        """Rows per (day, tenant, key, model), or per (day, tenant, key, model, user) when `group_by_user`. Each
+        row's cost sums its tokens (interactive and job) at the prices they were recorded at."""
+        group = _GROUP + (", end_user" if query.group_by_user else "")
         sums = ", ".join(f"SUM({c})" for c in _COUNTS)
         with self._db.read() as conn:
             rows = conn.execute(
                 f"SELECT {group}, price, {sums} FROM access_usage"
                 " WHERE (? IS NULL OR tenant = ?) AND (? IS NULL OR day >= ?) AND (? IS NULL OR day <= ?)"
                 f" GROUP BY {group}, price ORDER BY {group}, price",
-                (tenant, tenant, since, since, until, until),
+                (query.tenant, query.tenant, query.since, query.since, query.until, query.until),
             ).fetchall()
-        return _priced_rows(rows, group_by_user)
+        return _priced_rows(rows, query.group_by_user)
 
 
 def _priced_rows(rows: Sequence[Sequence[Any]], group_by_user: bool) -> list[UsageRow]:

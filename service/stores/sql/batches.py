@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
 from typing import Any
 
-from service.batches.records import Batch, BatchAnnounce, BatchRequest
+from service.batches.records import Batch, BatchAnnounce, BatchRequest, NewBatch, OutputFiles, ValidatedBatch
 from service.jobs.records import NotFound, Page, new_id
 from service.stores.sql.database import Connection, Database, dumps, retried
 from service.stores.sql.pages import tenant_page
@@ -34,36 +33,23 @@ class BatchRows:
     _db: Database
     batch_announce: BatchAnnounce | None = None
 
-    def create_batch(
-        self,
-        tenant: str,
-        key_id: str | None,
-        models: Sequence[str] | None,
-        input_file_id: str,
-        endpoint: str,
-        completion_window: str,
-        metadata: dict[str, str],
-        webhook_id: str | None,
-        output_expires_after: int,
-        now: int,
-        window_s: int,
-    ) -> Batch:
+    def create_batch(self, new: NewBatch, now: int) -> Batch:
         batch_id = new_id("batch")
         with self._db.write() as conn:
-            require_webhook(conn, tenant, webhook_id)
+            require_webhook(conn, new.tenant, new.webhook_id)
             found = conn.execute(
                 "SELECT 1 FROM files WHERE id = ? AND tenant = ? AND status = 'processed' AND purpose = 'batch'",
-                (input_file_id, tenant),
+                (new.input_file_id, new.tenant),
             ).fetchone()
             if found is None:
-                raise NotFound(f"No file '{input_file_id}'.")
+                raise NotFound(f"No file '{new.input_file_id}'.")
+            models = dumps(list(new.models)) if new.models is not None else None
             conn.execute(
                 "INSERT INTO batches (id, tenant, key_id, models, status, endpoint, completion_window, input_file_id,"
                 " output_expires_after, metadata, webhook_id, created_at, expires_at)"
                 " VALUES (?, ?, ?, ?, 'validating', ?, ?, ?, ?, ?, ?, ?, ?)",
-                (batch_id, tenant, key_id, dumps(list(models)) if models is not None else None, endpoint,
-                 completion_window, input_file_id, output_expires_after, dumps(metadata), webhook_id, now,
-                 now + window_s),
+                (batch_id, new.tenant, new.key_id, models, new.endpoint, new.completion_window, new.input_file_id,
+                 new.output_expires_after, dumps(new.metadata), new.webhook_id, now, now + new.window_s),
             )  # fmt: skip
             return self._batch_row(conn, batch_id)
 
@@ -137,16 +123,7 @@ class BatchRows:
         return {row[0]: row[1] for row in rows}
 
     @retried
-    def start_batch(
-        self,
-        batch_id: str,
-        owner: str,
-        model: str | None,
-        requests: Iterable[Sequence[Any]],
-        total: int,
-        refused: int,
-        now: int,
-    ) -> Batch | None:
+    def start_batch(self, batch_id: str, owner: str, validated: ValidatedBatch, now: int) -> Batch | None:
         """The rows' values are in `BATCH_REQUEST.select`'s column order."""
         with self._db.write() as conn:
             batch = self._owned(conn, batch_id, owner)
@@ -154,7 +131,7 @@ class BatchRows:
                 return None
             conn.execute("DELETE FROM batch_requests WHERE batch_id = ?", (batch_id,))
             conn.execute("DELETE FROM batch_spans WHERE batch_id = ?", (batch_id,))
-            rows = [(batch_id, *row) for row in requests]
+            rows = [(batch_id, *row) for row in validated.requests]
             conn.executemany(
                 f"INSERT INTO batch_requests (batch_id, {BATCH_REQUEST.select}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
@@ -167,7 +144,7 @@ class BatchRows:
             conn.execute(
                 "UPDATE batches SET model = ?, total = ?, failed = ?, lease_owner = NULL, lease_expires_at = NULL"
                 " WHERE id = ?",
-                (model, total, refused, batch_id),
+                (validated.model, validated.total, validated.refused, batch_id),
             )
             conn.execute(
                 "UPDATE batches SET status = 'in_progress', in_progress_at = ? WHERE id = ? AND status = 'validating'",
@@ -206,32 +183,22 @@ class BatchRows:
             return self._batch_row(conn, batch_id)
 
     @retried
-    def finish_batch(
-        self,
-        batch_id: str,
-        owner: str,
-        status: str,
-        output_file_id: str | None,
-        error_file_id: str | None,
-        completed: int,
-        failed: int,
-        prompt_tokens: int,
-        now: int,
-    ) -> Batch | None:
+    def finish_batch(self, batch_id: str, owner: str, status: str, files: OutputFiles, now: int) -> Batch | None:
         if status not in _FINAL_TIMESTAMP:
             raise ValueError(f"a batch finishes completed, cancelled or expired, not {status!r}")
         with self._db.write() as conn:
             batch = self._owned(conn, batch_id, owner)
             if batch is None or batch.finished:
                 return None
-            for file_id in (output_file_id, error_file_id):
+            for file_id in (files.output_id, files.error_id):
                 if file_id is not None:
                     conn.execute("UPDATE files SET status = 'processed' WHERE id = ?", (file_id,))
+            tally = files.tally
             conn.execute(
                 f"UPDATE batches SET status = ?, {_FINAL_TIMESTAMP[status]} = ?, output_file_id = ?, error_file_id = ?,"
                 " completed = ?, failed = ?, prompt_tokens = ?, lease_owner = NULL, lease_expires_at = NULL"
                 " WHERE id = ?",
-                (status, now, output_file_id, error_file_id, completed, failed, prompt_tokens, batch_id),
+                (status, now, files.output_id, files.error_id, tally.completed, tally.failed, tally.tokens, batch_id),
             )
             return self._announce_batch(conn, batch_id, now)
 

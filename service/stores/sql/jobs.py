@@ -9,18 +9,18 @@ whole of it. Each backend finds the next claim its own way (`_next_claim`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
 
 from service.jobs.records import (
     ACTIVE_STATUSES,
-    FLOAT32,
     STORED_DTYPES,
     Announce,
     Chunk,
+    ChunkVectors,
     Job,
+    NewJob,
     NotFound,
     Page,
     Results,
@@ -76,38 +76,22 @@ class JobRows:
 
     # --- jobs
 
-    def create_job(
-        self,
-        tenant: str,
-        model: str,
-        options: Mapping[str, Any],
-        metadata: Mapping[str, str],
-        webhook_id: str | None,
-        inputs: Sequence[str],
-        chunk_size: int,
-        now: int,
-        job_id: str | None = None,
-        key_id: str | None = None,
-        user: str = "",
-    ) -> Job:
-        if not inputs:
-            raise ValueError("a job needs at least one input")
-        if chunk_size < 1:
-            raise ValueError("chunk_size must be positive")
-        job_id = job_id or new_id("job")
+    def create_job(self, new: NewJob, now: int) -> Job:
+        job_id = new.job_id or new_id("job")
         # Encoded before the transaction: other writers wait only for the inserts.
+        inputs, size = new.inputs, new.chunk_size
         chunks = [
             (job_id, idx, start, len(part), dumps(part))
-            for idx, start in enumerate(range(0, len(inputs), chunk_size))
-            for part in [list(inputs[start : start + chunk_size])]
+            for idx, start in enumerate(range(0, len(inputs), size))
+            for part in [list(inputs[start : start + size])]
         ]
         with self._db.write() as conn:
-            require_webhook(conn, tenant, webhook_id)
+            require_webhook(conn, new.tenant, new.webhook_id)
             conn.execute(
                 "INSERT INTO jobs (id, tenant, status, model, options, metadata, webhook_id, total_inputs, chunk_size,"
                 " created_at, key_id, end_user) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job_id, tenant, model, dumps(dict(options)), dumps(dict(metadata)), webhook_id, len(inputs),
-                 chunk_size, now, key_id, user),
+                (job_id, new.tenant, new.model, dumps(dict(new.options)), dumps(dict(new.metadata)), new.webhook_id,
+                 len(inputs), size, now, new.key_id, new.user),
             )  # fmt: skip
             conn.executemany(
                 "INSERT INTO chunks (job_id, idx, start, count, status, inputs) VALUES (?, ?, ?, ?, 'pending', ?)",
@@ -211,21 +195,12 @@ class JobRows:
             return conn.execute("SELECT failures FROM chunks WHERE job_id = ? AND idx = ?", (job_id, idx)).fetchone()[0]
 
     @retried
-    def complete_chunk(
-        self,
-        job_id: str,
-        idx: int,
-        owner: str,
-        vectors: bytes,
-        dims: int,
-        token_counts: Sequence[int],
-        now: int,
-        dtype: str = FLOAT32,
-    ) -> Job:
+    def complete_chunk(self, job_id: str, idx: int, owner: str, result: ChunkVectors, now: int) -> Job:
         """A lease that expired but was not reclaimed still counts: the work is done and nobody else did it."""
+        vectors, dims, dtype = result.vectors, result.dims, result.dtype
         nbytes = memoryview(vectors).nbytes
         itemsize = vector_itemsize(dtype)
-        counts = np.asarray(token_counts, dtype="<i4")
+        counts = np.asarray(result.token_counts, dtype="<i4")
         with self._db.write() as conn:
             row = conn.execute(
                 "SELECT c.count, c.status, c.lease_owner, j.status AS job_status"

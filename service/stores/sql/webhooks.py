@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from service.jobs.records import (
-    FINAL_DELIVERY_STATES,
     Delivery,
     DeliveryAttempt,
     Job,
     JobEvent,
+    NewAttempt,
     NotFound,
     TooManyWebhooks,
     Webhook,
@@ -164,30 +164,16 @@ class WebhookRows:
             ]
 
     @retried
-    def record_attempt(
-        self,
-        delivery_id: str,
-        owner: str,
-        status_code: int | None,
-        error: str | None,
-        duration_ms: int,
-        now: int,
-        next_attempt_at: int | None = None,
-        final_state: str | None = None,
-    ) -> bool:
+    def record_attempt(self, delivery_id: str, owner: str, attempt: NewAttempt, now: int) -> bool:
         """The attempt is always appended (it happened); the delivery moves on only while `owner` holds the lease
         and it is still pending (not disabled meanwhile, not reclaimed by another sender after the lease ran out)."""
-        if (next_attempt_at is None) == (final_state is None):
-            raise ValueError("give exactly one of next_attempt_at (retry later) and final_state (done)")
-        if final_state is not None and final_state not in FINAL_DELIVERY_STATES:
-            raise ValueError(f"final_state must be one of {FINAL_DELIVERY_STATES}")
         with self._db.write() as conn:
             if conn.execute("SELECT 1 FROM deliveries WHERE id = ?", (delivery_id,)).fetchone() is None:
                 raise NotFound(f"No delivery '{delivery_id}'.")
             conn.execute(
                 "INSERT INTO delivery_attempts (delivery_id, attempted_at, status_code, error, duration_ms)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (delivery_id, now, status_code, error, duration_ms),
+                (delivery_id, now, attempt.status_code, attempt.error, attempt.duration_ms),
             )
             conn.execute(
                 "UPDATE deliveries SET attempts = attempts + 1, last_attempt_at = ? WHERE id = ?", (now, delivery_id)
@@ -196,7 +182,7 @@ class WebhookRows:
                 conn.execute(
                     "UPDATE deliveries SET state = ?, next_attempt_at = ?, lease_owner = NULL, lease_expires_at = NULL"
                     " WHERE id = ? AND state = 'pending' AND lease_owner = ?",
-                    (final_state or "pending", next_attempt_at, delivery_id, owner),
+                    (attempt.final_state or "pending", attempt.next_attempt_at, delivery_id, owner),
                 ).rowcount
                 == 1
             )
