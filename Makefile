@@ -10,7 +10,7 @@ BUF    := build/npm/node_modules/.bin/buf
 # from there (never from a CDN).
 SWAGGER_UI := service/console/swagger-ui/.installed
 
-.PHONY: all setup proto wheel stubs models run run-grpc cluster test test-quick test-slow test-clients lint breaking bench bench-quick bench-serving bench-throughput bench-cache screenshots clean
+.PHONY: all setup proto wheel stubs models run run-grpc cluster test test-quick test-slow test-clients lint breaking bench bench-quick bench-serving bench-throughput bench-cache bench-processes screenshots clean
 
 all: setup proto models
 
@@ -134,6 +134,7 @@ bench: proto models
 	$(PY) -m bench.job_speed --model-repo $(MODEL_REPO)
 	$(PY) -m bench.cache --model-repo $(MODEL_REPO)
 	$(PY) -m bench.lone_text --model-repo $(MODEL_REPO)
+	$(PY) -m bench.processes --model-repo $(MODEL_REPO)
 
 bench-quick: proto models
 	$(PY) -m bench.suite --quick --model-repo $(MODEL_REPO) --out build/bench-quick $(ARGS)
@@ -149,6 +150,10 @@ bench-cache: proto models
 bench-serving: proto models
 	$(PY) -m bench.serving_path --quick --model-repo $(MODEL_REPO) --out build/bench-serving
 	$(PY) -m bench.job_speed --quick --model-repo $(MODEL_REPO) --out build/bench-serving
+
+# One server process against two sharing a port (reuse_port), small and large calls (bench/results/processes.md).
+bench-processes: proto models
+	$(PY) -m bench.processes --model-repo $(MODEL_REPO)
 
 # Only 32-sentence requests over gRPC and REST against the in-process limit (bench/results/throughput.md).
 bench-throughput: proto models

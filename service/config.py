@@ -26,6 +26,9 @@ class Settings:
 
     host: str = "127.0.0.1"
     port: int = 50051
+    # Let several server processes listen on one port (SO_REUSEPORT; the kernel spreads connections over them), each
+    # with its own engine. Off: a second server on a port in use fails to start instead of sharing it by accident.
+    reuse_port: bool = False
     model_repo: str = "models"
     # Model ids to load; empty loads every model in the repository.
     models: tuple[str, ...] = ()

@@ -115,7 +115,7 @@ class EmbeddingServer:
                 # path and the few headers it adds), the same for direct callers; beyond, RESOURCE_EXHAUSTED.
                 ("grpc.max_metadata_size", METADATA_LIMIT_BYTES),
                 ("grpc.absolute_max_metadata_size", METADATA_LIMIT_BYTES),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", int(settings.reuse_port)),
                 # Accept the keepalive pings of the shipped client configuration (every 30 s, also between calls);
                 # gRPC's default would answer pings more often than every 5 min with GOAWAY (too_many_pings).
                 ("grpc.keepalive_permit_without_calls", 1),

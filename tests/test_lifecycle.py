@@ -13,7 +13,7 @@ import grpc
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
 from service._gen.embeddings.v1 import embeddings_pb2_grpc as pb_grpc
 from service._gen.embeddings.v1 import ops_pb2, ops_pb2_grpc
-from tests.serving import ROOT, ServerProcess
+from tests.serving import ROOT, ServerProcess, free_port
 from tests.test_observability import parse_metrics, value
 
 
@@ -98,3 +98,47 @@ def test_unknown_execution_provider_is_a_configuration_error(served_repo):
     )
     assert result.returncode == 2
     assert "NopeProvider" in result.stderr and "Traceback" not in result.stderr
+
+
+def _embeds(port: int) -> bool:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.EmbeddingServiceStub(channel)
+        return len(stub.Embed(pb.EmbedRequest(model="all-minilm-l6-v2", inputs=["x"]), timeout=60).embeddings) == 1
+
+
+def test_reuse_port_lets_two_servers_share_a_port_and_either_serves_it(served_repo):
+    port = free_port()
+    shared = ("--reuse-port", "true", "--port", str(port), "--inference-workers", "1")
+    first = ServerProcess(served_repo, *shared).start()
+    second = ServerProcess(served_repo, *shared)
+    try:
+        # Its health check on the shared port could be answered by the first: wait for its own log instead.
+        second.start(wait_ready=False)
+        end = time.monotonic() + 600
+        while "ready: serving" not in second.log:
+            assert second.proc is not None and second.proc.poll() is None and time.monotonic() < end, second.log
+            time.sleep(0.1)
+        assert first.port == second.port == port
+        first.signal(signal.SIGTERM)
+        assert first.wait(60) == 0
+        assert _embeds(port)  # the port is still served: by the second process
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_without_reuse_port_a_second_server_on_a_port_in_use_fails_to_start(served_repo):
+    port = free_port()
+    first = ServerProcess(served_repo, "--port", str(port)).start()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "service", "--model-repo", str(served_repo), "--port", str(port)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode != 0 and "Failed to bind" in result.stderr
+        assert _embeds(port)  # the first server is untouched
+    finally:
+        first.stop()
