@@ -24,7 +24,9 @@ measured; passes go shape by shape, each revision in turn (the order rotated eve
 of a shape lie close together in time; every pass first waits for a quiet machine (bench.lean.wait_quiet). Figures
 are medians over the repeats, and each revision is a ratio to the baseline's pass of the same repeat (paired), with
 the spread of those ratios; a change counts as beyond noise when the median ratio moves further than the A/A
-control's largest deviation (5% without one) and 4 of 5 repeats agree.
+control's median ratio moved in any shape or metric (two servers of the same code: at least 3%; 5% without a
+control) and two thirds of the pairs agree. Passes disturbed by other processes (more
+than 0.2 cores meanwhile) are left out with their pair. `--summarize revisions.json` re-renders a saved run.
 """
 
 from __future__ import annotations
@@ -65,7 +67,12 @@ COMPARABLE = {"cache_bytes": ("--cache-bytes", "0"), "solo_graph": ("--solo-grap
 PROBE = {"model": MODEL, "inputs": ["probe one", "probe two"]}
 LONG_TOKENS = 250  # a long text: STS-B sentences joined up to this many tokens (the model's limit is 256)
 DEFAULT_NOISE = 0.05  # the noise band without an A/A control
-AGREE = 0.8  # the share of repeats whose paired ratio must lie on the median's side
+MIN_NOISE = 0.03  # the least noise band an A/A control sets
+# A pass during which other processes used more than this many cores is disturbed: it (and its pair) is left out of
+# the medians and ratios while MIN_CLEAN repeats remain. Idle servers and Envoys of the run count as other: ~0.05.
+DISTURBED_CORES = 0.2
+MIN_CLEAN = 3
+AGREE = 2 / 3  # the share of pairs whose ratio must lie on the median's side
 
 
 # ---------------------------------------------------------------- shapes
@@ -466,51 +473,96 @@ async def measure(variants: list[Variant], plan: Plan, texts: Texts) -> list[Pas
 
 @dataclass
 class Cell:
-    """One variant's figure for one shape and metric: median over repeats, and the paired ratios to the baseline."""
+    """One variant's figure for one shape and metric: the median over its undisturbed repeats, and the per-repeat
+    ratios to the baseline's pass of the same repeat (pairs where either pass was disturbed left out)."""
 
     median: float
     values: list[float]
-    ratio: float = float("nan")  # median of the per-repeat ratios to the baseline's pass of the same repeat
+    ratio: float = float("nan")  # median of the paired ratios
     ratios: list[float] = field(default_factory=list)
+    clean: int = 0  # the repeats (or pairs) counted
     verdict: str = ""
 
 
-def summarize(results: list[PassResult], names: list[str], shapes: list[Shape], control: str | None):
-    by = {(r.variant, r.shape, r.repeat): r for r in results}
-    repeats = sorted({r.repeat for r in results})
+def summarize(passes: list[dict], names: list[str], shapes: list[Shape], control: str | None):
+    """Cells by variant, shape and metric, and the noise band. A pass during which other
+    processes used more than DISTURBED_CORES is left out (with its pair), unless fewer than MIN_CLEAN would be left."""
+    by = {(p["variant"], p["shape"], p["repeat"]): p for p in passes}
+    repeats = sorted({p["repeat"] for p in passes})
     base = names[0]
+
+    def calm(*keys: tuple[str, str, int]) -> bool:
+        return all(by[key]["other_cores"] <= DISTURBED_CORES for key in keys)
+
     table: dict[str, dict[str, dict[str, Cell]]] = {}
     for name in names:
         table[name] = {}
         for shape in shapes:
+            own = [r for r in repeats if calm((name, shape.key, r))]
+            own = own if len(own) >= MIN_CLEAN else repeats
+            pairs = [r for r in repeats if calm((name, shape.key, r), (base, shape.key, r))]
+            pairs = pairs if len(pairs) >= MIN_CLEAN else repeats
             cells = {}
             for metric in (*shape.metrics, "server_ms"):
-                values = [getattr(by[(name, shape.key, r)], metric) for r in repeats]
-                base_values = [getattr(by[(base, shape.key, r)], metric) for r in repeats]
-                ratios = [v / b for v, b in zip(values, base_values, strict=True)]
-                cells[metric] = Cell(median(values), values, median(ratios), ratios)
+                values = [by[(name, shape.key, r)][metric] for r in own]
+                ratios = [by[(name, shape.key, r)][metric] / by[(base, shape.key, r)][metric] for r in pairs]
+                cells[metric] = Cell(median(values), values, median(ratios), ratios, len(pairs))
             table[name][shape.key] = cells
-    noise: dict[tuple[str, str], float] = {}
-    for shape in shapes:
-        for metric in (*shape.metrics, "server_ms"):
-            band = DEFAULT_NOISE
-            if control is not None:
-                band = max(abs(r - 1) for r in table[control][shape.key][metric].ratios)
-            noise[(shape.key, metric)] = band
-            for name in names[1:]:
-                cell = table[name][shape.key][metric]
+    # The noise band: how far the A/A control's median ratio strayed from 1 in any cell (the same code on two
+    # servers: instance and machine noise on a median of this many repeats), one band for the whole run.
+    band = DEFAULT_NOISE
+    if control is not None:
+        band = max(MIN_NOISE, *(abs(cell.ratio - 1) for row in table[control].values() for cell in row.values()))
+    for name in names[1:]:
+        for shape in shapes:
+            for metric, cell in table[name][shape.key].items():
                 cell.verdict = verdict(cell, band, HIGHER_IS_BETTER[metric])
-    return table, noise
+    return table, band
 
 
 def verdict(cell: Cell, band: float, higher_is_better: bool) -> str:
     """ "better"/"worse" when the median ratio lies beyond the noise band and most repeats agree; "~" otherwise."""
     n = len(cell.ratios)
+    if n < MIN_CLEAN:
+        return "~"
     if cell.ratio > 1 + band and sum(r > 1 for r in cell.ratios) >= AGREE * n:
         return "better" if higher_is_better else "worse"
     if cell.ratio < 1 - band and sum(r < 1 for r in cell.ratios) >= AGREE * n:
         return "worse" if higher_is_better else "better"
     return "~"
+
+
+def pool(reports: list[dict]) -> dict:
+    """Saved runs of the same variants (names, commits, flags) and shapes as one, their repeats numbered on: the
+    ratios are paired within a repeat, so runs at different times pool; the absolute medians mix their states."""
+    first = reports[0]
+    same = [(v["name"], v["commit"], v["flags"]) for v in first["variants"]]
+    passes, offset, dates = [], 0, []
+    for report in reports:
+        if [(v["name"], v["commit"], v["flags"]) for v in report["variants"]] != same:
+            raise SystemExit("runs of different revisions or flags cannot be pooled")
+        if report["shapes"] != first["shapes"]:
+            raise SystemExit("runs of different shapes cannot be pooled")
+        passes += [{**p, "repeat": p["repeat"] + offset} for p in report["passes"]]
+        offset += report["plan"]["repeats"]
+        dates.append(report["machine"]["date"])
+    plan = {**first["plan"], "repeats": offset}
+    machine = {**first["machine"], "date": " and ".join(dates)}
+    pooled = {**first, "plan": plan, "machine": machine, "passes": passes, "load_after": reports[-1]["load_after"]}
+    return {**pooled, "runs": sum(report.get("runs", 1) for report in reports)}
+
+
+def finish(report: dict) -> dict:
+    """The report's table and noise bands, from its passes (also for a saved report: --summarize)."""
+    names = [v["name"] for v in report["variants"]]
+    shapes = [s for s in SHAPES if s.key in report["shapes"]]
+    control = next((name for name in names if name.endswith(" A/A")), None)
+    table, noise = summarize(report["passes"], names, shapes, control)
+    report["table"] = {
+        n: {s: {m: asdict(c) for m, c in row.items()} for s, row in rows.items()} for n, rows in table.items()
+    }
+    report["noise"] = noise
+    return report
 
 
 # ---------------------------------------------------------------- report
@@ -525,18 +577,24 @@ def markdown(report: dict) -> str:
     table, noise, passes = report["table"], report["noise"], report["passes"]
     names = [v["name"] for v in variants]
     base = names[0]
+    repeats = report["plan"]["repeats"]
     lines = [
         "# Revisions side by side",
         "",
         f"{facts['date']}; {facts['cpu']}, {facts['usable_cores']} usable cores; onnxruntime {facts['onnxruntime']}, "
         f"grpcio {facts['grpcio']}, Python {facts['python']} (one virtual environment for every revision). "
         f"`python -m bench.revisions`: {MODEL} alone, each revision's own server (default workers and threads) and "
-        f"Envoy configuration, started before any pass; {report['plan']['repeats']} repeat(s), shapes interleaved "
-        "across revisions (order rotated every repeat), every pass after a wait for a quiet machine. Figures: medians "
-        f"over the repeats; `x{base}`: the median of the per-repeat ratios to `{base}`'s pass of the same repeat "
-        "(latency: below 1 is faster; throughput: above 1 is faster), with their range in brackets; **better** / "
-        "**worse**: beyond the noise band (the A/A control's largest per-repeat deviation, or 5% without one) with "
-        f"{AGREE:.0%} of the repeats agreeing.",
+        f"Envoy configuration, started before any pass; {report['plan']['repeats']} repeat(s)"
+        + (f" ({report['runs']} runs pooled)" if report.get("runs", 1) > 1 else "")
+        + ", shapes interleaved "
+        "across revisions (order rotated every repeat), every pass after a wait for a quiet machine. A pass during "
+        f"which other processes used more than {DISTURBED_CORES} cores counts as disturbed and is left out (with "
+        f"its pair) while {MIN_CLEAN} repeats remain. Figures: medians over the repeats; `x{base}`: the median of the "
+        f"per-repeat ratios to `{base}`'s pass of the same repeat (latency: below 1 is faster; throughput: above 1 "
+        "is faster), with their range and the pairs counted in brackets; **better** / **worse**: beyond the noise "
+        f"band, ±{noise * 100:.0f}% in this run (the largest distance from 1 of the A/A control's median ratio in "
+        f"any row: two servers of the same code; at least {MIN_NOISE:.0%}, {DEFAULT_NOISE:.0%} without a control), "
+        f"with {AGREE:.0%} of the pairs agreeing.",
         "",
         "| revision | commit | server flags | model repository |",
         "|---|---|---|---|",
@@ -544,8 +602,8 @@ def markdown(report: dict) -> str:
     for v in variants:
         flags = " ".join(v["flags"]) or "defaults"
         lines.append(f"| {v['name']} | `{v['commit'][:7]}` {v['subject'][:60]} | `{flags}` | {v['model_note']} |")
-    header = "| shape | metric | " + " | ".join(names) + " | noise band |"
-    lines += ["", header, "|---|---|" + "---:|" * (len(names) + 1)]
+    header = "| shape | metric | " + " | ".join(names) + " |"
+    lines += ["", header, "|---|---|" + "---:|" * len(names)]
     for shape in shapes:
         for metric in (*shape.metrics, "server_ms"):
             unit = UNITS.get(metric, "server CPU ms/call")
@@ -555,15 +613,14 @@ def markdown(report: dict) -> str:
                 text = fmt(cell["median"])
                 if name != base:
                     low, high = min(cell["ratios"]), max(cell["ratios"])
-                    text += f" ({cell['ratio']:.2f}x [{low:.2f}-{high:.2f}])"
+                    text += f" ({cell['ratio']:.2f}x [{low:.2f}-{high:.2f}; {cell['clean']}/{repeats}])"
                     if cell["verdict"] in ("better", "worse"):
                         text += f" **{cell['verdict']}**"
                 row.append(text)
-            row.append(f"±{noise[f'{shape.key} {metric}'] * 100:.0f}%")
             lines.append("| " + " | ".join(row) + " |")
     load = [median([p["other_cores"] for p in passes if p["variant"] == name]) for name in names]
     lines.append("| other processes' CPU during the passes | cores, median | " + " | ".join(f"{x:.2f}" for x in load))
-    lines[-1] += " | |"
+    lines[-1] += " |"
     others = [p["other_cores"] for p in passes]
     waits = [p["waited_s"] for p in passes]
     gave_up = sum(w >= report["plan"]["quiet_wait_s"] - 0.5 for w in waits)
@@ -586,7 +643,7 @@ def markdown(report: dict) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.revisions", description=__doc__.split("\n")[0])
-    parser.add_argument("--rev", action="append", required=True, metavar="NAME=REV", help="the first: the baseline")
+    parser.add_argument("--rev", action="append", metavar="NAME=REV", help="the first: the baseline")
     parser.add_argument("--quick", action="store_true", help="one short repeat (to check the set-up)")
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--model-repo", type=Path, default=ROOT / "models", help="tried first for every revision")
@@ -596,11 +653,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quiet-wait", type=float, default=10.0, help="seconds a pass waits for a quiet machine")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--keep", action="store_true", help="leave the worktrees and logs (printed) for debugging")
+    parser.add_argument(
+        "--summarize", type=Path, nargs="+", metavar="JSON", help="only re-render saved runs (several: pooled)"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.summarize:
+        report = finish(pool([json.loads(path.read_text()) for path in args.summarize]))
+        write_report("revisions", markdown(report), report, args.out)
+        return 0
+    if not args.rev:
+        raise SystemExit("--rev NAME=REV is required (twice at least)")
     revs = []
     for spec in args.rev:
         name, sep, rev = spec.partition("=")
@@ -642,14 +708,10 @@ def main(argv: list[str] | None = None) -> int:
                 subprocess.run(["git", "worktree", "remove", "--force", str(tree.path)], cwd=ROOT, check=False)
             git("worktree", "prune")
             shutil.rmtree(work, ignore_errors=True)
-    names = [v.name for v in variants]
-    shapes = plan.shapes()
-    control = next((v.name for v in variants if v.name.endswith(" A/A")), None)
-    table, noise = summarize(results, names, shapes, control)
     report = {
         "machine": machine_facts(),
         "plan": asdict(plan),
-        "shapes": [s.key for s in shapes],
+        "shapes": [s.key for s in plan.shapes()],
         "variants": [
             {
                 "name": v.name,
@@ -661,14 +723,11 @@ def main(argv: list[str] | None = None) -> int:
             }
             for v in variants
         ],
-        "table": {
-            n: {s: {m: asdict(c) for m, c in row.items()} for s, row in rows.items()} for n, rows in table.items()
-        },
-        "noise": {f"{s} {m}": band for (s, m), band in noise.items()},
         "passes": [asdict(r) for r in results],
         "load_before": load_before,
         "load_after": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
     }
+    report = finish(report)
     write_report("revisions", markdown(report), report, args.out)
     return 0
 
