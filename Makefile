@@ -10,7 +10,7 @@ BUF    := build/npm/node_modules/.bin/buf
 # from there (never from a CDN).
 SWAGGER_UI := service/console/swagger-ui/.installed
 
-.PHONY: all setup proto wheel stubs models run run-grpc cluster test test-quick test-slow test-clients lint breaking bench bench-quick bench-serving bench-throughput bench-cache bench-processes screenshots clean
+.PHONY: all setup proto wheel stubs models run run-grpc cluster test test-quick test-slow test-clients lint breaking bench bench-quick bench-serving bench-throughput bench-cache bench-processes bench-revisions screenshots clean
 
 all: setup proto models
 
@@ -145,6 +145,13 @@ bench-quick: proto models
 # The embedding cache alone, against the same server without it (bench/results/cache.md, ~2 min).
 bench-cache: proto models
 	$(PY) -m bench.cache --model-repo $(MODEL_REPO)
+
+# A/B of git revisions served side by side (bench/results/revisions.md, ~20 min): the last commit before the
+# architecture refactor, main right after it merged, and HEAD (with the cache and solo graph off, and with its
+# defaults); REVS=... to compare others (the first is the baseline).
+REVS ?= --rev before=de42286 --rev arch=a08db61 --rev main=HEAD
+bench-revisions: proto models
+	$(PY) -m bench.revisions --model-repo $(MODEL_REPO) $(REVS) $(ARGS)
 
 # The serving path and jobs alone, one short pass each (~5 min): build/bench-serving/{serving_path,job_speed}.md.
 bench-serving: proto models

@@ -34,8 +34,10 @@ START_TIMEOUT_S = 600.0
 class ServerProcess:
     """`python -m service` with its log captured; `port` is known once it listens."""
 
-    def __init__(self, model_repo: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, model_repo: Path, *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> None:
+        """`cwd`: the tree whose `service` package runs (bench.revisions serves other checkouts of the repository)."""
         self.model_repo = model_repo
+        self.cwd = cwd
         # Each server gets its own job store unless the caller shares one (restart tests do).
         self.data_dir = Path(tempfile.mkdtemp(prefix="embed-data-")) if "--data-dir" not in args else None
         own_data = ["--data-dir", str(self.data_dir)] if self.data_dir else []
@@ -57,7 +59,7 @@ class ServerProcess:
     def start(self, timeout: float = START_TIMEOUT_S, wait_ready: bool = True) -> ServerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service", *self.args],
-            cwd=ROOT,
+            cwd=self.cwd,
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
