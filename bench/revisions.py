@@ -37,7 +37,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,7 +51,7 @@ from bench.common import machine_facts
 from bench.lean import Measured, Snapshot, grpc_calls, http_calls, http_request, median, percentile, run, wait_quiet
 from bench.report import RESULTS, write_report
 from service._gen.embeddings.v1 import embeddings_pb2 as pb
-from tests.serving import ServerProcess, free_port
+from tests.serving import EnvoyProcess, ServerProcess, free_port
 from tests.stsb import load_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -241,13 +240,14 @@ class Variant:
     tree: Tree
     flags: list[str]
     server: ServerProcess | None = None
-    envoy: subprocess.Popen | None = None
+    envoy: EnvoyProcess | None = None
     envoy_port: int = 0
     channel: grpc.aio.Channel | None = None
 
     @property
     def pids(self) -> list[int]:
-        return [p.pid for p in (self.server.proc if self.server else None, self.envoy) if p is not None]
+        procs = (self.server.proc if self.server else None, self.envoy.proc if self.envoy else None)
+        return [p.pid for p in procs if p is not None]
 
     def start(self, model_repo: Path, log_dir: Path) -> None:
         tree = self.tree
@@ -282,27 +282,12 @@ class Variant:
             "print(json.dumps(envoy_command(p)))"
         )
         command = json.loads(self.tree.python("-c", script, str(self.envoy_port), str(self.server.port), str(config)))
-        with (log_dir / f"{self.name}.envoy.log").open("w") as log:
-            self.envoy = subprocess.Popen(command, cwd=self.tree.path, stdout=log, stderr=subprocess.STDOUT)
-        end = time.monotonic() + 60
-        while time.monotonic() < end:
-            if self.envoy.poll() is not None:
-                raise SystemExit(f"{self.name}: envoy exited:\n{(log_dir / f'{self.name}.envoy.log').read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.envoy_port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise SystemExit(f"{self.name}: envoy did not listen")
+        log = log_dir / f"{self.name}.envoy.log"
+        self.envoy = EnvoyProcess.prepared(self.envoy_port, command, self.tree.path, log).start(timeout=60)
 
     def stop(self, log_dir: Path) -> None:
-        if self.envoy is not None and self.envoy.poll() is None:
-            self.envoy.terminate()
-            try:
-                self.envoy.wait(10)
-            except subprocess.TimeoutExpired:
-                self.envoy.kill()
-                self.envoy.wait()
+        if self.envoy is not None:
+            self.envoy.stop()
         if self.server is not None:
             self.server.stop()
             (log_dir / f"{self.name}.server.log").write_text(self.server.log)
@@ -411,7 +396,7 @@ async def one_pass(variant: Variant, shape: Shape, calls: list[list[str]], plan:
     assert variant.server is not None and variant.server.proc is not None
     requests = payloads(shape, calls)
     waited = wait_quiet(quiet, plan.quiet_wait_s) if repeat >= 0 else 0.0
-    envoy_pid = variant.envoy.pid if shape.path == "rest" and variant.envoy else None
+    envoy_pid = variant.envoy.proc.pid if shape.path == "rest" and variant.envoy and variant.envoy.proc else None
     before = Snapshot.take(variant.server.proc.pid, envoy_pid)
     if shape.path == "grpc":
         assert variant.channel is not None

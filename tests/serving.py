@@ -161,8 +161,19 @@ class EnvoyProcess:
         self.admin_port = admin_port
         ports = GatewayPorts(self.port, upstream_port, admin=admin_port)
         self.config = write_rendered(ports, tmp_dir / "envoy.yaml", otlp_endpoint, upstreams=upstreams)
+        self.command = envoy_command(self.config)
+        self.cwd = ROOT
         self.proc: subprocess.Popen | None = None
         self.log_path = tmp_dir / "envoy.log"
+
+    @classmethod
+    def prepared(cls, port: int, command: Sequence[str], cwd: Path, log_path: Path) -> EnvoyProcess:
+        """An Envoy whose configuration another tree rendered (bench.revisions): `command` run in `cwd`, listening
+        on `port`."""
+        envoy = cls.__new__(cls)
+        envoy.port, envoy.admin_port, envoy.config = port, 0, None
+        envoy.command, envoy.cwd, envoy.proc, envoy.log_path = list(command), cwd, None, log_path
+        return envoy
 
     @property
     def base_url(self) -> str:
@@ -170,7 +181,7 @@ class EnvoyProcess:
 
     def start(self, timeout: float = 30.0) -> EnvoyProcess:
         with self.log_path.open("w") as log:
-            self.proc = subprocess.Popen(envoy_command(self.config), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(self.command, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT)
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.proc.poll() is not None:
