@@ -126,4 +126,8 @@ def test_any_long_mix_truncates_exactly(engine, reference, pieces, shift):
     unit = "".join(piece + separator for piece, separator in pieces) + " "
     text = "w" * shift + " " + unit * (2 * MAX_CHARS // len(unit) + 2)
     (item,) = engine.encode([text], truncate=True)
-    assert item.ids.tolist() == reference.encode(text).ids
+    if item.ids.tolist() != reference.encode(text).ids:
+        # The one documented exception (service/engine/tokenize.py): the first MAX_CHARS characters hold fewer
+        # tokens than the limit (e.g. words too long for the vocabulary, each one [UNK]): embedded as cut there.
+        prefix = reference.encode(text[:MAX_CHARS]).ids
+        assert len(prefix) < LIMIT and item.ids.tolist() == prefix
