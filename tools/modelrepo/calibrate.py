@@ -1,8 +1,13 @@
 """Calibrate the int8/uint8 vector types: each dimension's range over a fixed corpus, stored in the manifest.
 
-The corpus is the STS Benchmark's dev split (3,000 sentences, CC BY-SA 4.0, in tests/data/stsbenchmark), so the
-test split stays unseen for the quality figures. Ranges are kept for every size a caller may ask for (the full
-dimensions and each shortened one), normalized and not, since shortening re-normalizes and scales every value.
+The corpus is every third sentence of the STS Benchmark's dev split (1,000 of its 3,000 sentences, every genre;
+CC BY-SA 4.0, in tests/data/stsbenchmark), so the test split stays unseen for the quality figures. A third is
+enough for a per-dimension maximum: on the test split, all-MiniLM-L6-v2's int8 Spearman was 82.13 with it and
+82.09 with all 3,000 (0.12% of test values clipped, 0.03% with all), and calibrating a 110M-parameter model takes
+a third of the time (~25 s instead of ~75 s on 2 cores, for each of its variants).
+
+Ranges are kept for every size a caller may ask for (the full dimensions and each shortened one), normalized and
+not, since shortening re-normalizes and scales every value.
 """
 
 from __future__ import annotations
@@ -26,16 +31,18 @@ from tools.modelrepo.verify import tokenize
 
 CORPUS = Path(__file__).resolve().parents[2] / "tests" / "data" / "stsbenchmark" / "sts-dev.csv"
 BATCH = 128
+EVERY = 3  # every third sentence of the corpus
 
 
-def corpus_sentences(path: Path = CORPUS) -> list[str]:
-    """Both sentences of every pair (fields 6 and 7 of the tab-separated file), in file order."""
+def corpus_sentences(path: Path = CORPUS, every: int = EVERY) -> list[str]:
+    """Both sentences of every pair (fields 6 and 7 of the tab-separated file), in file order, then every
+    `every`-th of them (the file is grouped by genre: a stride samples each one)."""
     sentences = []
     for line in path.read_text(encoding="utf-8").splitlines():
         parts = line.split("\t")
         if len(parts) >= 7:
             sentences += [parts[5], parts[6]]
-    return sentences
+    return sentences[::every]
 
 
 def pooled_vectors(model_dir: Path, manifest: ModelManifest, texts: list[str]) -> np.ndarray:
@@ -74,7 +81,11 @@ def calibrate(model_dir: Path, force: bool = False) -> bool:
     ranges = ranges_for(manifest, pooled_vectors(model_dir, manifest, sentences))
     provenance = {
         **manifest.provenance,
-        "calibration": {"corpus": "STS Benchmark dev split", "sentences": len(sentences), "sha256": digest},
+        "calibration": {
+            "corpus": f"STS Benchmark dev split, 1 sentence in {EVERY}",
+            "sentences": len(sentences),
+            "sha256": digest,
+        },
     }
     calibrated = replace(manifest, quantization_ranges=ranges, provenance=provenance)
     staged = model_dir / f".{MANIFEST_FILE}.calibrating"
