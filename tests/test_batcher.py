@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from service.engine.batcher import Batcher, BatchFailed, BatchLimits, DeadlineExceeded, QueueFull
+from service.engine.threads import InferenceThreads
 from service.engine.tokenize import TokenizedInput
 
 
@@ -44,8 +44,9 @@ class RecordingBackend:
 
 @pytest.fixture
 def executor():
-    with ThreadPoolExecutor(1) as pool:
-        yield pool
+    threads = InferenceThreads(1)
+    yield threads
+    threads.shutdown()
 
 
 def make(backend, executor, **limits) -> Batcher:
@@ -144,7 +145,7 @@ async def test_concurrent_batches_run_in_parallel(executor):
             return super().embed(batch, solo)
 
     backend = Overlap()
-    with ThreadPoolExecutor(2) as pool:
+    with InferenceThreads(2) as pool:
         batcher = make(backend, pool, max_batch_size=2, concurrent_batches=2)
         out = await batcher.embed([tokens(3, i) for i in range(8)])
         await batcher.close()
@@ -274,7 +275,7 @@ async def test_background_work_leaves_a_slot_for_interactive_calls():
     """While interactive calls are about (one came within the grace, here a minute), a job never takes the last
     slot: the next call finds it free."""
     backend = Tracking()
-    with ThreadPoolExecutor(2) as pool:
+    with InferenceThreads(2) as pool:
         batcher = make(backend, pool, concurrent_batches=2, background_batch_size=4, interactive_grace_s=60.0)
         await batcher.embed([tokens(3, 1)])
         job = asyncio.ensure_future(batcher.embed([tokens(3, 100 + i) for i in range(40)], background=True))
@@ -292,7 +293,7 @@ async def test_a_job_uses_every_slot_of_an_idle_engine_and_small_batches_in_the_
     """No interactive call about: the job runs in both slots, in the last one batches of at most
     `background_spare_tokens` (one 3-token input here); a call arriving meanwhile is served before the job ends."""
     backend = Tracking()
-    with ThreadPoolExecutor(2) as pool:
+    with InferenceThreads(2) as pool:
         batcher = make(
             backend, pool, concurrent_batches=2, background_batch_size=4, background_spare_tokens=3,
             interactive_grace_s=0.0,

@@ -11,6 +11,7 @@ per accepted job) and `job_tokens` (the tokens of each embedded chunk, so a job'
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -25,7 +26,13 @@ OPEN_KEY_ID = "open"  # calls made while the server runs without keys
 
 
 def utc_day(now: float) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(now))
+    """The UTC date of a Unix time, as usage rows name days (every call asks: formatted once a day)."""
+    return _day_name(int(now // 86_400))
+
+
+@functools.lru_cache(maxsize=4)
+def _day_name(day: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(day * 86_400))
 
 
 class UsageMeter:

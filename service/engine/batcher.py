@@ -27,13 +27,13 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from service.engine.errors import DeadlineExceeded, QueueFull
+from service.engine.threads import InferenceThreads
 from service.engine.tokenize import TokenizedInput
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ class _Share:
 
 
 class Batcher:
-    def __init__(self, name: str, encoder: Encoder, executor: Executor, limits: BatchLimits) -> None:
+    def __init__(self, name: str, encoder: Encoder, executor: InferenceThreads, limits: BatchLimits) -> None:
         self.name = name
         self._encoder = encoder
         self._executor = executor

@@ -23,6 +23,7 @@ from service.engine.manifest import MANIFEST_FILE, TOKENIZER_FILE, ManifestError
 from service.engine.model import INPUT_TYPES, ServedModel
 from service.engine.pooling import EmbeddingHead
 from service.engine.prompts import Prompts
+from service.engine.threads import InferenceThreads
 from service.engine.tokenize import TextTokenizer, TokenizedInput
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ class ModelRegistry:
             solo_graph=options.solo_graph,
         )
         # One thread per batch in flight, shared by all models: they compete for the same cores.
-        self._inference = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="inference")
+        self._inference = InferenceThreads(self._workers)
         self._tokenize = ThreadPoolExecutor(max_workers=max(1, options.tokenizer_threads), thread_name_prefix="tok")
         self._limits = replace(batching, concurrent_batches=self._workers)
         self._loaded: list[_Loaded] = []
@@ -264,7 +265,7 @@ class ModelRegistry:
     async def close(self) -> None:
         for model in self._models:
             await model.batcher.close()
-        self._inference.shutdown(wait=True, cancel_futures=True)
+        self._inference.shutdown(wait=True)
         self._tokenize.shutdown(wait=True, cancel_futures=True)
         await self.cache.close()
 
