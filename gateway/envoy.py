@@ -115,6 +115,11 @@ def add_tracing(config: dict, otlp_endpoint: str) -> None:
 BODY_CHECKS = "body_checks"
 # The largest body a retry can replay (the buffer filter's cap on sync requests).
 RETRY_BUFFER_BYTES = 16 * 1024 * 1024
+# The upstream Lua filter that holds a retry-safe call's response until it is complete (gateway/hold_response.lua),
+# and the key of the routes' metadata that turns it on.
+HOLD_RESPONSE = "hold_response"
+# What the retry-safe routes retry on.
+RETRY_ON_RESET = "reset,connect-failure,refused-stream,unavailable"
 
 
 def parse_address(text: str, default_port: int = 50051) -> tuple[str, int]:
@@ -177,7 +182,10 @@ def add_replicas(config: dict, upstreams: Sequence[tuple[str, int]], dns: bool =
     - retries (4, each to another replica, with back-off) of the contract's retry-safe calls (embeddings, reads)
       on reset, connect failure, refused stream and gRPC UNAVAILABLE, so the calls in flight on a replica that dies
       are answered by another; other calls (job submission, key creation, ...) only when they never reached a
-      replica. A retry budget keeps retries from amplifying an overload: at
+      replica. The retry-safe calls' responses are held on the cluster (an upstream filter,
+      gateway/hold_response.lua) until complete: Envoy's router retries only until it has a response's headers,
+      and the server sends those ahead of the message, so a replica killed in between would fail the call.
+      A retry budget keeps retries from amplifying an overload: at
       most half as many retries in flight as requests (at least 10), enough to replay what a dead replica of two
       had in flight.
     """
@@ -223,17 +231,31 @@ def add_replicas(config: dict, upstreams: Sequence[tuple[str, int]], dns: bool =
     cluster["circuit_breakers"] = {
         "thresholds": [{"retry_budget": {"budget_percent": {"value": 50.0}, "min_retry_concurrency": 10}}]
     }
+    protocol = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    protocol["http_filters"] = [
+        {
+            "name": HOLD_RESPONSE,
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                "default_source_code": {"filename": str(PACKAGE_DIR / "hold_response.lua")},
+            },
+        },
+        {
+            "name": "envoy.filters.http.upstream_codec",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
+            },
+        },
+    ]
     routes = _manager(config)["route_config"]["virtual_hosts"][0]["routes"]
     catch_all = routes[-1]
     matches = retry_safe_matches(contract_policies())
     idempotent = [
         {
             "match": match,
-            "route": {
-                **catch_all["route"],
-                "retry_policy": _retry_policy("reset,connect-failure,refused-stream,unavailable"),
-            },
+            "route": {**catch_all["route"], "retry_policy": _retry_policy(RETRY_ON_RESET)},
             "request_body_buffer_limit": RETRY_BUFFER_BYTES,
+            "metadata": {"filter_metadata": {HOLD_RESPONSE: {"hold": True}}},
         }
         for match in matches
     ]
@@ -244,8 +266,9 @@ def add_replicas(config: dict, upstreams: Sequence[tuple[str, int]], dns: bool =
         if "route" not in route:  # a direct response
             continue
         if route["match"].get("path") in safe_rest and "headers" not in route["match"]:
-            route["route"]["retry_policy"] = _retry_policy("reset,connect-failure,refused-stream,unavailable")
+            route["route"]["retry_policy"] = _retry_policy(RETRY_ON_RESET)
             route["request_body_buffer_limit"] = RETRY_BUFFER_BYTES
+            route.setdefault("metadata", {}).setdefault("filter_metadata", {})[HOLD_RESPONSE] = {"hold": True}
         else:
             route["route"]["retry_policy"] = _retry_policy("connect-failure,refused-stream")
     routes[-1:-1] = idempotent

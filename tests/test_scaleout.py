@@ -3,14 +3,16 @@
 What a client must not notice: a key created through one replica works on the other; a per-key limit holds across
 both combined; an async job whose replica is SIGKILLed completes on the other with every vector exactly once and
 one webhook delivery; and under concurrent load, SIGKILL of a replica fails no request (Envoy retries the killed
-replica's in-flight calls on the other and stops routing to it). One cluster for the module; a killed replica is
-started again on the same port for the next test.
+replica's in-flight calls on the other and stops routing to it), even a replica that dies after the headers of its
+answer. One cluster for the module; a killed replica is started again on the same port for the next test.
 """
 
 from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -23,7 +25,7 @@ import pytest
 
 from service._gen.embeddings.v1 import admin_pb2, admin_pb2_grpc, embeddings_pb2, embeddings_pb2_grpc
 from service.access.records import NewKey
-from tests.serving import EnvoyProcess, ServerProcess, free_port, http
+from tests.serving import ROOT, EnvoyProcess, ServerProcess, free_port, http
 from tests.shared_stores import temp_redis_prefix, temp_schema
 from tests.stsb import load_pairs
 from tests.test_async_jobs import Receiver, wait_for
@@ -70,13 +72,10 @@ class Cluster:
         wait_for(self.all_healthy_in_envoy, timeout=60)  # health-checked and no longer ejected
 
     def all_healthy_in_envoy(self) -> bool:
-        flags = [line for line in self._clusters() if "::health_flags::" in line]
-        return len(flags) == len(self.ports) and all(line.endswith("::healthy") for line in flags)
+        return all_healthy_in(self.envoy, len(self.ports))
 
     def _clusters(self) -> list[str]:
-        url = f"http://127.0.0.1:{self.envoy.admin_port}/clusters"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.read().decode().splitlines()
+        return envoy_clusters(self.envoy)
 
     def host_requests(self) -> dict[int, int]:
         """Requests Envoy sent to each replica (its admin /clusters)."""
@@ -87,15 +86,32 @@ class Cluster:
             counts[port] = int(line.rsplit("::", 1)[1])
         return counts
 
-    def envoy_stats(self, pattern: str) -> str:
-        url = f"http://127.0.0.1:{self.envoy.admin_port}/stats?filter={pattern}"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.read().decode()
+    def envoy_stats(self, pattern: str) -> dict[str, int]:
+        return envoy_stats(self.envoy, pattern)
 
     def stop(self) -> None:
         self.envoy.stop()
         for replica in self.replicas:
             replica.stop()
+
+
+def envoy_clusters(envoy: EnvoyProcess) -> list[str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{envoy.admin_port}/clusters", timeout=10) as response:
+        return response.read().decode().splitlines()
+
+
+def all_healthy_in(envoy: EnvoyProcess, hosts: int) -> bool:
+    """Whether Envoy has all `hosts` replicas healthy (health-checked, not ejected)."""
+    flags = [line for line in envoy_clusters(envoy) if "::health_flags::" in line]
+    return len(flags) == hosts and all(line.endswith("::healthy") for line in flags)
+
+
+def envoy_stats(envoy: EnvoyProcess, pattern: str) -> dict[str, int]:
+    """Envoy's counters and gauges matching `pattern` (a regex), by name."""
+    url = f"http://127.0.0.1:{envoy.admin_port}/stats?filter={pattern}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        lines = response.read().decode().splitlines()
+    return {name: int(value) for name, _, value in (line.partition(": ") for line in lines) if value.isdigit()}
 
 
 @pytest.fixture(scope="module")
@@ -284,3 +300,57 @@ def test_sigkill_of_a_replica_under_concurrent_load_fails_no_request(cluster: Cl
     stats = cluster.envoy_stats("retry|rq_reset|outlier|health_check|cx_connect_fail")
     assert failures == [], f"{len(failures)} failed requests, first: {failures[:1]!r}\n{stats}"
     assert len(ok) >= at_kill + 120
+
+
+@pytest.mark.parametrize("api", ["rest", "grpc"])
+def test_a_replica_killed_between_the_headers_and_the_body_of_its_answer_is_retried(
+    cluster: Cluster, tmp_path: Path, api: str
+) -> None:
+    """The server sends an answer's headers (openai-processing-ms, x-ratelimit-*) ahead of its message; a replica
+    SIGKILLed in between left Envoy with a response begun, which it never retries (a 503 "reset before headers").
+    Envoy holds retry-safe calls' responses until complete (gateway/hold_response.lua), so such a call is answered
+    by the other replica. Here one replica always dies just there (tests/dying_replica.py); calls go until one has
+    landed on it."""
+    from openai import OpenAI
+
+    marker, port = tmp_path / "died", free_port()
+    dying = subprocess.Popen(
+        [sys.executable, "-m", "tests.dying_replica", str(port), str(marker)], cwd=ROOT, stdout=subprocess.PIPE
+    )
+    envoy = EnvoyProcess(
+        cluster.ports[0],
+        tmp_path,
+        admin_port=free_port(),
+        upstreams=[("127.0.0.1", cluster.ports[0]), ("127.0.0.1", port)],
+    )
+    try:
+        assert dying.stdout is not None and dying.stdout.readline() == b"ready\n"
+        cluster.replicas[0].wait_serving(120)
+        envoy.start()
+        wait_for(lambda: all_healthy_in(envoy, 2), timeout=60)
+        client = OpenAI(base_url=f"{envoy.base_url}/v1", api_key=cluster.admin_token, max_retries=0)
+        with grpc.insecure_channel(f"127.0.0.1:{envoy.port}") as channel:
+            stub = embeddings_pb2_grpc.EmbeddingServiceStub(channel)
+            for _ in range(200):  # each call lands on the dying replica with probability 1/2
+                if api == "rest":
+                    raw = client.embeddings.with_raw_response.create(model=FP32, input=["headers, then death"])
+                    assert raw.headers.get("openai-processing-ms") is not None
+                    assert len(raw.parse().data[0].embedding) == 384
+                else:
+                    reply = stub.Embed(
+                        embeddings_pb2.EmbedRequest(model=FP32, inputs=["headers, then death"]),
+                        metadata=auth(cluster.admin_token),
+                        timeout=60,
+                    )
+                    assert len(reply.embeddings[0].values) == 384
+                if marker.exists():
+                    break
+        assert marker.exists(), "no call reached the dying replica"
+        assert dying.wait(30) == -signal.SIGKILL
+        stats = envoy_stats(envoy, "retry|rq_reset_after")
+        assert stats["http.api.rq_reset_after_downstream_response_started"] == 0, stats
+        assert stats["cluster.embeddings_grpc.upstream_rq_retry_success"] == 1, stats
+    finally:
+        envoy.stop()
+        dying.kill()
+        dying.wait()

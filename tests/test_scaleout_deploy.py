@@ -10,7 +10,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.envoy import CONFIG, ROOT, GatewayPorts, render, validate, write_rendered
+from gateway.envoy import (
+    CONFIG,
+    HOLD_RESPONSE,
+    ROOT,
+    GatewayPorts,
+    _route_for,
+    render,
+    request_paths,
+    validate,
+    write_rendered,
+)
+from service.policy import CONTRACT_MODULES, contract_policies, file_protos
 
 K8S = ROOT / "deploy" / "k8s"
 
@@ -62,6 +73,39 @@ def test_replicas_get_balancing_health_checks_and_retries_only_where_safe() -> N
     assert policies["/embeddings.v1.FileService/CreateFile"] == "connect-failure,refused-stream"
     assert "reset" in policies["/embeddings.v1.BatchService/RetrieveBatch"]
     assert "reset" in policies["/embeddings.v1.FileService/ListFiles"]
+
+
+def test_the_responses_of_calls_retried_on_reset_are_held_until_complete() -> None:
+    """Envoy retries only until it has a response's headers, which the server sends ahead of the message: the
+    routes retried on reset hold their responses on the cluster (gateway/hold_response.lua) until complete, so a
+    replica dying in between is retried. No other route is held, and none of them answers with a stream (held
+    whole, a stream would not stream)."""
+    config = render(GatewayPorts(), upstreams=[("127.0.0.1", 50061), ("127.0.0.1", 50062)])
+    protocol = config["static_resources"]["clusters"][0]["typed_extension_protocol_options"]
+    [filters] = [options["http_filters"] for options in protocol.values()]
+    assert [f["name"] for f in filters] == [HOLD_RESPONSE, "envoy.filters.http.upstream_codec"]
+    assert Path(filters[0]["typed_config"]["default_source_code"]["filename"]).is_file()
+    held = {
+        id(route)
+        for route in _routes(config)
+        if route.get("metadata", {}).get("filter_metadata", {}).get(HOLD_RESPONSE)
+    }
+    on_reset = {id(route) for route in _routes(config) if "reset" in route["route"]["retry_policy"]["retry_on"]}
+    assert held == on_reset and held
+    streamed = {
+        f"/{proto.package}.{service.name}/{method.name}"
+        for proto in file_protos(CONTRACT_MODULES)
+        for service in proto.service
+        for method in service.method
+        if method.server_streaming
+    }
+    assert streamed  # file downloads
+    for grpc_path, paths in request_paths(file_protos(CONTRACT_MODULES)).items():
+        for path in paths:
+            route = _route_for(_routes(config), path)
+            if id(route) in held:
+                assert grpc_path not in streamed, f"{path} streams its answer, but its route holds it"
+                assert contract_policies()[grpc_path].retry_safe, path
 
 
 def _manifests() -> dict[str, dict]:
