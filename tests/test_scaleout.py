@@ -4,7 +4,8 @@ What a client must not notice: a key created through one replica works on the ot
 both combined; an async job whose replica is SIGKILLed completes on the other with every vector exactly once and
 one webhook delivery; and under concurrent load, SIGKILL of a replica fails no request (Envoy retries the killed
 replica's in-flight calls on the other and stops routing to it), even a replica that dies after the headers of its
-answer. One cluster for the module; a killed replica is started again on the same port for the next test.
+answer, and a call that a replica answers UNAVAILABLE (starting, shutting down) after its headers is answered by the
+other. One cluster for the module; a killed replica is started again on the same port for the next test.
 """
 
 from __future__ import annotations
@@ -354,3 +355,146 @@ def test_a_replica_killed_between_the_headers_and_the_body_of_its_answer_is_retr
         envoy.stop()
         dying.kill()
         dying.wait()
+
+
+class StandIns:
+    """Envoy in front of `modes` stand-in replicas (tests/dying_replica.py: "unavailable", "invalid") and, with
+    `good`, the cluster's first replica. `reached(i)`: whether a call got to stand-in i."""
+
+    def __init__(self, cluster: Cluster, tmp: Path, modes: list[str], good: bool) -> None:
+        self.cluster, self.markers, self.ports = cluster, [tmp / f"reached-{i}" for i in range(len(modes))], []
+        self.processes = []
+        for marker, mode in zip(self.markers, modes, strict=True):
+            port = free_port()
+            self.ports.append(port)
+            self.processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "tests.dying_replica", str(port), str(marker), mode],
+                    cwd=ROOT,
+                    stdout=subprocess.PIPE,
+                )
+            )
+        upstreams = [("127.0.0.1", port) for port in ([cluster.ports[0]] if good else []) + self.ports]
+        self.envoy = EnvoyProcess(cluster.ports[0], tmp, admin_port=free_port(), upstreams=upstreams)
+        self.hosts = len(upstreams)
+
+    def __enter__(self) -> StandIns:
+        try:
+            for process in self.processes:
+                assert process.stdout is not None and process.stdout.readline() == b"ready\n"
+            self.cluster.replicas[0].wait_serving(120)
+            self.envoy.start()
+            wait_for(lambda: all_healthy_in(self.envoy, self.hosts), timeout=60)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.envoy.stop()
+        for process in self.processes:
+            process.kill()
+            process.wait()
+
+    def reached(self, i: int = 0) -> bool:
+        return self.markers[i].exists()
+
+    def rest(self, token: str) -> tuple[int, dict, dict]:
+        body = {"model": FP32, "input": ["headers, then an error"]}
+        status, headers, raw = http(self.envoy, "POST", "/v1/embeddings", body, {"authorization": f"Bearer {token}"})
+        return status, headers, json.loads(raw)
+
+    def grpc(self, token: str) -> tuple[grpc.StatusCode, str, dict, embeddings_pb2.EmbedResponse | None]:
+        """(code, details, initial metadata, reply) of one Embed."""
+        with grpc.insecure_channel(f"127.0.0.1:{self.envoy.port}") as channel:
+            stub = embeddings_pb2_grpc.EmbeddingServiceStub(channel)
+            call = stub.Embed.future(
+                embeddings_pb2.EmbedRequest(model=FP32, inputs=["headers, then an error"]),
+                metadata=auth(token),
+                timeout=60,
+            )
+            try:
+                reply = call.result()
+            except grpc.RpcError:
+                reply = None
+            return call.code(), call.details(), dict(call.initial_metadata() or ()), reply
+
+    def stats(self) -> dict[str, int]:
+        return envoy_stats(self.envoy, "retry|rq_reset_after|rq_timeout")
+
+
+@pytest.mark.parametrize("api", ["rest", "grpc"])
+def test_a_replica_answering_unavailable_after_its_headers_is_retried_on_the_other(
+    cluster: Cluster, tmp_path: Path, api: str
+) -> None:
+    """A replica starting or shutting down answers UNAVAILABLE, after its headers when the call has some (REST errors,
+    calls with an API key), so in the trailers, where Envoy's retry on `unavailable` does not look. The hold
+    (gateway/hold_response.lua) moves it into the headers: the call is answered by the other replica. Calls go
+    until one has landed on the stand-in that always answers so; every call succeeds."""
+    with StandIns(cluster, tmp_path, ["unavailable"], good=True) as gateway:
+        for _ in range(200):  # each call lands on the stand-in with probability 1/2
+            if api == "rest":
+                status, headers, body = gateway.rest(cluster.admin_token)
+                assert status == 200, body
+                assert headers.get("openai-processing-ms") is not None
+                assert len(body["data"][0]["embedding"]) == 384
+            else:
+                code, _, _, reply = gateway.grpc(cluster.admin_token)
+                assert code == grpc.StatusCode.OK
+                assert reply is not None and len(reply.embeddings[0].values) == 384
+            if gateway.reached():
+                break
+        assert gateway.reached(), "no call reached the stand-in"
+        stats = gateway.stats()
+        assert stats["cluster.embeddings_grpc.upstream_rq_retry_success"] == 1, stats
+
+
+@pytest.mark.parametrize("api", ["rest", "grpc"])
+def test_when_every_replica_answers_unavailable_the_client_gets_it_after_the_retries(
+    cluster: Cluster, tmp_path: Path, api: str
+) -> None:
+    """No replica to answer: after its retries Envoy hands the client the last UNAVAILABLE, a 503 in OpenAI's
+    envelope over REST, UNAVAILABLE over gRPC (not a hang, not a 500)."""
+    with StandIns(cluster, tmp_path, ["unavailable", "unavailable"], good=False) as gateway:
+        if api == "rest":
+            status, headers, body = gateway.rest(cluster.admin_token)
+            assert status == 503, body
+            assert body["error"]["message"] == "The server is starting; retry shortly.", body
+            assert body["error"]["code"] == "unavailable", body
+            assert not any(name.startswith("grpc-") for name in headers), headers
+        else:
+            code, details, _, _ = gateway.grpc(cluster.admin_token)
+            assert (code, details) == (grpc.StatusCode.UNAVAILABLE, "The server is starting; retry shortly.")
+        stats = gateway.stats()
+        assert gateway.reached(0) and gateway.reached(1), stats  # retried on the other
+        assert stats["cluster.embeddings_grpc.upstream_rq_retry_limit_exceeded"] == 1, stats  # every retry spent
+        assert stats["cluster.embeddings_grpc.upstream_rq_retry_success"] == 0, stats
+        assert stats["http.api.rq_reset_after_downstream_response_started"] == 0, stats
+
+
+@pytest.mark.parametrize("api", ["rest", "grpc"])
+def test_a_replica_answering_another_error_after_its_headers_is_not_retried(
+    cluster: Cluster, tmp_path: Path, api: str
+) -> None:
+    """Only UNAVAILABLE is retried: an INVALID_ARGUMENT after the headers reaches the client as the replica sent it,
+    headers included."""
+    with StandIns(cluster, tmp_path, ["invalid"], good=True) as gateway:
+        for _ in range(200):  # each call lands on the stand-in with probability 1/2
+            if api == "rest":
+                status, headers, body = gateway.rest(cluster.admin_token)
+            else:
+                code, details, metadata, _ = gateway.grpc(cluster.admin_token)
+            if gateway.reached():
+                break
+            assert (status if api == "rest" else code) in (200, grpc.StatusCode.OK)
+        assert gateway.reached(), "no call reached the stand-in"
+        if api == "rest":
+            assert status == 400, body
+            assert headers.get("openai-processing-ms") == "1", headers
+            assert body["error"]["message"] == "Rejected by the stand-in replica.", body
+            assert body["error"]["param"] == "input", body
+        else:
+            assert (code, details) == (grpc.StatusCode.INVALID_ARGUMENT, "Rejected by the stand-in replica.")
+            assert metadata.get("openai-processing-ms") == "1", metadata
+        stats = gateway.stats()
+        assert stats.get("cluster.embeddings_grpc.upstream_rq_retry", 0) == 0, stats
