@@ -10,7 +10,6 @@
 --
 -- Only on the routes carrying `hold: true` in their metadata under this filter's name (those retried on reset);
 -- every route whose response streams (file downloads) is left alone.
-
 --
 -- Held, a response can also be retried on what it ended with. The router retries `unavailable` (retry_on) only on a
 -- grpc-status in the response's headers (a trailers-only response), but the server sends its headers ahead of every

@@ -303,62 +303,8 @@ def test_sigkill_of_a_replica_under_concurrent_load_fails_no_request(cluster: Cl
     assert len(ok) >= at_kill + 120
 
 
-@pytest.mark.parametrize("api", ["rest", "grpc"])
-def test_a_replica_killed_between_the_headers_and_the_body_of_its_answer_is_retried(
-    cluster: Cluster, tmp_path: Path, api: str
-) -> None:
-    """The server sends an answer's headers (openai-processing-ms, x-ratelimit-*) ahead of its message; a replica
-    SIGKILLed in between left Envoy with a response begun, which it never retries (a 503 "reset before headers").
-    Envoy holds retry-safe calls' responses until complete (gateway/hold_response.lua), so such a call is answered
-    by the other replica. Here one replica always dies just there (tests/dying_replica.py); calls go until one has
-    landed on it."""
-    from openai import OpenAI
-
-    marker, port = tmp_path / "died", free_port()
-    dying = subprocess.Popen(
-        [sys.executable, "-m", "tests.dying_replica", str(port), str(marker)], cwd=ROOT, stdout=subprocess.PIPE
-    )
-    envoy = EnvoyProcess(
-        cluster.ports[0],
-        tmp_path,
-        admin_port=free_port(),
-        upstreams=[("127.0.0.1", cluster.ports[0]), ("127.0.0.1", port)],
-    )
-    try:
-        assert dying.stdout is not None and dying.stdout.readline() == b"ready\n"
-        cluster.replicas[0].wait_serving(120)
-        envoy.start()
-        wait_for(lambda: all_healthy_in(envoy, 2), timeout=60)
-        client = OpenAI(base_url=f"{envoy.base_url}/v1", api_key=cluster.admin_token, max_retries=0)
-        with grpc.insecure_channel(f"127.0.0.1:{envoy.port}") as channel:
-            stub = embeddings_pb2_grpc.EmbeddingServiceStub(channel)
-            for _ in range(200):  # each call lands on the dying replica with probability 1/2
-                if api == "rest":
-                    raw = client.embeddings.with_raw_response.create(model=FP32, input=["headers, then death"])
-                    assert raw.headers.get("openai-processing-ms") is not None
-                    assert len(raw.parse().data[0].embedding) == 384
-                else:
-                    reply = stub.Embed(
-                        embeddings_pb2.EmbedRequest(model=FP32, inputs=["headers, then death"]),
-                        metadata=auth(cluster.admin_token),
-                        timeout=60,
-                    )
-                    assert len(reply.embeddings[0].values) == 384
-                if marker.exists():
-                    break
-        assert marker.exists(), "no call reached the dying replica"
-        assert dying.wait(30) == -signal.SIGKILL
-        stats = envoy_stats(envoy, "retry|rq_reset_after")
-        assert stats["http.api.rq_reset_after_downstream_response_started"] == 0, stats
-        assert stats["cluster.embeddings_grpc.upstream_rq_retry_success"] == 1, stats
-    finally:
-        envoy.stop()
-        dying.kill()
-        dying.wait()
-
-
 class StandIns:
-    """Envoy in front of `modes` stand-in replicas (tests/dying_replica.py: "unavailable", "invalid") and, with
+    """Envoy in front of `modes` stand-in replicas (tests/dying_replica.py: "die", "unavailable", "invalid") and, with
     `good`, the cluster's first replica. `reached(i)`: whether a call got to stand-in i."""
 
     def __init__(self, cluster: Cluster, tmp: Path, modes: list[str], good: bool) -> None:
@@ -421,6 +367,42 @@ class StandIns:
 
     def stats(self) -> dict[str, int]:
         return envoy_stats(self.envoy, "retry|rq_reset_after|rq_timeout")
+
+
+@pytest.mark.parametrize("api", ["rest", "grpc"])
+def test_a_replica_killed_between_the_headers_and_the_body_of_its_answer_is_retried(
+    cluster: Cluster, tmp_path: Path, api: str
+) -> None:
+    """The server sends an answer's headers (openai-processing-ms, x-ratelimit-*) ahead of its message; a replica
+    SIGKILLed in between left Envoy with a response begun, which it never retries (a 503 "reset before headers").
+    Envoy holds retry-safe calls' responses until complete (gateway/hold_response.lua), so such a call is answered
+    by the other replica. Here one replica always dies just there (tests/dying_replica.py); calls go until one has
+    landed on it."""
+    from openai import OpenAI
+
+    with StandIns(cluster, tmp_path, ["die"], good=True) as gateway:
+        client = OpenAI(base_url=f"{gateway.envoy.base_url}/v1", api_key=cluster.admin_token, max_retries=0)
+        with grpc.insecure_channel(f"127.0.0.1:{gateway.envoy.port}") as channel:
+            stub = embeddings_pb2_grpc.EmbeddingServiceStub(channel)
+            for _ in range(200):  # each call lands on the dying replica with probability 1/2
+                if api == "rest":
+                    raw = client.embeddings.with_raw_response.create(model=FP32, input=["headers, then death"])
+                    assert raw.headers.get("openai-processing-ms") is not None
+                    assert len(raw.parse().data[0].embedding) == 384
+                else:
+                    reply = stub.Embed(
+                        embeddings_pb2.EmbedRequest(model=FP32, inputs=["headers, then death"]),
+                        metadata=auth(cluster.admin_token),
+                        timeout=60,
+                    )
+                    assert len(reply.embeddings[0].values) == 384
+                if gateway.reached():
+                    break
+        assert gateway.reached(), "no call reached the dying replica"
+        assert gateway.processes[0].wait(30) == -signal.SIGKILL
+        stats = gateway.stats()
+        assert stats["http.api.rq_reset_after_downstream_response_started"] == 0, stats
+        assert stats["cluster.embeddings_grpc.upstream_rq_retry_success"] == 1, stats
 
 
 @pytest.mark.parametrize("api", ["rest", "grpc"])

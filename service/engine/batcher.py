@@ -167,10 +167,10 @@ class _Share:
 
 
 class Batcher:
-    def __init__(self, name: str, encoder: Encoder, executor: InferenceThreads, limits: BatchLimits) -> None:
+    def __init__(self, name: str, encoder: Encoder, threads: InferenceThreads, limits: BatchLimits) -> None:
         self.name = name
         self._encoder = encoder
-        self._executor = executor
+        self._threads = threads
         self._limits = limits
         self._queue: deque[_Item] = deque()
         # Async jobs' inputs: batched only when no interactive input waits, so a big job never slows calls down.
@@ -297,7 +297,7 @@ class Batcher:
                 self._running_spare += spare
                 self._running_interactive += not background
                 lane = _Lane(background, turn, spare)
-                self._executor.submit(self._run_batch, loop, batch, solo, lane, now)
+                self._threads.submit(self._run_batch, loop, batch, solo, lane, now)
         finally:
             if self._grace_timer is not None:
                 self._grace_timer.cancel()

@@ -149,7 +149,7 @@ def _warm_up(encoder: Encoder, tokenizer: TextTokenizer, limits: BatchLimits) ->
 
 
 class ModelRegistry:
-    """Owns the served models and the executors they share.
+    """Owns the served models and the threads they share (inference, tokenizing).
 
     `load()` (blocking: backends are built) runs once at start-up, off the event loop; `start()` then creates the
     batchers on the loop. Until both are done, `resolve` raises NotReady.
