@@ -12,8 +12,9 @@ import time
 
 import numpy as np
 import pytest
+import uvloop
 
-from service.engine.batcher import Batcher, BatchFailed, BatchLimits, DeadlineExceeded, QueueFull
+from service.engine.batcher import Batcher, BatchFailed, BatchLimits, CallTimings, DeadlineExceeded, QueueFull
 from service.engine.threads import InferenceThreads
 from service.engine.tokenize import TokenizedInput
 
@@ -177,8 +178,7 @@ async def test_expired_deadline_fails_without_compute(executor):
     backend.gate.clear()
     running = asyncio.ensure_future(batcher.embed([tokens(3, 1)]))
     await asyncio.sleep(0.05)
-    loop = asyncio.get_running_loop()
-    late = asyncio.ensure_future(batcher.embed([tokens(3, 2)], deadline=loop.time() + 0.01))
+    late = asyncio.ensure_future(batcher.embed([tokens(3, 2)], deadline=time.monotonic() + 0.01))
     await asyncio.sleep(0.05)
     backend.gate.set()
     await running
@@ -371,3 +371,41 @@ async def test_a_failing_batch_observer_neither_loses_results_nor_a_slot(executo
         assert out[0, 0] == marker
     assert errors  # reported, not swallowed
     await batcher.close()
+
+
+class SleepingBackend(RecordingBackend):
+    """Each batch takes at least `seconds`."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def embed(self, batch, solo=False):
+        time.sleep(self.seconds)
+        return super().embed(batch, solo)
+
+
+def test_timings_keep_their_resolution_on_the_servers_event_loop():
+    """The server runs on uvloop, whose loop.time() counts whole milliseconds: a call's inference time (its
+    x-inference-time, the batch time metrics and the job share account) must still be at least what the batch took,
+    never rounded down to the millisecond (1.5 ms read as 1 about half of the time when the batcher used it)."""
+    backend = SleepingBackend(0.0015)
+    threads = InferenceThreads(1)
+
+    async def calls() -> list[CallTimings]:
+        batcher = make(backend, threads)
+        measured = []
+        for marker in range(20):
+            timings = CallTimings()
+            await batcher.embed([tokens(3, marker)], timings=timings)
+            measured.append(timings)
+        await batcher.close()
+        return measured
+
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            measured = runner.run(calls())
+    finally:
+        threads.shutdown()
+    assert all(timings.inference_s >= backend.seconds for timings in measured), [t.inference_s for t in measured]
+    assert all(0 <= timings.queue_s < 1 for timings in measured)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
+import time
 
 import grpc
 from google.protobuf import struct_pb2
@@ -32,11 +32,11 @@ _EMBEDDING_TYPES = {
 
 
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
-    """The call's deadline in the event loop's clock, if the client set one."""
+    """The call's deadline in the engine's clock (time.monotonic()), if the client set one."""
     remaining = context.time_remaining()
     if remaining is None:
         return None
-    return asyncio.get_running_loop().time() + remaining
+    return time.monotonic() + remaining
 
 
 def _as_text(value: object) -> str:

@@ -215,7 +215,7 @@ class ServedModel:
         admit: Callable[[int], Awaitable[None]] | None = None,
         cache_scope: str = "",
     ) -> EmbedResult:
-        """Vectors for `texts` in order. `deadline` is in the event loop's clock; `background` is for async jobs,
+        """Vectors for `texts` in order. `deadline` is in time.monotonic()'s clock; `background` is for async jobs,
         which yield to interactive calls. `admit` gets the token count once known, before inference: it may wait
         or raise (rate limits), so a refused call costs no inference. `cache_scope`: whose cache entries the call
         may read and write (the caller's tenant, or "" where the server shares them)."""
