@@ -6,7 +6,9 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -79,6 +81,30 @@ def job_settings(settings: Settings) -> JobSettings:
     return from_settings(JobSettings, settings, webhook_policy=retry)
 
 
+class GenericHandlersOnly:
+    """The server as the generated `add_*_to_server` functions (and health and reflection) see it: their handlers are
+    added as generic handlers only, never also as registered methods.
+
+    grpc.aio (1.85) keeps one pending request per registered method and, for every call it accepts, waits on all of
+    them again (`asyncio.wait`: a done-callback added to and removed from each): with the contract's 42 methods that
+    was work on the event loop proportional to the whole API for every call. Served as generic handlers, calls are
+    matched by name (a dictionary per service) and one pending request serves them all. Measured with the null
+    backend, two servers side by side, passes interleaved: server CPU per gRPC call -8% at 32 clients (1.15 -> 1.06
+    ms on a slow day), -9% for one client (p50 -7%). Nothing else changes: grpc core's registered-method matching
+    only saves the lookup these handlers do anyway.
+    """
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(self, service_name: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        """Left out: the same handlers are already added as a generic handler (which the generated code always does
+        first)."""
+
+
 class EmbeddingServer:
     """The running server. Listens at once (health NOT_SERVING), turns SERVING once every model is loaded."""
 
@@ -122,10 +148,11 @@ class EmbeddingServer:
                 ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
             ],
         )
-        embeddings_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(self.embedder), self._server)
+        services: Any = GenericHandlersOnly(self._server)  # what the generated add_*_to_server functions get
+        embeddings_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(self.embedder), services)
         self._decoder = TokenIdDecoder(self.registry.tokenize_executor)
         rest = RestServicer(self.embedder, self._decoder, lambda: self.serving)
-        rest_pb2_grpc.add_RestServiceServicer_to_server(rest, self._server)
+        rest_pb2_grpc.add_RestServiceServicer_to_server(rest, services)
         self.job_settings = job_settings(settings)
         self.workers: JobWorkers | None = None
         # SQLite under data_dir, or PostgreSQL shared with other replicas (store_url).
@@ -137,25 +164,25 @@ class EmbeddingServer:
             self.job_settings,
             on_new_job=lambda: self.workers.notify() if self.workers else None,
         )
-        jobs_pb2_grpc.add_JobServiceServicer_to_server(jobs, self._server)
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(jobs, services)
         # The Batch API: files and batches in the same store, run as jobs (service/batches).
         self.store.batch_announce = announce_batch
         self.batch_settings = from_settings(BatchSettings, settings)
         self.batch_workers: BatchWorkers | None = None
         upload_limits = from_settings(UploadLimits, settings)
-        batches_pb2_grpc.add_FileServiceServicer_to_server(FileServicer(self.store, upload_limits), self._server)
+        batches_pb2_grpc.add_FileServiceServicer_to_server(FileServicer(self.store, upload_limits), services)
         batch_servicer = BatchServicer(
             self.store,
             self.batch_settings,
             on_change=lambda: self.batch_workers.notify() if self.batch_workers else None,
         )
-        batches_pb2_grpc.add_BatchServiceServicer_to_server(batch_servicer, self._server)
-        add_admin_service(self.access, self._server, settings.currency)
-        add_authorization_service(self.access, self._server)
+        batches_pb2_grpc.add_BatchServiceServicer_to_server(batch_servicer, services)
+        add_admin_service(self.access, services, settings.currency)
+        add_authorization_service(self.access, services)
         ops = OpsServicer(self.metrics, self.store.count_jobs_by_status, OPENAPI_DOCUMENT, SWAGGER_UI)
-        ops_pb2_grpc.add_OpsServiceServicer_to_server(ops, self._server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable([*CONTRACT_SERVICES, health.SERVICE_NAME], self._server)  # v1 and v1alpha
+        ops_pb2_grpc.add_OpsServiceServicer_to_server(ops, services)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, services)
+        reflection.enable([*CONTRACT_SERVICES, health.SERVICE_NAME], services)  # v1 and v1alpha
         self.port = 0
         self._warm_decoder: asyncio.Task | None = None
 
