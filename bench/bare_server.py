@@ -27,6 +27,7 @@ from service.api.embeddings import embed_response_wire
 from service.api.rest import openai_body
 from service.engine.model import EmbedResult
 from service.event_loop import loop_factory
+from tests.serving import stop_process
 
 EMBED = "/embeddings.v1.EmbeddingService/Embed"
 REST_EMBED = "/embeddings.v1.RestService/CreateEmbedding"
@@ -101,13 +102,7 @@ class BareServerProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -40,7 +40,7 @@ from bench.report import RESULTS, write_report
 from gateway.envoy import GatewayPorts, envoy_command, render
 from service.access.records import NewKey
 from service.stores.sqlite import SqliteAccessStore
-from tests.serving import ROOT, ServerProcess, free_port
+from tests.serving import ROOT, ServerProcess, free_port, stop_process
 from tests.stsb import load_pairs
 
 MODEL = "all-minilm-l6-v2"
@@ -218,8 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                 results = asyncio.run(measure(gateways, server.proc.pid, key, args.rounds))
             finally:
                 for proc in envoys:
-                    proc.terminate()
-                    proc.wait(10)
+                    stop_process(proc)
     summary = summarize(results)
     facts = machine_facts()
     text = report(summary, facts, args.rounds)

@@ -31,6 +31,18 @@ _LISTENING = re.compile(r"grpc listening on \S+:(\d+)")
 START_TIMEOUT_S = 600.0
 
 
+def stop_process(proc: subprocess.Popen | None, grace_s: float = 10.0) -> None:
+    """SIGTERM a process still running, and SIGKILL it if it has not exited after `grace_s`."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class ServerProcess:
     """`python -m service` with its log captured; `port` is known once it listens."""
 
@@ -116,13 +128,7 @@ class ServerProcess:
     def stop(self) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 30.0)
         if self.data_dir is not None:
             shutil.rmtree(self.data_dir, ignore_errors=True)
         return self.proc.returncode
@@ -194,13 +200,7 @@ class EnvoyProcess:
         raise RuntimeError(f"envoy did not listen on {self.port}:\n{self.log_path.read_text()}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def __enter__(self) -> EnvoyProcess:
         return self.start()
