@@ -233,6 +233,19 @@ def held_jobs(model_repo, tmp_path_factory):
         yield held, token, data_dir
 
 
+def exit_code_or_stacks(proc: subprocess.Popen, reader: threading.Thread, lines: list[str]) -> int:
+    """The process's exit code within 30 s; else it is aborted (its faulthandler prints every thread's stack on
+    SIGABRT) and the test fails with what it printed: once in CI a CLI did not exit after Ctrl-C, and its stacks
+    are what would say why."""
+    try:
+        return proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        proc.wait(30)
+        reader.join(10)
+        pytest.fail("the CLI did not exit within 30 s of Ctrl-C; its output and stacks:\n" + "".join(lines))
+
+
 def test_ctrl_c_mid_job_leaves_the_job_running(held_jobs, tmp_path):
     from tests.test_access import admin_cli
 
@@ -251,8 +264,9 @@ def test_ctrl_c_mid_job_leaves_the_job_running(held_jobs, tmp_path):
         "--output",
         str(out),
     ]
-    proc = subprocess.Popen(
-        [*command, "--model", FP32, "--async-threshold", "100", "--poll-interval", "0.1"],
+    options = ["--model", FP32, "--async-threshold", "100", "--poll-interval", "0.1"]
+    proc = subprocess.Popen(  # -X faulthandler: a CLI that does not exit can be made to show where it is stuck
+        [sys.executable, "-X", "faulthandler", *command[1:], *options],
         cwd=ROOT,
         stderr=subprocess.PIPE,
         text=True,
@@ -272,7 +286,7 @@ def test_ctrl_c_mid_job_leaves_the_job_running(held_jobs, tmp_path):
     assert submitted.wait(120), "".join(lines)
     job_id = "".join(lines).split("submitted async job ")[1].split()[0]
     proc.send_signal(signal.SIGINT)  # the job cannot finish meanwhile: it waits for its token budget
-    assert proc.wait(30) == 130
+    assert exit_code_or_stacks(proc, reader, lines) == 130
     reader.join(30)  # the reader drains the last lines
     stderr = "".join(lines)
     assert f"embeddings jobs results {job_id} --output {out}" in stderr
