@@ -269,26 +269,30 @@ class Limit:
         return {name: rate}
 
 
-def model_alone_p50_ms(model_dir: Path, texts: Sequence[str], gap_s: float = 0.001) -> float:
-    """The model's own time for one short text, p50 (ms): each text tokenized, then run alone through the engine's
-    ONNX Runtime backend as the server runs a lone text on an idle server (its CPU plan, the solo session and the
-    fused solo graph where the model has one), `gap_s` apart as a lone caller's calls are."""
-    manifest = ModelManifest.load(model_dir)
-    _, intra, solo = plan_parallelism((CPU,), 0, 0)
-    backend = OnnxRuntimeBackend(
-        model_dir / MODEL_FILE, RuntimeOptions(intra_op_threads=intra, solo_threads=solo), manifest.solo_graph
-    )
-    tokenizer = TextTokenizer(model_dir / "tokenizer.json", manifest.max_input_tokens)
-    batches = [pad_batch(tokenizer.encode([text], truncate=True)) for text in texts]
-    for batch in batches[:20]:
-        backend.run(batch, solo=True)
-    times = []
-    for batch in batches:
-        time.sleep(gap_s)
-        started = time.perf_counter()
-        backend.run(batch, solo=True)
-        times.append(1000 * (time.perf_counter() - started))
-    return percentile(times, 50)
+class ModelAlone:
+    """The model's own time for one short text, as the server runs a lone text on an idle server: the engine's ONNX
+    Runtime backend with the server's CPU plan, the solo session and the fused solo graph where the model has one
+    (built once a run)."""
+
+    def __init__(self, model_dir: Path) -> None:
+        manifest = ModelManifest.load(model_dir)
+        _, intra, solo = plan_parallelism((CPU,), 0, 0)
+        options = RuntimeOptions(intra_op_threads=intra, solo_threads=solo)
+        self.backend = OnnxRuntimeBackend(model_dir / MODEL_FILE, options, manifest.solo_graph)
+        self.tokenizer = TextTokenizer(model_dir / "tokenizer.json", manifest.max_input_tokens)
+
+    def p50_ms(self, texts: Sequence[str], gap_s: float = 0.001) -> float:
+        """Each text tokenized, then run alone, `gap_s` apart as a lone caller's calls are: the p50 in ms."""
+        batches = [pad_batch(self.tokenizer.encode([text], truncate=True)) for text in texts]
+        for batch in batches[:20]:
+            self.backend.run(batch, solo=True)
+        times = []
+        for batch in batches:
+            time.sleep(gap_s)
+            started = time.perf_counter()
+            self.backend.run(batch, solo=True)
+            times.append(1000 * (time.perf_counter() - started))
+        return percentile(times, 50)
 
 
 async def measure(plan: Plan, model_repo: Path, progress=lambda message: None) -> Results:
@@ -298,6 +302,7 @@ async def measure(plan: Plan, model_repo: Path, progress=lambda message: None) -
     in_process: dict[str, list[float]] = {}
     model_alone: list[float] = []
     limit = Limit(model_repo, plan) if plan.real else None
+    alone = ModelAlone(limit.model_dir) if limit is not None and limit.cpu is not None else None
     server_args = ["--models", f"{NULL_MODEL},{plan.model}"] + (
         ["--providers", plan.providers] if plan.providers else []
     )
@@ -332,10 +337,10 @@ async def measure(plan: Plan, model_repo: Path, progress=lambda message: None) -
                         texts = unique_texts(sentences, plan.real_saturating_calls, f"in-process {repeat}")
                         for name, rate in limit.rates(texts).items():
                             in_process.setdefault(name, []).append(rate)
-                        if limit.cpu is not None:
+                        if alone is not None:
                             wait_quiet(quiet, QUIET_WAIT_S)
                             lone = unique_texts(sentences, plan.real_single_calls, f"alone {repeat}")
-                            model_alone.append(model_alone_p50_ms(limit.model_dir, lone))
+                            model_alone.append(alone.p50_ms(lone))
                     for cell in cells:
                         measured[cell.name].append(await bench_of(cell).run(cell))
                     progress(f"repeat {repeat + 1}/{plan.repeats} done")
@@ -390,7 +395,9 @@ def cpu_targets(rows: dict[str, Row]) -> list[Target]:
         null, bare = rows[f"null {path} c=32"], rows.get(f"bare {path} c=32")
         what = "server CPU per gRPC call" if path == "grpc" else "server + Envoy CPU per REST call"
         measured = f"{null.gateway_and_server_ms:.3f} ms"
-        if path == "rest":
+        if path == "grpc":
+            measured += f" (1 client: {rows['null grpc c=1'].server_ms:.3f})"
+        else:
             measured += f" (server {null.server_ms:.3f} + Envoy {null.envoy_ms:.3f})"
         floor = bare.gateway_and_server_ms if bare else None
         out.append(
